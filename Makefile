@@ -1,0 +1,50 @@
+# Two entry points a fresh Debian 12 machine needs: `make serve` and `make test`.
+# Everything else here is what those two call.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+APT_PACKAGES := redis-server orthanc orthanc-python dcmtk dicom3tools
+# Debian package -> a file it installs, to tell whether it is there.
+APT_PROBES := /usr/bin/redis-server /usr/sbin/Orthanc /usr/share/orthanc/plugins/libOrthancPython.so /usr/bin/storescu /usr/bin/dciodvfy
+
+.PHONY: setup system-deps serve test lint bench clean
+
+setup: $(VENV)/.installed
+
+# torch is pinned first so the `train` extra's range resolves to the CPU wheel on disk
+# here instead of downloading CUDA builds; on a GPU machine, install your CUDA torch first.
+$(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0 || $(BIN)/pip install -q 'torch>=2.3'
+	$(BIN)/pip install -q -e '.[train,dev]'
+	touch $@
+
+system-deps:
+	@missing=0; for f in $(APT_PROBES); do [ -e $$f ] || missing=1; done; \
+	if [ $$missing = 1 ]; then \
+	  echo "installing Debian packages: $(APT_PACKAGES)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PACKAGES); \
+	fi
+
+# The main job on its embedded default: DICOM listener + in-process pipeline, no Redis,
+# no Orthanc. Data under ~/.local/share/mammo-density unless MAMMO_DENSITY_DATA_DIR says.
+serve: setup
+	$(BIN)/mammo-density serve
+
+lint: setup
+	$(BIN)/ruff check .
+
+# pytest's exit code 5 (no tests collected) counts as a failure.
+test: setup system-deps lint
+	@$(BIN)/python -m pytest -q; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+bench: setup
+	$(BIN)/python -m benchmarks.run_all
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,289 @@
+"""Real services for tests: Redis, Orthanc with its Python plugin, dcmtk and dicom3tools.
+
+Each server starts on free loopback ports in a temporary directory and stops afterwards.
+Under CI (``CI=true``) a missing program is a test failure, not a skip: a skip there would
+hide a broken install step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import requests
+
+ORTHANC_PYTHON_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancPython.so")
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+SHARED = REPO.parent / "shared"
+TESTDATA = SHARED / "testdata"
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def require_binary(name: str) -> str:
+    """Path of a program the test needs; fail under CI, skip elsewhere, if it is missing."""
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed (run `make test`, which installs it)"
+        if in_ci():
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+def require_testdata(*parts: str) -> Path:
+    """A file under ../shared/testdata; skip with a reason where ../shared is absent."""
+    path = TESTDATA.joinpath(*parts)
+    if not path.exists():
+        if in_ci():
+            pytest.fail(f"{path} missing: CI must have ../shared beside the clone")
+        pytest.skip(f"{path} not present (../shared is not beside this clone)")
+    return path
+
+
+def free_port() -> int:
+    """A TCP port that is free on 127.0.0.1 right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 15.0, host: str = "127.0.0.1") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout} s")
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)
+
+
+# --------------------------------------------------------------------------------------
+# Redis
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class RedisServer:
+    """A throw-away ``redis-server`` on a loopback port, without persistence."""
+
+    workdir: Path
+    port: int = 0
+    proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        exe = require_binary("redis-server")
+        self.port = self.port or free_port()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.workdir), "--protected-mode", "yes"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        wait_for_port(self.port, 10)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+            self.proc = None
+
+
+# --------------------------------------------------------------------------------------
+# Orthanc
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class OrthancServer:
+    """Orthanc with the Python plugin, configured from a JSON file in ``workdir``.
+
+    ``script`` is the Python plugin script to load; ``extra`` is merged into the
+    configuration (e.g. ``DicomModalities`` or a ``MammoDensity`` section).
+    """
+
+    workdir: Path
+    script: Path
+    extra: dict = field(default_factory=dict)
+    aet: str = "ORTHANC"
+    http_port: int = 0
+    dicom_port: int = 0
+    proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def config_path(self) -> Path:
+        return self.workdir / "orthanc.json"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "orthanc.log"
+
+    def config(self) -> dict:
+        cfg = {
+            "Name": "mammo-density-test",
+            "StorageDirectory": str(self.workdir / "db"),
+            "IndexDirectory": str(self.workdir / "db"),
+            "HttpPort": self.http_port,
+            "DicomPort": self.dicom_port,
+            "DicomAet": self.aet,
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "DicomCheckCalledAet": False,
+            "DicomAlwaysAllowStore": True,
+            "DicomAlwaysAllowEcho": True,
+            "HttpsVerifyPeers": False,
+            "Plugins": [str(ORTHANC_PYTHON_PLUGIN)],
+            "PythonScript": str(self.script.resolve()),
+            "PythonVerbose": False,
+            "StableAge": 2,
+            "SaveJobs": False,
+        }
+        cfg.update(self.extra)
+        return cfg
+
+    def start(self, timeout: float = 30.0) -> OrthancServer:
+        exe = require_binary("Orthanc")
+        if not ORTHANC_PYTHON_PLUGIN.exists():
+            message = f"{ORTHANC_PYTHON_PLUGIN} missing (Debian package orthanc-python)"
+            if in_ci():
+                pytest.fail(message)
+            pytest.skip(message)
+        self.http_port = self.http_port or free_port()
+        self.dicom_port = self.dicom_port or free_port()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(json.dumps(self.config(), indent=2))
+        self._stdout = open(self.workdir / "orthanc.stdout", "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [exe, f"--logfile={self.log_path}", str(self.config_path)],
+            stdout=self._stdout, stderr=subprocess.STDOUT, cwd=self.workdir,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"Orthanc exited with {self.proc.returncode}; log:\n{self.tail_log()}"
+                )
+            try:
+                if requests.get(self.url + "/system", timeout=1).ok:
+                    break
+            except requests.RequestException:
+                pass
+            time.sleep(0.1)
+        else:
+            raise TimeoutError(f"Orthanc did not answer in {timeout} s:\n{self.tail_log()}")
+        plugins = requests.get(self.url + "/plugins", timeout=5).json()
+        if "python" not in plugins:
+            raise RuntimeError(f"Orthanc runs without the python plugin:\n{self.tail_log()}")
+        wait_for_port(self.dicom_port, 10)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc, timeout=15)
+            self.proc = None
+            self._stdout.close()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def tail_log(self, n: int = 60) -> str:
+        text = ""
+        for p in (self.log_path, self.workdir / "orthanc.stdout"):
+            if p.exists():
+                text += "\n".join(p.read_text(errors="replace").splitlines()[-n:]) + "\n"
+        return text
+
+    # REST helpers ---------------------------------------------------------------------
+    def get(self, path: str, **kw) -> requests.Response:
+        return requests.get(self.url + path, timeout=kw.pop("timeout", 10), **kw)
+
+    def post(self, path: str, **kw) -> requests.Response:
+        return requests.post(self.url + path, timeout=kw.pop("timeout", 30), **kw)
+
+    def find_study(self, study_uid: str) -> str | None:
+        """Orthanc's ID of a study, looked up by StudyInstanceUID."""
+        found = self.post("/tools/lookup", data=study_uid).json()
+        for item in found:
+            if item.get("Type") == "Study":
+                return item["ID"]
+        return None
+
+    def study_instances(self, study_uid: str) -> list[dict]:
+        """Simplified tags of every instance of a study (empty if unknown)."""
+        oid = self.find_study(study_uid)
+        if oid is None:
+            return []
+        out = []
+        for inst in self.get(f"/studies/{oid}/instances").json():
+            out.append(self.get(f"/instances/{inst['ID']}/simplified-tags").json())
+        return out
+
+
+# --------------------------------------------------------------------------------------
+# dcmtk / dicom3tools
+# --------------------------------------------------------------------------------------
+
+
+def storescu(paths: Iterable[Path | str], port: int, aet: str = "MAMMODENSITY",
+             calling: str = "STORESCU", host: str = "127.0.0.1",
+             extra: Sequence[str] = (), timeout: float = 120) -> subprocess.CompletedProcess:
+    """Send files or folders with dcmtk ``storescu`` (``+sd +r`` for folders)."""
+    exe = require_binary("storescu")
+    cmd = [exe, "-aet", calling, "-aec", aet, "+sd", "+r", *extra, host, str(port)]
+    cmd += [str(p) for p in paths]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+def echoscu(port: int, aet: str = "MAMMODENSITY", calling: str = "ECHOSCU",
+            host: str = "127.0.0.1", timeout: float = 30) -> subprocess.CompletedProcess:
+    exe = require_binary("echoscu")
+    return subprocess.run([exe, "-aet", calling, "-aec", aet, host, str(port)],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def dciodvfy(path: Path | str) -> tuple[list[str], list[str]]:
+    """Run dicom3tools ``dciodvfy``; return (error lines, warning lines)."""
+    exe = require_binary("dciodvfy")
+    proc = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=120)
+    lines = (proc.stdout + proc.stderr).splitlines()
+    errors = [ln for ln in lines if ln.startswith("Error")]
+    warnings = [ln for ln in lines if ln.startswith("Warning")]
+    return errors, warnings
+
+
+def dsrdump(path: Path | str) -> subprocess.CompletedProcess:
+    exe = require_binary("dsrdump")
+    return subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=60)
