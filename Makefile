@@ -8,7 +8,7 @@ APT_PACKAGES := redis-server orthanc orthanc-python dcmtk dicom3tools
 # Debian package -> a file it installs, to tell whether it is there.
 APT_PROBES := /usr/bin/redis-server /usr/sbin/Orthanc /usr/share/orthanc/plugins/libOrthancPython.so /usr/bin/storescu /usr/bin/dciodvfy
 
-.PHONY: setup system-deps serve test lint bench clean
+.PHONY: setup system-deps serve test lint clean
 
 setup: $(VENV)/.installed
 
@@ -42,9 +42,6 @@ lint: setup
 test: setup system-deps lint
 	@$(BIN)/python -m pytest -q; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
-
-bench: setup
-	$(BIN)/python -m benchmarks.run_all
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
