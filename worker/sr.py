@@ -1,0 +1,539 @@
+"""The density Structured Report (../shared/SR.md), built with highdicom only.
+
+A Comprehensive SR (or, as an option, Comprehensive 3D SR) whose root is TID 1500
+"Imaging Measurement Report":
+
+- observer context: the device (this software, with the model's name and version);
+- procedure reported: (36626-0, LN) "Breast - bilateral Mammogram";
+- image library: every image used, with Image Laterality (111027, DCM) and Image View
+  (111031, DCM) added to each entry (highdicom's automatic library leaves them out);
+- one TID 1501 measurement group per assessed breast ("Right breast composition",
+  "Left breast composition") with the per-class probabilities in %, the class, the
+  accumulated AGD where known and the breast's images as source of measurement;
+- an overall group ("Overall breast composition", laterality Bilateral) with the denser
+  breast's class, the dense flag (private scheme ``99MDENS``) and one readable line.
+
+Not-assessable result: the SR still goes out, so the radiologist sees that the AI looked
+at the study and why it gave no class. It has only the overall group, with the finding
+site, the algorithm and one TEXT line "Breast density (AI): not assessable (...)"; no
+composition, no dense flag, no probabilities. A study without any usable source image
+header cannot have an SR at all (the SR needs evidence): :func:`build_density_sr` raises
+``ValueError`` then.
+
+UIDs are deterministic (:func:`sr_uids`): the same study, model and input images give the
+same Series/SOP Instance UIDs, so a re-run is idempotent downstream; a changed input
+gives a new SOP Instance UID in the same series.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import highdicom as hd
+from highdicom.coding_schemes import CodingSchemeIdentificationItem
+from highdicom.sr import (
+    AlgorithmIdentification,
+    CodeContentItem,
+    DeviceObserverIdentifyingAttributes,
+    FindingSite,
+    Measurement,
+    MeasurementReport,
+    MeasurementsAndQualitativeEvaluations,
+    ObservationContext,
+    ObserverContext,
+    QualitativeEvaluation,
+    RelationshipTypeValues,
+    SourceImageForMeasurementGroup,
+    TextContentItem,
+    TrackingIdentifier,
+)
+from pydicom.dataset import Dataset
+from pydicom.sr.coding import Code
+from pydicom.tag import Tag
+from pydicom.uid import generate_uid
+
+from mammo_density import __version__
+from mammo_density.logsetup import uid_hash
+from mammo_density.manifest import ModelManifest
+from mammo_density.result import BIRADS, StudyResult
+from mammo_density.views import SLOTS, laterality_of, view_info
+
+log = logging.getLogger(__name__)
+
+# --- fixed identity of the SR series --------------------------------------------------
+SERIES_NUMBER = 9901
+SERIES_DESCRIPTION = "AI breast density"
+NOT_FOR_CLINICAL_USE = "not for clinical use"
+MANUFACTURER = "mammo-density"
+DEVICE_NAME = "mammo-density"
+PRIVATE_SCHEME = "99MDENS"
+_UID_NAMESPACE = "mammo-density/sr/1"
+
+# --- codes (PS3.16; SR.md) ------------------------------------------------------------
+CLASS_CODES: dict[str, Code] = {
+    "A": Code("129716005", "SCT", "Almost entirely fat"),
+    "B": Code("129717001", "SCT", "Scattered fibroglandular densities"),
+    "C": Code("129718006", "SCT", "Heterogeneously dense"),
+    "D": Code("129719003", "SCT", "Extremely dense"),
+}
+CLASS_BY_CODE = {code.value: cat for cat, code in CLASS_CODES.items()}
+BREAST_COMPOSITION = Code("129715009", "SCT", "Breast composition")
+BREAST = Code("76752008", "SCT", "Breast")
+LATERALITY_CODES: dict[str, Code] = {
+    "R": Code("24028007", "SCT", "Right"),
+    "L": Code("7771000", "SCT", "Left"),
+    "B": Code("51440002", "SCT", "Right and left"),
+}
+SIDE_BY_CODE = {code.value: side for side, code in LATERALITY_CODES.items()}
+PROCEDURE = Code("36626-0", "LN", "Breast - bilateral Mammogram")
+FINDING = Code("121071", "DCM", "Finding")
+AGD = Code("111637", "DCM", "Accumulated Average Glandular Dose")
+IMAGE_LATERALITY = Code("111027", "DCM", "Image Laterality")
+IMAGE_VIEW = Code("111031", "DCM", "Image View")
+DENSE = Code("DENSE", PRIVATE_SCHEME, "Dense breast tissue")
+YES = Code("373066001", "SCT", "Yes")
+NO = Code("373067005", "SCT", "No")
+PERCENT = Code("%", "UCUM", "Percent")
+MGY = Code("mGy", "UCUM", "Milligray")
+DEVICE = Code("121007", "DCM", "Device")
+PROCESSING_EQUIPMENT = Code("109102", "DCM", "Processing Equipment")
+VIEW_CODES: dict[str, Code] = {  # CID 4014
+    "CC": Code("399162004", "SCT", "cranio-caudal"),
+    "MLO": Code("399368009", "SCT", "medio-lateral oblique"),
+    "ML": Code("399260004", "SCT", "medio-lateral"),
+    "LM": Code("399352003", "SCT", "latero-medial"),
+    "LMO": Code("399099002", "SCT", "latero-medial oblique"),
+    "XCCL": Code("399192003", "SCT", "cranio-caudal exaggerated laterally"),
+    "XCCM": Code("399101009", "SCT", "cranio-caudal exaggerated medially"),
+    "FB": Code("399196000", "SCT", "caudo-cranial (from below)"),
+    "SIO": Code("399188001", "SCT", "superolateral to inferomedial oblique"),
+}
+VIEW_BY_CODE = {code.value: view for view, code in VIEW_CODES.items()}
+
+CLASS_TEXT = {
+    "A": "almost entirely fatty",
+    "B": "scattered fibroglandular densities",
+    "C": "heterogeneously dense",
+    "D": "extremely dense",
+}
+SIDE_NAMES = {"R": "right", "L": "left"}
+GROUP_NAMES = {"R": "Right breast composition", "L": "Left breast composition",
+               "B": "Overall breast composition"}
+
+# Type-2 attributes some modalities omit, which highdicom reads from the sources.
+_TYPE2_STUDY = ("StudyID", "AccessionNumber", "PatientBirthDate", "PatientSex",
+                "StudyDate", "StudyTime", "ReferringPhysicianName", "PatientName",
+                "PatientID")
+_PIXEL_TAG = Tag(0x7FE0, 0x0010)
+
+
+# --------------------------------------------------------------------------------------
+# UIDs
+# --------------------------------------------------------------------------------------
+
+
+def model_identity(manifest: ModelManifest) -> str:
+    """Stable digest of a model: name, version and every file's sha256."""
+    text = "\n".join([manifest.name, manifest.version, manifest.task,
+                      *(f"{k}={v}" for k, v in sorted(manifest.files_sha256.items()))])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def sr_uids(result: StudyResult, manifest: ModelManifest, sources: Sequence[Dataset], *,
+            comprehensive_3d: bool = False) -> tuple[str, str]:
+    """Deterministic ``(series_uid, sop_instance_uid)`` of a study's density SR.
+
+    The series depends on the study and the model; the instance also on the SOP Instance
+    UIDs of the input images (in any order) and on the SR SOP class, so the same study,
+    model and images always give the same SR UIDs and any change gives a new instance.
+    """
+    study = str(result.study_instance_uid)
+    model = model_identity(manifest)
+    inputs = sorted({str(ds.SOPInstanceUID) for ds in sources})
+    series_uid = generate_uid(entropy_srcs=[_UID_NAMESPACE, "series", study, model])
+    instance_uid = generate_uid(entropy_srcs=[
+        _UID_NAMESPACE, "instance", study, model, "3d" if comprehensive_3d else "2d", *inputs])
+    return series_uid, instance_uid
+
+
+# --------------------------------------------------------------------------------------
+# Builder
+# --------------------------------------------------------------------------------------
+
+
+def _header_copy(src: Dataset) -> Dataset:
+    """Header of a source image (no pixel data), with empty values for the type-2 study
+    attributes highdicom copies but some modalities omit. The caller's dataset is never
+    changed."""
+    hdr = Dataset()
+    for elem in src:  # iteration decodes with the source's own character set
+        if elem.tag >= _PIXEL_TAG:
+            break
+        hdr.add(copy.deepcopy(elem))
+    for keyword in _TYPE2_STUDY:
+        if keyword not in hdr:
+            setattr(hdr, keyword, None)
+    return hdr
+
+
+def _library_copy(hdr: Dataset) -> Dataset:
+    """The header as the image library sees it.
+
+    highdicom adds the TID 1603 projection descriptors (patient orientation row/column,
+    pixel spacing) for MG images and raises when the header lacks them; an SR cannot
+    carry an empty NUM or TEXT there either. So when PatientOrientation (two components)
+    or ImagerPixelSpacing (else PixelSpacing) is missing, the entry keeps the TID 1602
+    descriptors only (modality from the SOP class, rows, columns, laterality, view):
+    the copy is marked with a non-projection Modality, which the library uses for
+    nothing else.
+    """
+    lib = Dataset()
+    for elem in hdr:
+        lib.add(copy.copy(elem))  # own elements: setting Modality must not touch hdr
+    orientation = list(lib.get("PatientOrientation") or [])
+    spacing = lib.get("ImagerPixelSpacing") or lib.get("PixelSpacing")
+    if len(orientation) == 2 and all(orientation) and spacing is not None \
+            and len(spacing) == 2:
+        lib.ImagerPixelSpacing = list(spacing)
+    else:
+        lib.Modality = "OT"
+    return lib
+
+
+def _check_sources(sources: Sequence[Dataset], study_uid: str) -> None:
+    if not sources:
+        raise ValueError("sources: at least one source image header is needed (SR evidence)")
+    for i, ds in enumerate(sources):
+        for keyword in ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "Rows", "Columns"):
+            if keyword not in ds:
+                raise ValueError(f"sources[{i}] lacks {keyword}")
+        if str(ds.StudyInstanceUID) != study_uid:
+            raise ValueError(
+                f"sources[{i}] belongs to another study than result.study_instance_uid")
+
+
+def _percent(p: float) -> float:
+    return round(max(0.0, min(1.0, float(p))) * 100.0, 4)
+
+
+def _class_measurements(probabilities: dict[str, float]) -> list[Measurement]:
+    return [Measurement(name=CLASS_CODES[c], value=_percent(probabilities[c]), unit=PERCENT)
+            for c in BIRADS if c in probabilities]
+
+
+def _slot_names(result: StudyResult, sources: Sequence[Dataset]) -> list[str]:
+    slots = {v.slot for v in map(view_info, sources) if v.slot}
+    slots |= {f"{v.laterality}-{v.view}" for v in result.views}
+    return [s for s in SLOTS if s in slots]
+
+
+def summary_text(result: StudyResult, sources: Sequence[Dataset], *,
+                 not_for_clinical_use: bool = False) -> str:
+    """The one readable line of the overall group (also used by logs and tests)."""
+    used = _slot_names(result, sources)
+    missing = [s for s in result.missing_views if s not in used] or \
+        ([s for s in SLOTS if s not in used] if result.partial else [])
+    views = f"; views used: {', '.join(used) or 'none'}"
+    if missing:
+        views += f"; missing: {', '.join(missing)}"
+    if result.exam is None or not result.assessable:
+        reason = "; ".join(result.warnings) if result.warnings else "no usable views"
+        text = f"Breast density (AI): not assessable ({reason}){views}"
+    else:
+        exam = result.exam
+        sides = []
+        for side in ("R", "L"):
+            b = result.breasts.get(side)
+            sides.append(f"{SIDE_NAMES[side]} {b.category}" if b else
+                         f"{SIDE_NAMES[side]} not assessed")
+        text = (f"Breast density (AI): {exam.category} - {CLASS_TEXT[exam.category]} "
+                f"({', '.join(sides)}); dense: {'yes' if exam.dense else 'no'}")
+        if result.partial or missing:
+            text += f" (partial study{views})"
+    if not_for_clinical_use:
+        text += f" - {NOT_FOR_CLINICAL_USE}"
+    return text
+
+
+def _library_descriptors(hdr: Dataset) -> list[CodeContentItem]:
+    info = view_info(hdr)
+    items = []
+    if info.laterality in LATERALITY_CODES:
+        items.append(CodeContentItem(name=IMAGE_LATERALITY, value=LATERALITY_CODES[info.laterality],
+                                     relationship_type=RelationshipTypeValues.HAS_ACQ_CONTEXT))
+    if info.view in VIEW_CODES:
+        items.append(CodeContentItem(name=IMAGE_VIEW, value=VIEW_CODES[info.view],
+                                     relationship_type=RelationshipTypeValues.HAS_ACQ_CONTEXT))
+    return items
+
+
+def _add_laterality_and_view(report: MeasurementReport, headers: dict[str, Dataset]) -> None:
+    """Add TID 1602 Image Laterality / Image View to each image of the library."""
+    library = [item for item in report[0].ContentSequence
+               if item.ConceptNameCodeSequence[0].CodeValue == "111028"]
+    for lib in library:
+        for group in lib.ContentSequence:
+            for entry in group.get("ContentSequence", []):
+                if entry.ValueType != "IMAGE":
+                    continue
+                uid = str(entry.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+                hdr = headers.get(uid)
+                if hdr is not None:
+                    entry.ContentSequence.extend(_library_descriptors(hdr))
+
+
+def build_density_sr(result: StudyResult, sources: Sequence[Dataset], manifest: ModelManifest,
+                     *, comprehensive_3d: bool = False) -> Dataset:
+    """Build the density SR of one study (SR.md).
+
+    Parameters
+    ----------
+    result
+        The study's density result (``StudyResult``).
+    sources
+        Headers of the images used (pixel data not needed); same study as ``result``.
+        They are copied, never changed.
+    manifest
+        The model's manifest: name/version go into the algorithm identification and the
+        device observer; ``not_for_clinical_use`` marks SeriesDescription and the text.
+    comprehensive_3d
+        Write Comprehensive 3D SR Storage (``1.2.840.10008.5.1.4.1.1.88.34``) instead of
+        Comprehensive SR (``...88.33``); the content is the same.
+
+    Returns
+    -------
+    pydicom.Dataset
+        A highdicom SR dataset, ready for ``save_as`` / C-STORE.
+
+    Raises
+    ------
+    ValueError
+        No source header, a source of another study or one lacking required attributes.
+    """
+    study_uid = str(result.study_instance_uid)
+    _check_sources(sources, study_uid)
+    headers = [_header_copy(ds) for ds in sources]
+    by_uid = {str(h.SOPInstanceUID): h for h in headers}
+    series_uid, instance_uid = sr_uids(result, manifest, sources,
+                                       comprehensive_3d=comprehensive_3d)
+    demo = bool(manifest.not_for_clinical_use
+                or (result.model is not None and result.model.not_for_clinical_use))
+
+    algorithm = AlgorithmIdentification(name=manifest.name, version=manifest.version,
+                                        manufacturer=MANUFACTURER)
+    device = ObserverContext(
+        observer_type=DEVICE,
+        observer_identifying_attributes=DeviceObserverIdentifyingAttributes(
+            uid=generate_uid(entropy_srcs=[_UID_NAMESPACE, "device", manifest.name,
+                                           manifest.version]),
+            name=DEVICE_NAME,
+            manufacturer_name=MANUFACTURER,
+            model_name=f"{manifest.name} {manifest.version}"[:64],
+        ),
+    )
+
+    def tracking(label: str) -> TrackingIdentifier:
+        return TrackingIdentifier(
+            identifier=label,
+            uid=generate_uid(entropy_srcs=[instance_uid, label]),
+        )
+
+    def sources_for(side: str | None) -> list[SourceImageForMeasurementGroup]:
+        return [SourceImageForMeasurementGroup(referenced_sop_class_uid=h.SOPClassUID,
+                                               referenced_sop_instance_uid=h.SOPInstanceUID)
+                for h in headers if side is None or laterality_of(h) == side]
+
+    groups: list[MeasurementsAndQualitativeEvaluations] = []
+    assessable = result.assessable and result.exam is not None
+    if assessable:
+        for side in ("R", "L"):
+            breast = result.breasts.get(side)
+            if breast is None:
+                continue
+            measurements = _class_measurements(breast.probabilities)
+            dose = result.dose.breasts.get(side) if result.dose else None
+            if dose is not None and dose.agd_mgy is not None:
+                measurements.append(Measurement(name=AGD, value=round(float(dose.agd_mgy), 4),
+                                                unit=MGY))
+            groups.append(MeasurementsAndQualitativeEvaluations(
+                tracking_identifier=tracking(GROUP_NAMES[side]),
+                finding_type=BREAST_COMPOSITION,
+                finding_sites=[FindingSite(BREAST, laterality=LATERALITY_CODES[side])],
+                algorithm_id=algorithm,
+                measurements=measurements,
+                qualitative_evaluations=[QualitativeEvaluation(BREAST_COMPOSITION,
+                                                               CLASS_CODES[breast.category])],
+                source_images=sources_for(side) or None,
+            ))
+
+    exam = result.exam if assessable else None
+    overall = MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=tracking(GROUP_NAMES["B"]),
+        finding_type=BREAST_COMPOSITION,
+        finding_sites=[FindingSite(BREAST, laterality=LATERALITY_CODES["B"])],
+        algorithm_id=algorithm,
+        measurements=_class_measurements(exam.probabilities) if exam else None,
+        qualitative_evaluations=[
+            QualitativeEvaluation(BREAST_COMPOSITION, CLASS_CODES[exam.category]),
+            QualitativeEvaluation(DENSE, YES if exam.dense else NO),
+        ] if exam else None,
+        source_images=sources_for(None),
+    )
+    overall[0].ContentSequence.append(TextContentItem(
+        name=FINDING,
+        value=summary_text(result, headers, not_for_clinical_use=demo),
+        relationship_type=RelationshipTypeValues.CONTAINS,
+    ))
+    groups.append(overall)
+
+    report = MeasurementReport(
+        observation_context=ObservationContext(observer_device_context=device),
+        procedure_reported=PROCEDURE,
+        imaging_measurements=groups,
+        referenced_images=[_library_copy(h) for h in headers],
+    )
+    _add_laterality_and_view(report, by_uid)
+
+    description = SERIES_DESCRIPTION + (f" ({NOT_FOR_CLINICAL_USE})" if demo else "")
+    sop_class = hd.sr.Comprehensive3DSR if comprehensive_3d else hd.sr.ComprehensiveSR
+    sr = sop_class(
+        evidence=headers,
+        content=report,
+        series_instance_uid=series_uid,
+        series_number=SERIES_NUMBER,
+        sop_instance_uid=instance_uid,
+        instance_number=max(1, int(result.revision)),
+        manufacturer=MANUFACTURER,
+        manufacturer_model_name=f"{manifest.name} {manifest.version}"[:64],
+        software_versions=f"mammo-density {__version__}",
+        series_description=description,
+        is_complete=True,
+        is_final=False,
+        is_verified=False,
+        coding_schemes=[CodingSchemeIdentificationItem(
+            designator=PRIVATE_SCHEME,
+            name="mammo-density private codes",
+            responsible_organization="mammo-density",
+        )],
+        specific_character_set="ISO_IR 192",
+        contributing_equipment=[hd.ContributingEquipment(
+            manufacturer=MANUFACTURER,
+            purpose_of_reference=PROCESSING_EQUIPMENT,
+            manufacturer_model_name=f"{manifest.name} {manifest.version}"[:64],
+            software_versions=f"mammo-density {__version__}",
+            contribution_description="AI breast density assessment",
+        )],
+    )
+    log.debug("built density SR",
+              extra={"study": uid_hash(study_uid), "sr": uid_hash(instance_uid)})
+    return sr
+
+
+# --------------------------------------------------------------------------------------
+# Reader (reference for tests and the Orthanc REST route)
+# --------------------------------------------------------------------------------------
+
+
+def _code_value(item: Any) -> str:
+    seq = item.get("ConceptCodeSequence") or []
+    return str(seq[0].CodeValue) if seq else ""
+
+
+def _name_value(item: Any) -> str:
+    seq = item.get("ConceptNameCodeSequence") or []
+    return str(seq[0].CodeValue) if seq else ""
+
+
+def read_density_sr(ds: Dataset) -> dict[str, Any]:
+    """Read back what :func:`build_density_sr` wrote.
+
+    Parses the document with highdicom (``ComprehensiveSR`` / ``Comprehensive3DSR``
+    ``.from_dataset``), then walks the TID 1501 groups.
+
+    Returns
+    -------
+    dict
+        ``study_instance_uid``, ``sop_instance_uid``, ``series_instance_uid``,
+        ``categories`` ({"R": "C", "L": "B"}), ``overall`` ("C" or None), ``dense``
+        (bool or None), ``probabilities`` ({"R": {"A": 0.1, ...}, "L": ..., "overall": ...};
+        fractions), ``agd_mgy`` ({"R": 1.2}), ``text``, ``algorithm`` ({"name", "version"}),
+        ``images`` ({sop_uid: {"laterality", "view"}}), ``sources`` ({"R": [sop uids]...}),
+        ``not_for_clinical_use``, ``assessable``.
+    """
+    sop_class = str(ds.SOPClassUID)
+    if sop_class == "1.2.840.10008.5.1.4.1.1.88.34":
+        sr = hd.sr.Comprehensive3DSR.from_dataset(ds)
+    elif sop_class == "1.2.840.10008.5.1.4.1.1.88.33":
+        sr = hd.sr.ComprehensiveSR.from_dataset(ds)
+    else:
+        raise ValueError(f"not a Comprehensive (3D) SR: SOP class {sop_class}")
+    report = sr.content
+    if not isinstance(report, MeasurementReport):
+        raise ValueError("SR root is not TID 1500 Imaging Measurement Report")
+    out: dict[str, Any] = {
+        "study_instance_uid": str(ds.StudyInstanceUID),
+        "series_instance_uid": str(ds.SeriesInstanceUID),
+        "sop_instance_uid": str(ds.SOPInstanceUID),
+        "series_description": str(ds.get("SeriesDescription", "")),
+        "categories": {}, "overall": None, "dense": None, "probabilities": {},
+        "agd_mgy": {}, "text": "", "algorithm": {}, "images": {}, "sources": {},
+    }
+    for group in report.get_image_measurement_groups(finding_type=BREAST_COMPOSITION):
+        sites = group.finding_sites
+        side = "B"
+        if sites and sites[0].laterality is not None:
+            side = SIDE_BY_CODE.get(sites[0].laterality.value, "B")
+        key = "overall" if side == "B" else side
+        probs: dict[str, float] = {}
+        for m in group.get_measurements():
+            if m.name.value in CLASS_BY_CODE:
+                probs[CLASS_BY_CODE[m.name.value]] = float(m.value) / 100.0
+            elif m.name == AGD:
+                out["agd_mgy"][side] = float(m.value)
+        if probs:
+            out["probabilities"][key] = probs
+        for q in group.get_qualitative_evaluations():
+            if q.name == BREAST_COMPOSITION:
+                category = CLASS_BY_CODE.get(q.value.value)
+                if side == "B":
+                    out["overall"] = category
+                else:
+                    out["categories"][side] = category
+            elif q.name == DENSE:
+                out["dense"] = q.value == YES
+        out["sources"][key] = [str(s.referenced_sop_instance_uid) for s in group.source_images]
+        for item in group[0].ContentSequence:
+            if item.ValueType != "TEXT":
+                continue
+            name = _name_value(item)
+            if name == FINDING.value:
+                out["text"] = str(item.TextValue)
+            elif name == "111001":  # Algorithm Name
+                out["algorithm"]["name"] = str(item.TextValue)
+            elif name == "111003":  # Algorithm Version
+                out["algorithm"]["version"] = str(item.TextValue)
+    for item in report[0].ContentSequence:
+        if _name_value(item) != "111028":
+            continue
+        for lib_group in item.ContentSequence:
+            for entry in lib_group.get("ContentSequence", []):
+                if entry.ValueType != "IMAGE":
+                    continue
+                info: dict[str, str | None] = {"laterality": None, "view": None}
+                for d in entry.get("ContentSequence", []):
+                    if _name_value(d) == IMAGE_LATERALITY.value:
+                        info["laterality"] = SIDE_BY_CODE.get(_code_value(d))
+                    elif _name_value(d) == IMAGE_VIEW.value:
+                        info["view"] = VIEW_BY_CODE.get(_code_value(d))
+                uid = str(entry.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+                out["images"][uid] = info
+    out["assessable"] = out["overall"] is not None
+    out["not_for_clinical_use"] = NOT_FOR_CLINICAL_USE in out["series_description"].lower()
+    return out
+
+
+__all__ = ["build_density_sr", "model_identity", "read_density_sr", "sr_uids", "summary_text"]
