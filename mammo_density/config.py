@@ -183,13 +183,26 @@ class Settings(BaseSettings):
     dose_reference_mgy: float = Field(
         2.5, gt=0, description="AGD reference level (mGy) at 45 mm compressed thickness"
     )
+    registry_enabled: bool = Field(True, description="record every exam in the dose registry")
+    hook_retry_max_seconds: float = Field(
+        3600.0, gt=0, description="longest wait between hook delivery retries, s"
+    )
+    screening_rules: CommaList = Field(
+        default_factory=lambda: ["dense", "dose_reference", "partial"],
+        description="screening rules to evaluate: built-in names or module:callable",
+    )
+    dense_categories: CommaList = Field(
+        default_factory=lambda: ["C", "D"],
+        description="BI-RADS classes for which supplemental imaging is suggested",
+    )
 
     @field_validator("ae_title", "sr_calling_aet")
     @classmethod
     def _check_aet(cls, value: str) -> str:
         return _validate_aet(value)
 
-    @field_validator("allowed_aets", "allowed_hosts", "hooks", "ort_providers", mode="before")
+    @field_validator("allowed_aets", "allowed_hosts", "hooks", "ort_providers",
+                     "screening_rules", "dense_categories", mode="before")
     @classmethod
     def _split(cls, value: Any) -> Any:
         return _split_list(value)

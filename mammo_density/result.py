@@ -101,6 +101,7 @@ class StudyResult(BaseModel):
 
     study_instance_uid: str
     revision: int = 1
+    study_date: str | None = Field(None, description="StudyDate (YYYYMMDD) of the images")
     exam: ExamResult | None = Field(None, description="None when not assessable")
     breasts: dict[str, BreastResult] = Field(default_factory=dict)
     views: list[ViewResult] = Field(default_factory=list)
