@@ -1,0 +1,221 @@
+"""Pixel decoding of mammograms, the fastest path per transfer syntax (DECODE.md).
+
+- JPEG 2000 (.90/.91, JPIP-free HTJ2K .201/.202/.203): OpenJPEG through imagecodecs at
+  full resolution, or through glymur at a reduced resolution level (OpenJPEG's *reduce*:
+  the wavelet's low-pass band, 2**level smaller per side) when the model input is small.
+  HTJ2K reduced through imagecodecs ``htj2k_decode(skipres=level)``.
+- JPEG-LS (.80/.81): imagecodecs (CharLS); JPEG Lossless (.57/.70): imagecodecs ljpeg;
+  RLE (.5): pydicom with the pylibjpeg-rle plugin; uncompressed and anything else:
+  pydicom's ``pixel_array``.
+- The codec is chosen from the frame's first bytes as well as the transfer syntax (a file
+  labelled JPEG Lossless was seen holding a JPEG 2000 image), and the decoded shape is
+  checked against Rows x Columns: a mismatch is a :class:`DecodeError`, never silent
+  garbage. Raw J2K/HTJ2K codestreams must end with the EOC marker (OpenJPH returns an
+  array for a truncated stream).
+
+The decoders release the GIL, so one process decodes several images in threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+from pydicom.dataset import Dataset
+
+log = logging.getLogger(__name__)
+
+JPEG2000_SYNTAXES = {"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91"}
+HTJ2K_SYNTAXES = {"1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202",
+                  "1.2.840.10008.1.2.4.203"}
+JPEGLS_SYNTAXES = {"1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"}
+JPEG_LOSSLESS_SYNTAXES = {"1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70"}
+RLE_SYNTAX = "1.2.840.10008.1.2.5"
+JPEG_BASELINE_SYNTAXES = {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51"}
+
+_J2K_SOC = b"\xff\x4f\xff\x51"
+_JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
+_JPEG_SOI = b"\xff\xd8"
+_TMP_DIR = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+_glymur_lock = threading.Lock()
+_glymur_threads = 0
+
+
+class DecodeError(ValueError):
+    """The pixel data cannot be decoded into the image the header describes."""
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A decoded frame and how it was obtained.
+
+    ``level`` is the resolution level actually decoded: the array is about ``2**level``
+    smaller per side than Rows x Columns (``ceil(Rows / 2**level)`` rows).
+    """
+
+    pixels: np.ndarray
+    level: int
+    codec: str
+
+
+def reduced_shape(rows: int, cols: int, level: int) -> tuple[int, int]:
+    """Shape of an image of ``rows`` x ``cols`` at resolution ``level`` (OpenJPEG's rule)."""
+    f = 2 ** level
+    return math.ceil(rows / f), math.ceil(cols / f)
+
+
+def _first_frame(ds: Dataset) -> bytes:
+    from pydicom.encaps import get_frame
+
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    try:
+        return bytes(get_frame(ds.PixelData, 0, number_of_frames=frames))
+    except Exception as err:  # malformed encapsulation
+        raise DecodeError(f"cannot read the encapsulated frame: {err}") from None
+
+
+def _j2k_codestream_start(frame: bytes) -> int:
+    pos = frame.find(_J2K_SOC)
+    if pos < 0:
+        raise DecodeError("JPEG 2000 frame has no codestream (SOC/SIZ markers missing)")
+    return pos
+
+
+def j2k_decomposition_levels(frame: bytes) -> int:
+    """Number of wavelet decomposition levels in a J2K/JP2/HTJ2K frame's COD segment."""
+    pos = _j2k_codestream_start(frame) + 2
+    for _ in range(64):
+        marker = frame[pos:pos + 2]
+        if len(marker) < 2 or marker[0] != 0xFF:
+            break
+        length = int.from_bytes(frame[pos + 2:pos + 4], "big")
+        if marker[1] == 0x52:  # COD
+            return int(frame[pos + 9])
+        if marker[1] == 0x90:  # SOT: first tile, main header over
+            break
+        pos += 2 + length
+    raise DecodeError("JPEG 2000 codestream has no COD segment")
+
+
+def _check_eoc(frame: bytes) -> None:
+    """Raw codestreams end with EOC (FFD9); DICOM pads fragments to even length."""
+    if frame.startswith(_JP2_SIGNATURE):
+        return
+    if not frame.rstrip(b"\x00").endswith(b"\xff\xd9"):
+        raise DecodeError("JPEG 2000 codestream is truncated (no EOC marker)")
+
+
+def _glymur_decode(frame: bytes, level: int, threads: int) -> np.ndarray:
+    import glymur
+
+    global _glymur_threads
+    if threads and threads != _glymur_threads:
+        with _glymur_lock:
+            glymur.set_option("lib.num_threads", threads)
+            _glymur_threads = threads
+    suffix = ".jp2" if frame.startswith(_JP2_SIGNATURE) else ".j2k"
+    with tempfile.NamedTemporaryFile(suffix=suffix, dir=_TMP_DIR) as fh:
+        fh.write(frame)
+        fh.flush()
+        step = 2 ** level
+        return np.asarray(glymur.Jp2k(fh.name)[::step, ::step])
+
+
+def decode_frame(ds: Dataset, *, level: int = 0, threads: int = 2) -> Decoded:
+    """Decode the first frame of ``ds``, at resolution ``level`` where the codec allows.
+
+    Parameters
+    ----------
+    ds
+        A dataset with pixel data.
+    level
+        Wanted resolution level (0 = full). JPEG 2000 decodes at
+        ``min(level, decomposition levels)``; other codecs decode at full resolution
+        (``Decoded.level`` says which level was obtained).
+    threads
+        Threads for the codecs that use them.
+
+    Raises
+    ------
+    DecodeError
+        No pixel data, an undecodable frame, or a decoded shape other than the header's.
+    """
+    import imagecodecs
+
+    if "PixelData" not in ds:
+        raise DecodeError("dataset has no pixel data")
+    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    if rows <= 0 or cols <= 0:
+        raise DecodeError("Rows/Columns missing or zero")
+    if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
+        raise DecodeError("not a greyscale image (SamplesPerPixel != 1)")
+    ts = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
+    encapsulated = ts not in ("", "1.2.840.10008.1.2", "1.2.840.10008.1.2.1",
+                              "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99")
+    got_level, codec = 0, "pydicom"
+    try:
+        if encapsulated and ts != RLE_SYNTAX:
+            frame = _first_frame(ds)
+            is_j2k = frame.startswith(_JP2_SIGNATURE) or frame.startswith(_J2K_SOC)
+            if is_j2k and (ts in HTJ2K_SYNTAXES or frame[:64].find(b"\xff\x50") >= 0):
+                # HTJ2K (CAP marker FF50 in the main header)
+                _check_eoc(frame)
+                got_level = min(level, j2k_decomposition_levels(frame))
+                arr = imagecodecs.htj2k_decode(frame, skipres=got_level or None)
+                codec = "htj2k"
+            elif is_j2k:
+                _check_eoc(frame)
+                got_level = min(level, j2k_decomposition_levels(frame))
+                if got_level > 0:
+                    arr = _glymur_decode(frame, got_level, threads)
+                    codec = "j2k-reduced"
+                else:
+                    arr = imagecodecs.jpeg2k_decode(frame, numthreads=threads)
+                    codec = "j2k"
+            elif frame.startswith(_JPEG_SOI) and ts in JPEGLS_SYNTAXES:
+                arr, codec = imagecodecs.jpegls_decode(frame), "jpegls"
+            elif frame.startswith(_JPEG_SOI) and ts in JPEG_LOSSLESS_SYNTAXES:
+                arr, codec = imagecodecs.ljpeg_decode(frame), "ljpeg"
+            else:
+                arr, codec = _pydicom_decode(ds), "pydicom"
+        elif ts == RLE_SYNTAX:
+            arr, codec = _pydicom_decode(ds, plugin="pylibjpeg"), "rle"
+        else:
+            arr = _pydicom_decode(ds)
+    except DecodeError:
+        raise
+    except Exception as err:
+        raise DecodeError(f"cannot decode pixel data ({ts or 'no transfer syntax'}): "
+                          f"{type(err).__name__}: {err}") from None
+    arr = np.asarray(arr)
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim == 3:  # multi-frame through pydicom: first frame
+        arr = arr[0]
+    expected = reduced_shape(rows, cols, got_level)
+    if arr.shape != expected:
+        raise DecodeError(f"decoded image is {arr.shape[0]}x{arr.shape[1]}, header says "
+                          f"{expected[0]}x{expected[1]} (Rows x Columns at level {got_level})")
+    return Decoded(arr, got_level, codec)
+
+
+def _pydicom_decode(ds: Dataset, plugin: str = "") -> np.ndarray:
+    from pydicom.pixels import get_decoder
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    decoder = get_decoder(ts or ExplicitVRLittleEndian)
+    if plugin and plugin not in decoder.available_plugins:
+        plugin = ""
+    arr, _ = decoder.as_array(ds, index=0, raw=True, decoding_plugin=plugin)
+    return arr
+
+
+__all__ = [
+    "DecodeError", "Decoded", "decode_frame", "j2k_decomposition_levels", "reduced_shape",
+]
