@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 
 COMMANDS: tuple[str, ...] = (
     "config",
+    "serve",
+    "status",
 )
 
 

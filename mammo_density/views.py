@@ -21,32 +21,58 @@ from pydicom.dataset import Dataset
 SLOTS: tuple[str, ...] = ("R-CC", "L-CC", "R-MLO", "L-MLO")
 SCREENING_VIEWS = ("CC", "MLO")
 
-# View codes (CID 4014), SCT and the legacy SRT codes, to short names as in ViewPosition.
+# View codes of PS3.16 CID 4014 "View for Mammography": the SNOMED CT code and the legacy
+# SNOMED RT (SRT/SNM3) code of each concept, to the short names used in ViewPosition.
+# Checked against pydicom's copy of CID 4014 (tests/test_views.py) and PS3.16 Table CID 4014.
 VIEW_CODES: dict[str, str] = {
-    "399162004": "CC",   # cranio-caudal
+    "399162004": "CC",    # cranio-caudal
     "R-10242": "CC",
-    "399368009": "MLO",  # medio-lateral oblique
+    "399368009": "MLO",   # medio-lateral oblique
     "R-10226": "MLO",
-    "399260004": "ML",   # medio-lateral
+    "399260004": "ML",    # medio-lateral
     "R-10224": "ML",
-    "399352003": "LM",   # latero-medial
+    "399352003": "LM",    # latero-medial
     "R-10228": "LM",
-    "399099002": "LMO",  # latero-medial oblique
+    "399099002": "LMO",   # latero-medial oblique
     "R-10230": "LMO",
-    "399192003": "XCCL",  # cranio-caudal exaggerated laterally
+    "399192008": "XCCL",  # cranio-caudal exaggerated laterally
     "R-1024A": "XCCL",
     "399101009": "XCCM",  # cranio-caudal exaggerated medially
     "R-1024B": "XCCM",
-    "399196000": "FB",   # caudo-cranial (from below)
-    "R-10238": "FB",
-    "399188001": "SIO",  # superolateral to inferomedial oblique
-    "R-40AAA": "SIO",
+    "399196006": "FB",    # caudo-cranial (from below)
+    "R-10244": "FB",
+    "399188001": "SIO",   # superolateral to inferomedial oblique
+    "R-102D0": "SIO",
+    "441555000": "ISO",   # inferomedial to superolateral oblique
+    "R-40AAA": "ISO",
+    "127457009": "SPECIMEN",  # tissue specimen from breast
+    "G-8310": "SPECIMEN",
+    "R-102CF": "XCC",     # exaggerated cranio-caudal (retired SNM3 code, still in old headers)
+}
+
+# View modifiers of PS3.16 CID 4015 "View Modifier for Mammography" (SCT and legacy SRT),
+# for readable log lines; any modifier at all keeps an image out of the screening slots.
+MODIFIER_CODES: dict[str, str] = {
+    "399161006": "cleavage", "R-102D2": "cleavage",
+    "399011000": "axillary tail", "R-102D1": "axillary tail",
+    "399197002": "rolled lateral", "R-102D3": "rolled lateral",
+    "399226006": "rolled medial", "R-102D4": "rolled medial",
+    "414493004": "rolled inferior", "R-102CA": "rolled inferior",
+    "415670009": "rolled superior", "R-102C9": "rolled superior",
+    "399209000": "implant displaced", "R-102D5": "implant displaced",
+    "399163009": "magnification", "R-102D6": "magnification",
+    "399055006": "spot compression", "R-102D7": "spot compression",
+    "399110001": "tangential", "R-102C2": "tangential",
+    "442581004": "nipple in profile", "R-40AB3": "nipple in profile",
+    "441752004": "anterior compression", "P2-00161": "anterior compression",
+    "442593008": "infra-mammary fold", "R-40ABE": "infra-mammary fold",
+    "442580003": "axillary tissue", "R-40AB2": "axillary tissue",
 }
 
 # ViewPosition spellings seen in headers, to the same short names.
 _VIEW_POSITIONS = {"CC": "CC", "MLO": "MLO", "ML": "ML", "LM": "LM", "LMO": "LMO",
-                   "XCCL": "XCCL", "XCCM": "XCCM", "FB": "FB", "SIO": "SIO", "RL": "RL",
-                   "RM": "RM", "AT": "AT", "CV": "CV"}
+                   "XCCL": "XCCL", "XCCM": "XCCM", "XCC": "XCC", "FB": "FB", "SIO": "SIO",
+                   "ISO": "ISO", "RL": "RL", "RM": "RM", "AT": "AT", "CV": "CV"}
 
 # ViewPosition spellings that mean a modified view: XCCL is a projection of its own.
 _MODIFIED_POSITIONS = {"RL", "RM", "AT", "CV"}

@@ -1,0 +1,117 @@
+"""``mammo-density serve``: the node's composition root.
+
+Wires, top to bottom: the state database, the pipeline's ``submit`` (in-process
+:class:`~mammo_density.worker.embedded.EmbeddedRunner` by default, Celery when a broker is
+configured), the DICOM listener, the SR outbox and the hook queue delivery loops, and the
+stable-timeout timer (inside the listener). SIGTERM / SIGINT stop it gracefully: no new
+associations, running ones finish, in-process studies finish, loops stop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from mammo_density.config import Settings
+from mammo_density.job import StudyJob
+
+log = logging.getLogger(__name__)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="run the DICOM listener and the pipeline")
+    p.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
+                   help="TOML configuration file")
+    p.add_argument("--port", type=int, help="DICOM port (listen_port)")
+    p.add_argument("--ae-title", help="AE title of the listener")
+    p.add_argument("--data-dir", help="state, spool and outbox folder")
+    p.add_argument("--receive-only", action="store_true",
+                   help="receive, spool and assemble studies but run no pipeline: ready "
+                   "studies stay queued and are submitted by the next normal start")
+    p.set_defaults(func=run)
+
+
+def _pipeline_submit(settings: Settings) -> tuple[Callable[[StudyJob], Any], Callable[[], None]]:
+    """The ``submit`` callable for the listener, and how to close it."""
+    if settings.embedded:
+        from mammo_density.worker.embedded import EmbeddedRunner
+
+        runner = EmbeddedRunner(settings)
+        log.info("pipeline: embedded, %d worker thread(s)", settings.embedded_workers)
+        return runner.submit, lambda: runner.close(wait=True)
+    from mammo_density.worker import tasks
+
+    log.info("pipeline: Celery workers via the configured broker")
+    return (lambda job: tasks.submit(job, settings)), lambda: None
+
+
+def _start_loops(settings: Settings, stop: threading.Event) -> list[threading.Thread]:
+    """SR outbox and hook queue delivery loops, each in its own thread."""
+    threads = []
+    loops: list[tuple[str, Callable[[], Any]]] = []
+    from mammo_density.plugin.outbox import Outbox
+
+    loops.append(("sr-outbox", Outbox(settings).run_forever))
+    from mammo_density.worker.hooks import HookQueue
+
+    loops.append(("hook-queue", HookQueue(settings).run_forever))
+    for name, loop in loops:
+        thread = threading.Thread(target=loop, args=(stop,), name=name, daemon=True)
+        thread.start()
+        threads.append(thread)
+    return threads
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    from mammo_density.plugin.listener import Listener
+    from mammo_density.plugin.state import StateDB
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("%s received: shutting down", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    db = StateDB(settings.state_db)
+    close_pipeline: Callable[[], None] = lambda: None  # noqa: E731
+    threads: list[threading.Thread] = []
+    if args.receive_only:
+        log.warning("receive-only: studies are assembled and left queued, not assessed")
+
+        def submit(job: StudyJob) -> None:
+            return None
+    else:
+        try:
+            submit, close_pipeline = _pipeline_submit(settings)
+            threads = _start_loops(settings, stop)
+        except ImportError as err:
+            log.error("pipeline not available (%s); run with --receive-only to only receive",
+                      err)
+            return 2
+    listener = Listener(settings, db, submit, receive_in_spool=True)
+    try:
+        listener.start(resume=not args.receive_only)
+    except OSError as err:
+        log.error("cannot listen on %s:%d: %s", settings.listen_host, settings.listen_port,
+                  err.strerror or err)
+        stop.set()
+        close_pipeline()
+        return 1
+    try:
+        listener.serve_until(stop)
+    finally:
+        stop.set()
+        close_pipeline()
+        for thread in threads:
+            thread.join(timeout=10)
+        db.close()
+        log.info("stopped")
+    return 0

@@ -1,0 +1,385 @@
+"""Study assembly: which spooled image fills which screening slot, and when a study goes.
+
+Rules (DESIGN.md, "Study assembly rules"):
+
+- Slots R-CC, L-CC, R-MLO, L-MLO come from :func:`mammo_density.views.view_info`; modified
+  views, XCCL, ML/LM, ... are stored but fill no slot.
+- Per slot, a For Presentation image is preferred; a For Processing image fills a slot
+  only when that slot has no For Presentation image.
+- Retakes: the latest acquisition wins (AcquisitionDateTime, else AcquisitionDate +
+  AcquisitionTime, else ContentDate + ContentTime), then the higher InstanceNumber, then
+  the later arrival.
+- A study is queued as soon as all four slots hold a For Presentation image; otherwise,
+  once ``stable_seconds`` pass without a new instance, it is queued from what it has
+  (``partial=True`` with ``missing_views`` when a slot is empty, but at least one is
+  filled) or marked failed as not assessable (no slot filled).
+- The same SOP Instance UID again changes nothing (the file is replaced atomically).
+- A new screening image or dose report for a study already queued or finished re-opens
+  it: after ``stable_seconds`` without more, it is queued again as revision + 1, whose
+  result supersedes the older one. Other new objects (tomosynthesis, modified views) of
+  such a study are stored and join the next revision, without re-opening it. Structured
+  reports other than dose reports (e.g. our own density SR routed back by a PACS) are
+  stored but never re-open a study, so a PACS forwarding everything cannot cause a loop.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from pydicom.dataset import Dataset
+
+from mammo_density.job import JobImage, StudyJob
+from mammo_density.logsetup import uid_hash
+from mammo_density.plugin.state import InstanceRow, StateDB
+from mammo_density.views import SLOTS
+
+log = logging.getLogger(__name__)
+
+MG_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.2"
+MG_FOR_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.2.1"
+BREAST_TOMOSYNTHESIS = "1.2.840.10008.5.1.4.1.1.13.1.3"
+BREAST_PROJECTION_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.13.1.4"
+BREAST_PROJECTION_FOR_PROCESSING = "1.2.840.10008.5.1.4.1.1.13.1.5"
+XRAY_RADIATION_DOSE_SR = "1.2.840.10008.5.1.4.1.1.88.67"
+OTHER_SR = {
+    "1.2.840.10008.5.1.4.1.1.88.11": "Basic Text SR",
+    "1.2.840.10008.5.1.4.1.1.88.22": "Enhanced SR",
+    "1.2.840.10008.5.1.4.1.1.88.33": "Comprehensive SR",
+    "1.2.840.10008.5.1.4.1.1.88.34": "Comprehensive 3D SR",
+}
+
+# What each accepted storage SOP class is to the assembler.
+KIND_IMAGE = "image"  # 2D mammogram: may fill a slot
+KIND_TOMO = "tomo"  # stored, not classified
+KIND_RDSR = "rdsr"  # dose report, for the dose hooks
+KIND_SR = "sr"  # other structured reports: stored, ignored
+SOP_KINDS: dict[str, str] = {
+    MG_FOR_PRESENTATION: KIND_IMAGE,
+    MG_FOR_PROCESSING: KIND_IMAGE,
+    BREAST_TOMOSYNTHESIS: KIND_TOMO,
+    BREAST_PROJECTION_FOR_PRESENTATION: KIND_TOMO,
+    BREAST_PROJECTION_FOR_PROCESSING: KIND_TOMO,
+    XRAY_RADIATION_DOSE_SR: KIND_RDSR,
+    **dict.fromkeys(OTHER_SR, KIND_SR),
+}
+IMAGE_KINDS = (KIND_IMAGE, KIND_TOMO)
+
+
+def _digits(text: str) -> str:
+    return "".join(ch for ch in text if ch.isdigit())
+
+
+def _norm_datetime(date: str, time_: str) -> str:
+    """``YYYYMMDDHHMMSS.ffffff`` (missing parts padded with zeros), or ``""``."""
+    date = _digits(date)[:8]
+    if len(date) != 8:
+        return ""
+    whole, _, frac = time_.strip().partition(".")
+    whole = _digits(whole)[:6].ljust(6, "0")
+    frac = _digits(frac)[:6].ljust(6, "0")
+    return f"{date}{whole}.{frac}"
+
+
+def acquisition_key(ds: Dataset) -> str:
+    """When the image was acquired, as a sortable string (``""`` when unknown)."""
+    dt = str(ds.get("AcquisitionDateTime", "") or "").strip()
+    if dt:
+        body = dt.split("+")[0].split("-")[0]
+        key = _norm_datetime(body[:8], body[8:])
+        if key:
+            return key
+    for date_kw, time_kw in (("AcquisitionDate", "AcquisitionTime"),
+                             ("ContentDate", "ContentTime")):
+        date = str(ds.get(date_kw, "") or "")
+        if date:
+            key = _norm_datetime(date, str(ds.get(time_kw, "") or ""))
+            if key:
+                return key
+    return ""
+
+
+@dataclass
+class Selection:
+    """The images chosen for the four slots, and everything else of the study."""
+
+    images: dict[str, InstanceRow] = field(default_factory=dict)
+    others: list[InstanceRow] = field(default_factory=list)
+
+    @property
+    def missing(self) -> list[str]:
+        return [slot for slot in SLOTS if slot not in self.images]
+
+    @property
+    def complete(self) -> bool:
+        """All four slots hold a For Presentation image."""
+        return all(slot in self.images and self.images[slot].for_presentation
+                   for slot in SLOTS)
+
+
+def _retake_order(row: InstanceRow) -> tuple[str, int, int]:
+    return (row.acquired, row.instance_number if row.instance_number is not None else -1,
+            row.seq)
+
+
+def select(rows: Iterable[InstanceRow]) -> Selection:
+    """Choose one image per slot (see the module docstring for the rules)."""
+    rows = list(rows)
+    by_slot: dict[str, list[InstanceRow]] = {}
+    for row in rows:
+        if row.kind == KIND_IMAGE and row.slot in SLOTS:
+            by_slot.setdefault(row.slot, []).append(row)
+    chosen: dict[str, InstanceRow] = {}
+    for slot in SLOTS:
+        candidates = by_slot.get(slot, [])
+        if not candidates:
+            continue
+        preferred = [r for r in candidates if r.for_presentation] or candidates
+        chosen[slot] = max(preferred, key=_retake_order)
+    used = {r.sop_uid for r in chosen.values()}
+    others = [r for r in rows if r.sop_uid not in used and r.kind != KIND_SR]
+    return Selection(images=chosen, others=others)
+
+
+def build_job(study_uid: str, revision: int, selection: Selection, *,
+              calling_aet: str = "", peer_host: str = "") -> StudyJob:
+    """The :class:`StudyJob` handed to the pipeline for a selection."""
+    images = [JobImage(slot=slot, path=row.path, sop_instance_uid=row.sop_uid,
+                       sop_class_uid=row.sop_class_uid)
+              for slot, row in ((s, selection.images[s]) for s in SLOTS if s in selection.images)]
+    missing = selection.missing
+    return StudyJob(study_instance_uid=study_uid, revision=revision, images=images,
+                    other_paths=[r.path for r in selection.others], partial=bool(missing),
+                    missing_views=missing, calling_aet=calling_aet, peer_host=peer_host)
+
+
+@dataclass(frozen=True)
+class NewInstance:
+    """An instance just committed to the spool, as the assembler records it."""
+
+    sop_uid: str
+    study_uid: str
+    sop_class_uid: str
+    path: str
+    kind: str
+    slot: str | None = None
+    for_presentation: bool = False
+    acquired: str = ""
+    instance_number: int | None = None
+    transfer_syntax: str = ""
+    note: str = ""
+
+
+Submit = Callable[[StudyJob], object]
+
+
+class StudyAssembler:
+    """Records instances, decides when a study is ready, and hands it to ``submit``.
+
+    Decisions are taken inside one SQLite ``BEGIN IMMEDIATE`` transaction per event, so
+    concurrent associations (and a restarted process) queue each revision exactly once.
+    ``submit`` is called after the commit; if it raises, the study stays queued and is
+    submitted again by :meth:`resume` (at the next start).
+
+    Parameters
+    ----------
+    db
+        The state database.
+    submit
+        ``submit(job)``: hands a study to the pipeline; must return quickly.
+    stable_seconds
+        Seconds without a new instance before an incomplete study is assessed anyway.
+    clock
+        Wall-clock time source (``time.time``); stable timers survive restarts.
+    """
+
+    def __init__(self, db: StateDB, submit: Submit, *, stable_seconds: float,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.db = db
+        self.submit = submit
+        self.stable_seconds = float(stable_seconds)
+        self.clock = clock
+
+    # --- events -------------------------------------------------------------------------
+    def add(self, inst: NewInstance, *, calling_aet: str = "", peer_host: str = "") -> bool:
+        """Record a committed instance; queue its study if now complete.
+
+        Returns
+        -------
+        bool
+            False when the SOP Instance UID was already known (a duplicate: nothing changes).
+        """
+        job: StudyJob | None = None
+        with self.db.tx() as conn:
+            now = self.clock()
+            if self.db.get_instance(conn, inst.sop_uid) is not None:
+                conn.execute("UPDATE instances SET times_received=times_received+1 "
+                             "WHERE sop_uid=?", (inst.sop_uid,))
+                return False
+            conn.execute(
+                "INSERT INTO instances(sop_uid, study_uid, sop_class_uid, transfer_syntax, "
+                "path, kind, slot, for_presentation, acquired, instance_number, note, "
+                "received_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                (inst.sop_uid, inst.study_uid, inst.sop_class_uid, inst.transfer_syntax,
+                 inst.path, inst.kind, inst.slot, int(inst.for_presentation), inst.acquired,
+                 inst.instance_number, inst.note, now))
+            study = self.db.get_study(conn, inst.study_uid)
+            if study is None:
+                conn.execute(
+                    "INSERT INTO studies(study_uid, status, created_at, updated_at, "
+                    "last_instance_at, calling_aet, peer_host) VALUES (?,?,?,?,?,?,?)",
+                    (inst.study_uid, "collecting", now, now, now, calling_aet, peer_host))
+                status = "collecting"
+            else:
+                status = study["status"]
+                reopens = (inst.kind == KIND_IMAGE and inst.slot is not None) or \
+                    inst.kind == KIND_RDSR
+                if status == "collecting" or reopens:
+                    if status != "collecting":
+                        log.info("study %s: new %s after revision %d, re-opened",
+                                 uid_hash(inst.study_uid), inst.slot or inst.kind,
+                                 study["revision"])
+                    status = "collecting"
+                    conn.execute(
+                        "UPDATE studies SET status='collecting', last_instance_at=?, "
+                        "updated_at=?, calling_aet=?, peer_host=? WHERE study_uid=?",
+                        (now, now, calling_aet or study["calling_aet"],
+                         peer_host or study["peer_host"], inst.study_uid))
+            if status == "collecting":
+                selection = select(self.db.instances_of(conn, inst.study_uid))
+                if selection.complete:
+                    job = self._queue(conn, inst.study_uid, selection, now)
+        if job is not None:
+            self._submit(job)
+        return True
+
+    def check_stable(self, now: float | None = None) -> int:
+        """Assess every collecting study quiet for ``stable_seconds``; return how many."""
+        now = self.clock() if now is None else now
+        cutoff = now - self.stable_seconds
+        handled = 0
+        for study_uid in self.db.collecting_due(cutoff):
+            job: StudyJob | None = None
+            with self.db.tx() as conn:
+                study = self.db.get_study(conn, study_uid)
+                if study is None or study["status"] != "collecting" or \
+                        study["last_instance_at"] >= cutoff:
+                    continue
+                selection = select(self.db.instances_of(conn, study_uid))
+                if selection.images:
+                    job = self._queue(conn, study_uid, selection, now)
+                else:
+                    self._not_assessable(conn, study, now)
+            handled += 1
+            if job is not None:
+                self._submit(job)
+        return handled
+
+    def resume(self) -> int:
+        """Submit again every study left queued or processing (after a restart)."""
+        count = 0
+        for study_uid, job_json in self.db.pending_jobs():
+            try:
+                job = StudyJob.model_validate_json(job_json)
+            except ValueError as err:
+                self.db.mark_failed(study_uid, _revision_of(job_json), f"bad stored job: {err}")
+                continue
+            log.info("study %s: resubmitting revision %d after restart",
+                     uid_hash(study_uid), job.revision)
+            self._submit(job)
+            count += 1
+        return count
+
+    # --- helpers ------------------------------------------------------------------------
+    def _queue(self, conn, study_uid: str, selection: Selection, now: float) -> StudyJob:
+        study = self.db.get_study(conn, study_uid)
+        revision = int(study["revision"]) + 1
+        job = build_job(study_uid, revision, selection, calling_aet=study["calling_aet"],
+                        peer_host=study["peer_host"])
+        conn.execute(
+            "UPDATE studies SET status='queued', revision=?, queued_at=?, updated_at=?, "
+            "partial=?, missing_views=?, job_json=?, submissions=submissions+1 "
+            "WHERE study_uid=?",
+            (revision, now, now, int(job.partial), json.dumps(job.missing_views),
+             job.model_dump_json(), study_uid))
+        if job.partial:
+            log.info("study %s: queued revision %d, partial (missing %s)",
+                     uid_hash(study_uid), revision, ",".join(job.missing_views))
+        else:
+            log.info("study %s: queued revision %d with all four views",
+                     uid_hash(study_uid), revision)
+        return job
+
+    def _not_assessable(self, conn, study, now: float) -> None:
+        rows = self.db.instances_of(conn, study["study_uid"])
+        kinds = sorted({r.kind if r.kind != KIND_IMAGE else "unslotted image" for r in rows})
+        reason = ("not assessable: no CC or MLO screening view after "
+                  f"{self.stable_seconds:g} s (received: {', '.join(kinds) or 'nothing'})")
+        revision = int(study["revision"]) + 1
+        conn.execute(
+            "UPDATE studies SET status='failed', revision=?, updated_at=?, last_error=?, "
+            "partial=0, missing_views=?, job_json=NULL WHERE study_uid=?",
+            (revision, now, reason, json.dumps(list(SLOTS)), study["study_uid"]))
+        self.db.log_error(conn, study["study_uid"], revision, reason, now)
+        log.warning("study %s: %s", uid_hash(study["study_uid"]), reason)
+
+    def _submit(self, job: StudyJob) -> None:
+        try:
+            self.submit(job)
+        except Exception as err:  # the study stays queued; resume() retries at start-up
+            log.error("study %s: submit of revision %d failed: %s",
+                      uid_hash(job.study_instance_uid), job.revision, err)
+            self.db.record_error(job.study_instance_uid, f"submit failed: {err}", job.revision)
+
+
+def _revision_of(job_json: str) -> int:
+    try:
+        return int(json.loads(job_json).get("revision", 0))
+    except (ValueError, AttributeError):
+        return 0
+
+
+class StableTimer:
+    """A thread running :meth:`StudyAssembler.check_stable` periodically."""
+
+    def __init__(self, assembler: StudyAssembler, interval: float | None = None) -> None:
+        self.assembler = assembler
+        self.interval = interval or max(0.05, min(1.0, assembler.stable_seconds / 4))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="stable-timer", daemon=True)
+
+    def start(self) -> StableTimer:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.assembler.check_stable()
+            except Exception:  # keep the timer alive; the next pass retries
+                log.exception("stable-timeout check failed")
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+
+
+__all__ = [
+    "BREAST_TOMOSYNTHESIS",
+    "MG_FOR_PRESENTATION",
+    "MG_FOR_PROCESSING",
+    "SOP_KINDS",
+    "XRAY_RADIATION_DOSE_SR",
+    "NewInstance",
+    "Selection",
+    "StableTimer",
+    "StudyAssembler",
+    "acquisition_key",
+    "build_job",
+    "select",
+]

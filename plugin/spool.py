@@ -1,0 +1,166 @@
+"""The durable spool: one DICOM file per received instance, written crash-safely.
+
+Layout: ``<spool>/<study>/<instance>.dcm`` where ``<study>`` and ``<instance>`` are the
+UIDs themselves when they are well-formed DICOM UIDs, else ``x`` + a SHA-256 prefix (so a
+hostile UID can never walk out of the spool). A file only appears under its final name
+once its bytes and its directory entry are on disk (write or link, ``fsync``, ``rename``,
+``fsync`` of the directory): a crash leaves either the whole file or nothing but a
+``*.part`` leftover, which :func:`clean_partials` removes at start-up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import shutil
+import uuid
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+_UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+PART_SUFFIX = ".part"
+CHUNK = 1 << 20
+
+
+def safe_name(uid: str) -> str:
+    """A file-system-safe name for a UID: the UID itself if well-formed, else a hash."""
+    uid = (uid or "").strip().rstrip("\x00")
+    if _UID_RE.match(uid) and len(uid) <= 64:
+        return uid
+    return "x" + hashlib.sha256(uid.encode("utf-8", "surrogateescape")).hexdigest()[:40]
+
+
+def instance_path(spool_dir: Path, study_uid: str, sop_uid: str) -> Path:
+    """Final spool path of one instance."""
+    return spool_dir / safe_name(study_uid) / (safe_name(sop_uid) + ".dcm")
+
+
+def free_mb(path: Path) -> float:
+    """Free space (MiB) on the file system holding ``path`` (its nearest existing parent)."""
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    return shutil.disk_usage(probe).free / (1024 * 1024)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a directory's entries (a rename into it) durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _ensure_dir(directory: Path) -> None:
+    if not directory.is_dir():
+        directory.mkdir(parents=True, exist_ok=True)
+        fsync_dir(directory.parent)
+
+
+def commit_file(received: Path, final: Path, *, move: bool) -> Path:
+    """Put a completely received file at ``final`` durably and atomically.
+
+    Parameters
+    ----------
+    received
+        The file as received (preamble, file meta, data set).
+    final
+        Its spool path; an existing file there (the same SOP Instance UID sent again) is
+        replaced atomically.
+    move
+        Try to rename ``received`` into place (no second copy of the bytes) when it is on
+        the same file system; otherwise, or when the rename fails, copy it.
+
+    Returns
+    -------
+    Path
+        ``final``.
+    """
+    directory = final.parent
+    _ensure_dir(directory)
+    if move:
+        try:
+            _fsync_file(received)
+            os.replace(received, final)
+            fsync_dir(directory)
+            return final
+        except OSError as err:  # EXDEV (other file system) or the like: copy instead
+            log.debug("rename into the spool failed (%s); copying", err.strerror)
+    part = directory / f".{final.name}.{uuid.uuid4().hex[:8]}{PART_SUFFIX}"
+    try:
+        with open(received, "rb") as src, open(part, "wb") as dst:
+            shutil.copyfileobj(src, dst, CHUNK)
+            dst.flush()
+            os.fsync(dst.fileno())
+        os.replace(part, final)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    fsync_dir(directory)
+    return final
+
+
+def write_bytes(data: bytes, final: Path) -> Path:
+    """Write ``data`` durably at ``final`` (used when the data set arrived in memory)."""
+    directory = final.parent
+    _ensure_dir(directory)
+    part = directory / f".{final.name}.{uuid.uuid4().hex[:8]}{PART_SUFFIX}"
+    try:
+        with open(part, "wb") as dst:
+            dst.write(data)
+            dst.flush()
+            os.fsync(dst.fileno())
+        os.replace(part, final)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    fsync_dir(directory)
+    return final
+
+
+def clean_partials(spool_dir: Path) -> int:
+    """Remove ``*.part`` leftovers of writes cut short by a crash; return how many."""
+    removed = 0
+    if not spool_dir.is_dir():
+        return 0
+    for leftover in spool_dir.glob(f"*/.*{PART_SUFFIX}"):
+        leftover.unlink(missing_ok=True)
+        removed += 1
+    incoming = spool_dir / ".incoming"
+    if incoming.is_dir():
+        for leftover in incoming.iterdir():
+            if leftover.is_file():
+                leftover.unlink(missing_ok=True)
+                removed += 1
+    return removed
+
+
+def spooled_files(spool_dir: Path) -> list[Path]:
+    """Every committed instance file in the spool."""
+    if not spool_dir.is_dir():
+        return []
+    return sorted(p for p in spool_dir.glob("*/*.dcm") if not p.name.startswith("."))
+
+
+__all__ = [
+    "clean_partials",
+    "commit_file",
+    "free_mb",
+    "fsync_dir",
+    "instance_path",
+    "safe_name",
+    "spooled_files",
+    "write_bytes",
+]

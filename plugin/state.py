@@ -1,0 +1,290 @@
+"""State of every study and instance the node has received, in SQLite (WAL mode).
+
+One database file (``settings.state_db``) is shared by the listener (``serve``) and the
+pipeline, in-process or in Celery workers on the same host: WAL mode, a busy timeout and
+``BEGIN IMMEDIATE`` transactions make it safe across threads and processes.
+
+Study life cycle (``studies.status``)::
+
+    collecting -> queued -> processing -> done
+                     \\            \\-> failed
+                      \\-> failed (not assessable: nothing to classify)
+    queued/processing/done/failed -> collecting   (a new screening image or dose report
+                                                   arrived: re-assessed as revision + 1)
+
+``revision`` is the revision of the latest submission; a result (or failure) of an older
+revision is kept in the error log but never overwrites the newer one.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+STATUSES = ("collecting", "queued", "processing", "done", "failed")
+IN_FLIGHT = ("collecting", "queued", "processing")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS studies (
+    study_uid        TEXT PRIMARY KEY,
+    status           TEXT NOT NULL,
+    revision         INTEGER NOT NULL DEFAULT 0,
+    created_at       REAL NOT NULL,
+    updated_at       REAL NOT NULL,
+    last_instance_at REAL NOT NULL,
+    queued_at        REAL,
+    calling_aet      TEXT NOT NULL DEFAULT '',
+    peer_host        TEXT NOT NULL DEFAULT '',
+    partial          INTEGER NOT NULL DEFAULT 0,
+    missing_views    TEXT NOT NULL DEFAULT '[]',
+    job_json         TEXT,
+    submissions      INTEGER NOT NULL DEFAULT 0,
+    result_json      TEXT,
+    result_revision  INTEGER NOT NULL DEFAULT 0,
+    last_error       TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS studies_status ON studies(status, last_instance_at);
+CREATE TABLE IF NOT EXISTS instances (
+    seq              INTEGER PRIMARY KEY AUTOINCREMENT,
+    sop_uid          TEXT NOT NULL UNIQUE,
+    study_uid        TEXT NOT NULL,
+    sop_class_uid    TEXT NOT NULL,
+    transfer_syntax  TEXT NOT NULL DEFAULT '',
+    path             TEXT NOT NULL,
+    kind             TEXT NOT NULL,
+    slot             TEXT,
+    for_presentation INTEGER NOT NULL DEFAULT 0,
+    acquired         TEXT NOT NULL DEFAULT '',
+    instance_number  INTEGER,
+    note             TEXT NOT NULL DEFAULT '',
+    received_at      REAL NOT NULL,
+    times_received   INTEGER NOT NULL DEFAULT 1
+);
+CREATE INDEX IF NOT EXISTS instances_study ON instances(study_uid);
+CREATE TABLE IF NOT EXISTS errors (
+    id        INTEGER PRIMARY KEY AUTOINCREMENT,
+    at        REAL NOT NULL,
+    study_uid TEXT NOT NULL DEFAULT '',
+    revision  INTEGER NOT NULL DEFAULT 0,
+    reason    TEXT NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class InstanceRow:
+    """One spooled instance as stored (see :mod:`mammo_density.plugin.assembly`)."""
+
+    seq: int
+    sop_uid: str
+    study_uid: str
+    sop_class_uid: str
+    transfer_syntax: str
+    path: str
+    kind: str
+    slot: str | None
+    for_presentation: bool
+    acquired: str
+    instance_number: int | None
+    note: str
+    received_at: float
+    times_received: int
+
+
+class StateDB:
+    """The node's state database.
+
+    Parameters
+    ----------
+    path
+        SQLite file (created with its folder if missing).
+    """
+
+    def __init__(self, path: Path | str, *, timeout: float = 30.0) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._timeout = timeout
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._conn().executescript(_SCHEMA)
+
+    # --- connections and transactions ----------------------------------------------
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=self._timeout, isolation_level=None,
+                                   check_same_thread=False)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute(f"PRAGMA busy_timeout={int(self._timeout * 1000)}")
+            self._local.conn = conn
+            with self._lock:
+                self._all.append(conn)
+        return conn
+
+    @contextmanager
+    def tx(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction (``BEGIN IMMEDIATE``): read-decide-write without races."""
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._all:
+                with suppress(sqlite3.Error):
+                    conn.close()
+            self._all.clear()
+        self._local = threading.local()
+
+    # --- used by the assembler (inside tx) ----------------------------------------------
+    @staticmethod
+    def get_study(conn: sqlite3.Connection, study_uid: str) -> sqlite3.Row | None:
+        return conn.execute("SELECT * FROM studies WHERE study_uid=?", (study_uid,)).fetchone()
+
+    @staticmethod
+    def get_instance(conn: sqlite3.Connection, sop_uid: str) -> InstanceRow | None:
+        row = conn.execute("SELECT * FROM instances WHERE sop_uid=?", (sop_uid,)).fetchone()
+        return _instance(row) if row else None
+
+    @staticmethod
+    def instances_of(conn: sqlite3.Connection, study_uid: str) -> list[InstanceRow]:
+        rows = conn.execute("SELECT * FROM instances WHERE study_uid=? ORDER BY seq",
+                            (study_uid,)).fetchall()
+        return [_instance(r) for r in rows]
+
+    @staticmethod
+    def log_error(conn: sqlite3.Connection, study_uid: str, revision: int, reason: str,
+                  now: float | None = None) -> None:
+        conn.execute("INSERT INTO errors(at, study_uid, revision, reason) VALUES (?,?,?,?)",
+                     (now or time.time(), study_uid, revision, reason[:2000]))
+
+    def record_error(self, study_uid: str, reason: str, revision: int = 0) -> None:
+        """Log a problem (e.g. a rejected instance) for ``status``."""
+        with self.tx() as conn:
+            self.log_error(conn, study_uid, revision, reason)
+
+    # --- called by the pipeline ---------------------------------------------------------
+    def mark_processing(self, study_uid: str, revision: int) -> None:
+        """The pipeline started on ``revision`` of the study."""
+        now = time.time()
+        with self.tx() as conn:
+            conn.execute(
+                "UPDATE studies SET status='processing', updated_at=? "
+                "WHERE study_uid=? AND revision=? AND status='queued'",
+                (now, study_uid, revision))
+
+    def mark_done(self, study_uid: str, revision: int, result_json: str) -> None:
+        """Store the result of ``revision``; it never replaces a newer revision's result."""
+        now = time.time()
+        with self.tx() as conn:
+            conn.execute(
+                "UPDATE studies SET result_json=?, result_revision=?, updated_at=? "
+                "WHERE study_uid=? AND result_revision<=?",
+                (result_json, revision, now, study_uid, revision))
+            conn.execute(
+                "UPDATE studies SET status='done', last_error='', updated_at=? "
+                "WHERE study_uid=? AND revision=? AND status IN ('queued','processing')",
+                (now, study_uid, revision))
+
+    def mark_failed(self, study_uid: str, revision: int, reason: str) -> None:
+        """``revision`` could not be assessed (logged; the study's status changes only if
+        this is still its latest revision)."""
+        now = time.time()
+        with self.tx() as conn:
+            self.log_error(conn, study_uid, revision, reason, now)
+            conn.execute(
+                "UPDATE studies SET status='failed', last_error=?, updated_at=? "
+                "WHERE study_uid=? AND revision=? AND status IN ('queued','processing')",
+                (reason[:2000], now, study_uid, revision))
+
+    # --- queries (status command, tests) ------------------------------------------------
+    def study(self, study_uid: str) -> dict[str, Any] | None:
+        row = self.get_study(self._conn(), study_uid)
+        return _study_dict(row) if row else None
+
+    def studies(self, status: str | None = None) -> list[dict[str, Any]]:
+        conn = self._conn()
+        if status:
+            rows = conn.execute("SELECT * FROM studies WHERE status=? ORDER BY created_at",
+                                (status,)).fetchall()
+        else:
+            rows = conn.execute("SELECT * FROM studies ORDER BY created_at").fetchall()
+        return [_study_dict(r) for r in rows]
+
+    def counts(self) -> dict[str, int]:
+        out = dict.fromkeys(STATUSES, 0)
+        for row in self._conn().execute("SELECT status, COUNT(*) n FROM studies GROUP BY status"):
+            out[row["status"]] = row["n"]
+        return out
+
+    def instances(self, study_uid: str) -> list[InstanceRow]:
+        return self.instances_of(self._conn(), study_uid)
+
+    def instance_count(self) -> int:
+        return int(self._conn().execute("SELECT COUNT(*) FROM instances").fetchone()[0])
+
+    def known_paths(self) -> set[str]:
+        return {r[0] for r in self._conn().execute("SELECT path FROM instances")}
+
+    def oldest_in_flight(self) -> dict[str, Any] | None:
+        row = self._conn().execute(
+            "SELECT * FROM studies WHERE status IN ('collecting','queued','processing') "
+            "ORDER BY created_at LIMIT 1").fetchone()
+        return _study_dict(row) if row else None
+
+    def last_errors(self, limit: int = 10) -> list[dict[str, Any]]:
+        rows = self._conn().execute(
+            "SELECT * FROM errors ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+        return [dict(r) for r in rows]
+
+    def collecting_due(self, cutoff: float) -> list[str]:
+        """Studies still collecting whose last instance arrived before ``cutoff``."""
+        rows = self._conn().execute(
+            "SELECT study_uid FROM studies WHERE status='collecting' AND last_instance_at<? "
+            "ORDER BY last_instance_at", (cutoff,)).fetchall()
+        return [r[0] for r in rows]
+
+    def pending_jobs(self) -> list[tuple[str, str]]:
+        """(study UID, job JSON) of every study queued or processing (to resubmit)."""
+        rows = self._conn().execute(
+            "SELECT study_uid, job_json FROM studies WHERE status IN ('queued','processing') "
+            "AND job_json IS NOT NULL ORDER BY queued_at").fetchall()
+        return [(r[0], r[1]) for r in rows]
+
+
+def _instance(row: sqlite3.Row) -> InstanceRow:
+    return InstanceRow(
+        seq=row["seq"], sop_uid=row["sop_uid"], study_uid=row["study_uid"],
+        sop_class_uid=row["sop_class_uid"], transfer_syntax=row["transfer_syntax"],
+        path=row["path"], kind=row["kind"], slot=row["slot"],
+        for_presentation=bool(row["for_presentation"]), acquired=row["acquired"],
+        instance_number=row["instance_number"], note=row["note"],
+        received_at=row["received_at"], times_received=row["times_received"])
+
+
+def _study_dict(row: sqlite3.Row) -> dict[str, Any]:
+    out = dict(row)
+    out["partial"] = bool(out["partial"])
+    out["missing_views"] = json.loads(out["missing_views"] or "[]")
+    out.pop("job_json", None)
+    result = out.pop("result_json", None)
+    out["result"] = json.loads(result) if result else None
+    return out
+
+
+__all__ = ["IN_FLIGHT", "STATUSES", "InstanceRow", "StateDB"]
