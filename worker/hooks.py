@@ -1,0 +1,291 @@
+"""Screening-programme hooks: every result, delivered durably to each configured hook.
+
+A hook is a Python callable ``hook(payload: dict) -> None``. Hooks that also take a
+``settings`` keyword (the built-ins do) get the node's settings. A hook is named
+
+- by an entry point in the group ``mammo_density.hooks`` (built in: ``webhook``,
+  ``registry``; a site package can add its own), or
+- as ``module:callable`` in ``settings.hooks``.
+
+Active hooks: ``registry`` (unless ``settings.registry_enabled`` is false), ``webhook``
+(when ``settings.webhook_url`` is set), and every name in ``settings.hooks``.
+
+:func:`dispatch` writes one row per hook and event into an SQLite queue under
+``data_dir`` (``hooks.sqlite3``, WAL) and returns at once: it never raises into the
+pipeline and never blocks the SR. :class:`HookQueue` delivers due rows (``serve`` runs
+``HookQueue(settings).run_forever`` in a thread): a hook that raises is retried with
+exponential backoff (2 s doubling up to ``settings.hook_retry_max_seconds``), forever, and
+the queue survives restarts. Each row is claimed with a lease before it runs, so two
+processes never deliver the same row at the same time; a process killed mid-delivery
+leaves the row to be retried after the lease, which is why receivers de-duplicate on the
+event id.
+
+The payload is the result JSON (density, dose, recommendations, model, study UIDs) plus
+``event_id`` (sha256 of study UID, revision and model sha256: stable across retries and
+re-runs), ``event_time`` (UTC, when dispatched) and ``schema``. Patient identifiers are
+added under ``patient`` only when ``settings.hooks_include_patient_ids`` is true.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import inspect
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from importlib import import_module, metadata
+from pathlib import Path
+from typing import Any
+
+from mammo_density.logsetup import uid_hash
+from mammo_density.result import StudyResult
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "mammo_density.hooks"
+PAYLOAD_SCHEMA = "mammo-density/hook-payload/1"
+RETRY_BASE_SECONDS = 2.0
+LEASE_SECONDS = 300.0
+
+Hook = Callable[..., None]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS hook_events (
+    event_id    TEXT NOT NULL,
+    hook        TEXT NOT NULL,
+    study_hash  TEXT NOT NULL,
+    payload     TEXT NOT NULL,
+    state       TEXT NOT NULL DEFAULT 'pending',
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    next_at     REAL NOT NULL,
+    last_error  TEXT NOT NULL DEFAULT '',
+    created_at  REAL NOT NULL,
+    done_at     REAL,
+    PRIMARY KEY (event_id, hook)
+);
+CREATE INDEX IF NOT EXISTS hook_events_due ON hook_events (state, next_at);
+"""
+
+
+def event_id(result: StudyResult) -> str:
+    """Stable id of a result event: sha256 of study UID, revision and model sha256."""
+    model_sha = result.model.sha256 if result.model else ""
+    text = f"{result.study_instance_uid}|{result.revision}|{model_sha}"
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def build_payload(result: StudyResult, settings: Any, *,
+                  patient: dict | None = None) -> dict[str, Any]:
+    """The JSON document every hook receives."""
+    payload: dict[str, Any] = result.model_dump(mode="json")
+    payload["schema"] = PAYLOAD_SCHEMA
+    payload["event_id"] = event_id(result)
+    payload["event_time"] = datetime.now(UTC).isoformat(timespec="seconds")
+    if getattr(settings, "hooks_include_patient_ids", False) and patient:
+        payload["patient"] = {k: str(v) for k, v in patient.items()
+                              if k in ("PatientID", "PatientName", "IssuerOfPatientID",
+                                       "PatientBirthDate", "PatientSex")}
+    return payload
+
+
+# --- hook resolution -------------------------------------------------------------------------
+
+def _builtin(name: str) -> Hook | None:
+    if name == "webhook":
+        from mammo_density.worker.webhook import webhook_hook
+        return webhook_hook
+    if name == "registry":
+        from mammo_density.worker.registry import registry_hook
+        return registry_hook
+    return None
+
+
+def resolve_hook(name: str) -> Hook:
+    """The callable behind a hook name (entry point, built-in, or ``module:callable``)."""
+    if ":" in name:
+        module_name, _, attr = name.partition(":")
+        obj: Any = import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    else:
+        eps = [ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP) if ep.name == name]
+        obj = eps[0].load() if eps else _builtin(name)
+        if obj is None:
+            raise LookupError(f"no hook named {name!r} in entry-point group {ENTRY_POINT_GROUP}")
+    if not callable(obj):
+        raise TypeError(f"hook {name!r} is not callable")
+    return obj
+
+
+def active_hooks(settings: Any) -> list[str]:
+    """Names of the hooks every event goes to, in order."""
+    names: list[str] = []
+    if getattr(settings, "registry_enabled", True):
+        names.append("registry")
+    if getattr(settings, "webhook_url", ""):
+        names.append("webhook")
+    for name in getattr(settings, "hooks", []) or []:
+        if name not in names:
+            names.append(name)
+    return names
+
+
+def _call(hook: Hook, payload: dict, settings: Any) -> None:
+    try:
+        params = inspect.signature(hook).parameters
+    except (TypeError, ValueError):
+        params = {}
+    if "settings" in params:
+        hook(payload, settings=settings)
+    else:
+        hook(payload)
+
+
+# --- the queue -------------------------------------------------------------------------------
+
+class HookQueue:
+    """Durable, restartable delivery of hook events (SQLite under ``settings.data_dir``)."""
+
+    def __init__(self, settings: Any, *, path: Path | None = None) -> None:
+        self.settings = settings
+        self.path = Path(path) if path else Path(settings.data_dir) / "hooks.sqlite3"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.max_backoff = float(getattr(settings, "hook_retry_max_seconds", 3600.0))
+        self._hooks: dict[str, Hook] = {}
+        self._lock = threading.Lock()
+        with self._connect() as db:
+            db.executescript(_SCHEMA)
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.row_factory = sqlite3.Row
+        return db
+
+    # enqueue ---------------------------------------------------------------------------
+    def enqueue(self, payload: dict[str, Any], hooks: list[str]) -> int:
+        """One row per hook for this event; rows that exist are left alone. Returns the
+        number of new rows."""
+        text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        now = time.time()
+        study = uid_hash(payload.get("study_instance_uid"))
+        added = 0
+        with contextlib.closing(self._connect()) as db:
+            db.execute("BEGIN IMMEDIATE")
+            for name in hooks:
+                cur = db.execute(
+                    "INSERT OR IGNORE INTO hook_events (event_id, hook, study_hash, payload,"
+                    " next_at, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    (payload["event_id"], name, study, text, now, now))
+                added += cur.rowcount
+            db.execute("COMMIT")
+        return added
+
+    # deliver ---------------------------------------------------------------------------
+    def _hook(self, name: str) -> Hook:
+        with self._lock:
+            if name not in self._hooks:
+                self._hooks[name] = resolve_hook(name)
+            return self._hooks[name]
+
+    def _claim(self, db: sqlite3.Connection, now: float, limit: int) -> list[sqlite3.Row]:
+        db.execute("BEGIN IMMEDIATE")
+        rows = db.execute(
+            "SELECT event_id, hook, payload, attempts, next_at FROM hook_events"
+            " WHERE state = 'pending' AND next_at <= ? ORDER BY next_at LIMIT ?",
+            (now, limit)).fetchall()
+        for row in rows:
+            db.execute("UPDATE hook_events SET next_at = ? WHERE event_id = ? AND hook = ?",
+                       (now + LEASE_SECONDS, row["event_id"], row["hook"]))
+        db.execute("COMMIT")
+        return rows
+
+    def backoff(self, attempts: int) -> float:
+        """Seconds to wait after the ``attempts``-th failure."""
+        return min(self.max_backoff, RETRY_BASE_SECONDS * 2 ** max(0, attempts - 1))
+
+    def deliver_due(self, *, limit: int = 100) -> int:
+        """Run every due row once; returns how many were delivered. Never raises."""
+        delivered = 0
+        try:
+            with contextlib.closing(self._connect()) as db:
+                rows = self._claim(db, time.time(), limit)
+                for row in rows:
+                    name, eid = row["hook"], row["event_id"]
+                    try:
+                        payload = json.loads(row["payload"])
+                        _call(self._hook(name), payload, self.settings)
+                    except Exception as err:  # a hook's failure stays with its row
+                        attempts = row["attempts"] + 1
+                        wait = self.backoff(attempts)
+                        message = f"{type(err).__name__}: {err}"[:500]
+                        db.execute(
+                            "UPDATE hook_events SET attempts = ?, next_at = ?, last_error = ?"
+                            " WHERE event_id = ? AND hook = ?",
+                            (attempts, time.time() + wait, message, eid, name))
+                        log.warning("hook %s failed for event %s (attempt %d, retry in %.0f s):"
+                                    " %s", name, eid[:12], attempts, wait, message)
+                    else:
+                        db.execute(
+                            "UPDATE hook_events SET state = 'done', attempts = attempts + 1,"
+                            " done_at = ?, last_error = '' WHERE event_id = ? AND hook = ?",
+                            (time.time(), eid, name))
+                        delivered += 1
+                        log.info("hook %s delivered event %s", name, eid[:12])
+        except Exception:
+            log.exception("hook queue %s: delivery round failed", self.path)
+        return delivered
+
+    def run_forever(self, stop: threading.Event, interval: float = 1.0) -> None:
+        """Deliver due rows every ``interval`` seconds until ``stop`` is set."""
+        while not stop.is_set():
+            self.deliver_due()
+            stop.wait(interval)
+
+    # status ----------------------------------------------------------------------------
+    def pending(self) -> list[dict[str, Any]]:
+        """Rows not yet delivered (for ``status``): no payloads, no patient data."""
+        with contextlib.closing(self._connect()) as db:
+            rows = db.execute(
+                "SELECT event_id, hook, study_hash, attempts, next_at, last_error, created_at"
+                " FROM hook_events WHERE state = 'pending' ORDER BY created_at").fetchall()
+        return [dict(r) for r in rows]
+
+    def delivered(self) -> list[dict[str, Any]]:
+        """Delivered rows (event id, hook, attempts, times)."""
+        with contextlib.closing(self._connect()) as db:
+            rows = db.execute(
+                "SELECT event_id, hook, study_hash, attempts, created_at, done_at"
+                " FROM hook_events WHERE state = 'done' ORDER BY done_at").fetchall()
+        return [dict(r) for r in rows]
+
+
+def dispatch(result: StudyResult, settings: Any, *, patient: dict | None = None) -> None:
+    """Queue ``result`` for every active hook and return at once; never raises."""
+    try:
+        names = []
+        for name in active_hooks(settings):
+            try:
+                resolve_hook(name)
+                names.append(name)
+            except Exception as err:
+                log.error("hook %s not available, skipped: %s", name, err)
+        if not names:
+            return
+        payload = build_payload(result, settings, patient=patient)
+        added = HookQueue(settings).enqueue(payload, names)
+        log.info("study %s: event %s queued for %d hook(s) (%d new)",
+                 uid_hash(result.study_instance_uid), payload["event_id"][:12], len(names),
+                 added)
+    except Exception:
+        log.exception("study %s: hooks could not be queued", uid_hash(result.study_instance_uid))
+
+
+__all__ = ["ENTRY_POINT_GROUP", "HookQueue", "active_hooks", "build_payload", "dispatch",
+           "event_id", "resolve_hook"]
