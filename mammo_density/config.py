@@ -168,6 +168,17 @@ class Settings(BaseSettings):
     )
     sr_calling_aet: str = Field("MAMMODENSITY", description="AE title used to send SRs")
     sr_retry_max_seconds: float = Field(600.0, gt=0, description="longest wait between retries")
+    sr_retry_base_seconds: float = Field(
+        5.0, gt=0, description="first wait after a failed SR delivery; doubles per attempt"
+    )
+    sr_timeout_seconds: float = Field(
+        30.0, gt=0, description="network timeout of one SR delivery (DIMSE or HTTP), s"
+    )
+    caller_port: int = Field(
+        0, ge=0, le=65535,
+        description="DICOM port of the calling AE for @caller SR delivery (host = the peer's "
+        "address); 0 = not configured: @caller deliveries are recorded as skipped",
+    )
     comprehensive_3d_sr: bool = Field(False, description="write Comprehensive 3D SR instead")
 
     # --- hooks ------------------------------------------------------------------------

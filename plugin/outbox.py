@@ -1,0 +1,387 @@
+"""The persistent SR outbox: write the SR first, then deliver it, retrying until it lands.
+
+Layout under the data directory::
+
+    outbox/<SOPInstanceUID>.dcm       SRs not yet delivered everywhere (and, with no
+                                      destination configured, the local outbox itself)
+    outbox/sent/<SOPInstanceUID>.dcm  SRs whose deliveries are all finished
+    outbox.sqlite3                    one row per SR, one row per (SR, destination)
+
+Rules:
+
+- ``enqueue`` writes the file durably (temporary file, fsync, rename, fsync of the
+  folder) *before* recording any delivery, so a crash leaves either no row or a row
+  whose file exists.
+- One delivery row per SOPInstanceUID and destination: enqueueing the same SR again
+  (a re-run of the same study and model, which gives the same UIDs) adds nothing and
+  never sends it twice (its rows, whatever their state, are left as they are).
+- A failed attempt increments ``attempts``, keeps ``last_error`` and waits
+  ``min(retry_max, retry_base * 2**(attempts-1))`` seconds, with jitter (50-100 %).
+  Everything is on disk, so retries survive a restart of ``serve``. Deliveries are
+  retried without limit (a PACS that refuses today may be fixed tomorrow); ``status``
+  shows them with their last error.
+- Supersession: an SR of a newer revision of the same study (a different
+  SOPInstanceUID; the revision is the SR's InstanceNumber) supersedes the older SR's
+  *undelivered* rows: the older one is not sent any more, because it would put an
+  outdated result beside the current one in the PACS. SRs already delivered stay
+  delivered (an SR cannot be recalled). An SR that arrives after a newer one of the same
+  study is written to disk but recorded as superseded straight away.
+- ``@caller`` sends back to the AE that sent the study: its AE title and peer address
+  come with the job, the port from ``settings.caller_port``. Without a port (or an
+  unknown caller) the row is recorded as ``skipped`` with the reason, shown by ``status``.
+- A row is claimed (its ``next_try`` pushed forward) in a transaction before sending,
+  so two outbox loops on the same data directory never send the same row at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pydicom
+from pydicom.dataset import Dataset
+
+from mammo_density.config import Destination, Settings, mask_url
+from mammo_density.logsetup import uid_hash
+from mammo_density.plugin.send import DeliveryError, c_store, stow_rs
+
+log = logging.getLogger(__name__)
+
+DB_NAME = "outbox.sqlite3"
+SENT_DIR = "sent"
+BATCH = 32
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS srs (
+    sop_uid      TEXT PRIMARY KEY,
+    study_uid    TEXT NOT NULL,
+    series_uid   TEXT NOT NULL DEFAULT '',
+    revision     INTEGER NOT NULL DEFAULT 1,
+    path         TEXT NOT NULL,
+    calling_aet  TEXT NOT NULL DEFAULT '',
+    peer_host    TEXT NOT NULL DEFAULT '',
+    created_at   REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS srs_study ON srs(study_uid);
+CREATE TABLE IF NOT EXISTS deliveries (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    sop_uid      TEXT NOT NULL REFERENCES srs(sop_uid),
+    destination  TEXT NOT NULL,
+    kind         TEXT NOT NULL,
+    ae_title     TEXT NOT NULL DEFAULT '',
+    host         TEXT NOT NULL DEFAULT '',
+    port         INTEGER NOT NULL DEFAULT 0,
+    url          TEXT NOT NULL DEFAULT '',
+    status       TEXT NOT NULL,
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    last_error   TEXT NOT NULL DEFAULT '',
+    next_try     REAL NOT NULL,
+    created_at   REAL NOT NULL,
+    delivered_at REAL,
+    UNIQUE (sop_uid, destination)
+);
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(status, next_try);
+"""
+
+PENDING, DELIVERED, SKIPPED, SUPERSEDED = "pending", "delivered", "skipped", "superseded"
+_CLAIM_SECONDS = 300.0  # a claimed row is not picked up again for this long (crash guard)
+
+
+@dataclass(frozen=True)
+class _Target:
+    """A destination resolved for one SR (``@caller`` becomes the caller's address)."""
+
+    key: str
+    kind: str
+    ae_title: str = ""
+    host: str = ""
+    port: int = 0
+    url: str = ""
+    skip_reason: str = ""
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_durably(ds: Dataset, path: Path) -> Path:
+    """Write ``ds`` as a DICOM file at ``path``: temporary file, fsync, rename, fsync."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            ds.save_as(fh, enforce_file_format=True)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    _fsync_dir(path.parent)
+    return path
+
+
+class Outbox:
+    """Durable, retrying delivery of SRs to ``settings.sr_destinations``."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.dir = Path(settings.outbox_dir)
+        self.sent_dir = self.dir / SENT_DIR
+        self.db_path = Path(settings.data_dir) / DB_NAME
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()  # one deliver_due at a time per instance
+        with self._connect() as db:
+            db.executescript(_SCHEMA)
+
+    # --- database -------------------------------------------------------------------
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None)
+        try:
+            db.row_factory = sqlite3.Row
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA busy_timeout=30000")
+            yield db
+        finally:
+            db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    # --- destinations ---------------------------------------------------------------
+    def _targets(self, calling_aet: str, peer_host: str) -> list[_Target]:
+        targets = []
+        for dest in self.settings.sr_destinations:
+            targets.append(self._resolve(dest, calling_aet.strip(), peer_host.strip()))
+        return targets
+
+    def _resolve(self, dest: Destination, calling_aet: str, peer_host: str) -> _Target:
+        if dest.kind == "dimse":
+            return _Target(str(dest), "dimse", dest.ae_title, dest.host, dest.port)
+        if dest.kind == "dicomweb":
+            return _Target(dest.url, "dicomweb", url=dest.url)
+        port = int(self.settings.caller_port or 0)
+        if calling_aet and peer_host and port:
+            return _Target(f"@caller {calling_aet}@{peer_host}:{port}", "dimse", calling_aet,
+                           peer_host, port)
+        reason = ("caller_port is not configured" if not port
+                  else "the study came without a calling AE title and peer address")
+        return _Target(f"@caller {calling_aet or '?'}@{peer_host or '?'}", "caller",
+                       calling_aet, peer_host, port, skip_reason=f"@caller skipped: {reason}")
+
+    # --- public API -----------------------------------------------------------------
+    def enqueue(self, sr: Dataset, *, study_uid: str, calling_aet: str = "",
+                peer_host: str = "") -> Path:
+        """Write ``sr`` durably to the outbox, then record one delivery per destination.
+
+        Idempotent per SOPInstanceUID: the same SR enqueued again is not sent again.
+        Returns the SR file's path (under ``outbox/`` or ``outbox/sent/``).
+        """
+        sop_uid = str(sr.SOPInstanceUID)
+        if str(sr.get("StudyInstanceUID", study_uid)) != study_uid:
+            raise ValueError("enqueue: study_uid differs from the SR's StudyInstanceUID")
+        revision = int(sr.get("InstanceNumber", 1) or 1)
+        with self._connect() as db:
+            known = db.execute("SELECT path FROM srs WHERE sop_uid = ?", (sop_uid,)).fetchone()
+        if known is not None:
+            # The same SR again (same study, model and images): nothing new to send.
+            path = Path(known["path"])
+            if not path.exists():
+                path = write_durably(sr, self.dir / f"{sop_uid}.dcm")
+                with self._transaction() as db:
+                    db.execute("UPDATE srs SET path = ? WHERE sop_uid = ?", (str(path), sop_uid))
+            log.info("SR already in the outbox", extra={"sr": uid_hash(sop_uid)})
+            return path
+        path = write_durably(sr, self.dir / f"{sop_uid}.dcm")
+        now = time.time()
+        targets = self._targets(calling_aet, peer_host)
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO srs (sop_uid, study_uid, series_uid, revision, path, calling_aet,"
+                " peer_host, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT(sop_uid) DO UPDATE SET path = excluded.path",
+                (sop_uid, study_uid, str(sr.get("SeriesInstanceUID", "")), revision, str(path),
+                 calling_aet, peer_host, now),
+            )
+            newer = db.execute(
+                "SELECT 1 FROM srs WHERE study_uid = ? AND sop_uid != ? AND revision > ?"
+                " LIMIT 1", (study_uid, sop_uid, revision),
+            ).fetchone()
+            for t in targets:
+                status, error = PENDING, ""
+                if t.skip_reason:
+                    status, error = SKIPPED, t.skip_reason
+                elif newer is not None:
+                    status, error = SUPERSEDED, "a newer revision of the study was enqueued"
+                db.execute(
+                    "INSERT OR IGNORE INTO deliveries (sop_uid, destination, kind, ae_title,"
+                    " host, port, url, status, last_error, next_try, created_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (sop_uid, t.key, t.kind, t.ae_title, t.host, t.port, t.url, status, error,
+                     now, now),
+                )
+            if newer is None:
+                superseded = db.execute(
+                    "UPDATE deliveries SET status = ?, last_error = ? WHERE status = ? AND"
+                    " sop_uid IN (SELECT sop_uid FROM srs WHERE study_uid = ? AND sop_uid != ?"
+                    " AND revision <= ?)",
+                    (SUPERSEDED, "superseded by a newer SR of the study", PENDING, study_uid,
+                     sop_uid, revision),
+                ).rowcount
+                if superseded:
+                    log.info("superseded %d older SR deliveries", superseded,
+                             extra={"study": uid_hash(study_uid)})
+        log.info("SR enqueued for %d destination(s)", len(targets),
+                 extra={"study": uid_hash(study_uid), "sr": uid_hash(sop_uid)})
+        self._maybe_retire(sop_uid)
+        return self._path_of(sop_uid) or path
+
+    def deliver_due(self) -> int:
+        """Attempt every delivery that is due; return how many succeeded now."""
+        with self._lock:
+            delivered = 0
+            for row in self._claim_due():
+                if self._attempt(row):
+                    delivered += 1
+            return delivered
+
+    def run_forever(self, stop: threading.Event, interval: float = 1.0) -> None:
+        """Deliver due SRs every ``interval`` seconds until ``stop`` is set."""
+        log.info("SR outbox running (%d destination(s))", len(self.settings.sr_destinations))
+        while not stop.is_set():
+            try:
+                self.deliver_due()
+            except Exception:  # never let the loop die; the rows stay on disk
+                log.exception("SR outbox loop error")
+            stop.wait(interval)
+
+    def pending(self, limit: int = 200) -> list[dict[str, Any]]:
+        """Undelivered SR deliveries (pending, or skipped with a reason), oldest first."""
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT d.*, s.study_uid FROM deliveries d JOIN srs s USING (sop_uid)"
+                " WHERE d.status IN (?, ?) ORDER BY d.created_at, d.id LIMIT ?",
+                (PENDING, SKIPPED, limit),
+            ).fetchall()
+        return [{
+            "study": uid_hash(r["study_uid"]),
+            "sr": uid_hash(r["sop_uid"]),
+            "destination": mask_url(r["destination"]) if r["kind"] == "dicomweb"
+            else r["destination"],
+            "status": r["status"],
+            "attempts": r["attempts"],
+            "last_error": r["last_error"],
+            "next_try": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(r["next_try"])),
+        } for r in rows]
+
+    def deliveries(self, sop_uid: str) -> list[dict[str, Any]]:
+        """Every delivery row of one SR (for tests and diagnostics)."""
+        with self._connect() as db:
+            rows = db.execute("SELECT * FROM deliveries WHERE sop_uid = ? ORDER BY id",
+                              (sop_uid,)).fetchall()
+        return [dict(r) for r in rows]
+
+    # --- internals ------------------------------------------------------------------
+    def _path_of(self, sop_uid: str) -> Path | None:
+        with self._connect() as db:
+            row = db.execute("SELECT path FROM srs WHERE sop_uid = ?", (sop_uid,)).fetchone()
+        return Path(row["path"]) if row else None
+
+    def _claim_due(self) -> list[sqlite3.Row]:
+        now = time.time()
+        with self._transaction() as db:
+            rows = db.execute(
+                "SELECT d.*, s.path, s.study_uid FROM deliveries d JOIN srs s USING (sop_uid)"
+                " WHERE d.status = ? AND d.next_try <= ? ORDER BY d.next_try LIMIT ?",
+                (PENDING, now, BATCH),
+            ).fetchall()
+            for r in rows:
+                db.execute("UPDATE deliveries SET next_try = ? WHERE id = ?",
+                           (now + _CLAIM_SECONDS, r["id"]))
+        return rows
+
+    def _backoff(self, attempts: int) -> float:
+        base = float(self.settings.sr_retry_base_seconds)
+        cap = float(self.settings.sr_retry_max_seconds)
+        delay = min(cap, base * (2 ** max(0, attempts - 1)))
+        return delay * random.uniform(0.5, 1.0)
+
+    def _attempt(self, row: sqlite3.Row) -> bool:
+        timeout = float(self.settings.sr_timeout_seconds)
+        extra = {"study": uid_hash(row["study_uid"]), "sr": uid_hash(row["sop_uid"])}
+        try:
+            ds = pydicom.dcmread(row["path"])
+            if row["kind"] == "dicomweb":
+                note = stow_rs(ds, url=row["url"], timeout=timeout)
+            else:
+                note = c_store(ds, ae_title=row["ae_title"], host=row["host"], port=row["port"],
+                               calling_aet=self.settings.sr_calling_aet, timeout=timeout)
+        except (DeliveryError, OSError, pydicom.errors.InvalidDicomError) as exc:
+            error = str(exc) or type(exc).__name__
+            attempts = row["attempts"] + 1
+            next_try = time.time() + self._backoff(attempts)
+            with self._transaction() as db:
+                db.execute("UPDATE deliveries SET attempts = ?, last_error = ?, next_try = ?"
+                           " WHERE id = ? AND status = ?",
+                           (attempts, error[:500], next_try, row["id"], PENDING))
+            log.warning("SR delivery to %s failed (attempt %d): %s", self._shown(row),
+                        attempts, error, extra=extra)
+            return False
+        with self._transaction() as db:
+            db.execute("UPDATE deliveries SET status = ?, attempts = attempts + 1,"
+                       " last_error = '', delivered_at = ? WHERE id = ?",
+                       (DELIVERED, time.time(), row["id"]))
+        log.info("SR delivered to %s (%s)", self._shown(row), note, extra=extra)
+        self._maybe_retire(row["sop_uid"])
+        return True
+
+    @staticmethod
+    def _shown(row: sqlite3.Row) -> str:
+        return mask_url(row["destination"]) if row["kind"] == "dicomweb" else row["destination"]
+
+    def _maybe_retire(self, sop_uid: str) -> None:
+        """Move an SR to ``sent/`` once it was delivered and nothing is left to send."""
+        with self._transaction() as db:
+            counts = dict(db.execute(
+                "SELECT status, COUNT(*) FROM deliveries WHERE sop_uid = ? GROUP BY status",
+                (sop_uid,)).fetchall())
+            if counts.get(PENDING) or not counts.get(DELIVERED):
+                return
+            row = db.execute("SELECT path FROM srs WHERE sop_uid = ?", (sop_uid,)).fetchone()
+            src = Path(row["path"])
+            if src.parent == self.sent_dir or not src.exists():
+                return
+            self.sent_dir.mkdir(parents=True, exist_ok=True)
+            dst = self.sent_dir / src.name
+            os.replace(src, dst)
+            _fsync_dir(self.sent_dir)
+            db.execute("UPDATE srs SET path = ? WHERE sop_uid = ?", (str(dst), sop_uid))
+
+
+__all__ = ["DELIVERED", "PENDING", "SKIPPED", "SUPERSEDED", "Outbox", "write_durably"]

@@ -1,0 +1,98 @@
+"""Send one SR to one destination: C-STORE SCU (pynetdicom) or STOW-RS (dicomweb-client).
+
+Each function either returns a short success note or raises :class:`DeliveryError` with
+a message fit for ``status`` (no patient data, URLs with passwords masked). Every
+network call has a timeout.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE
+
+from mammo_density.config import mask_url
+
+log = logging.getLogger(__name__)
+
+# C-STORE statuses that mean "stored" (PS3.4 B.2.3): success and the three warnings
+# (coercion of data elements, elements discarded, dataset does not match SOP class).
+_STORED = {0x0000, 0xB000, 0xB006, 0xB007}
+
+
+class DeliveryError(Exception):
+    """A delivery attempt failed; the message says why (kept as ``last_error``)."""
+
+
+def c_store(ds: Dataset, *, ae_title: str, host: str, port: int, calling_aet: str,
+            timeout: float = 30.0) -> str:
+    """C-STORE ``ds`` to ``ae_title@host:port``; return the status as ``"0x0000"``.
+
+    Raises
+    ------
+    DeliveryError
+        Connection refused or timed out, association rejected or aborted, no response,
+        or a failure status (``0xA700`` out of resources, ``0xA900``, ``0xC000``...).
+    """
+    where = f"{ae_title}@{host}:{port}"
+    ae = AE(ae_title=calling_aet)
+    ae.acse_timeout = timeout
+    ae.dimse_timeout = timeout
+    ae.network_timeout = timeout
+    ae.connection_timeout = timeout
+    ae.add_requested_context(ds.SOPClassUID, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    assoc = ae.associate(host, port, ae_title=ae_title)
+    if not assoc.is_established:
+        if assoc.is_rejected:
+            raise DeliveryError(f"association rejected by {where}")
+        # pynetdicom reports a refused or timed-out connection as an abort too.
+        raise DeliveryError(f"no association with {where} (connection refused, timed out "
+                            "or aborted)")
+    try:
+        if not assoc.accepted_contexts:
+            raise DeliveryError(f"{where} accepts no presentation context for SOP class "
+                                f"{ds.SOPClassUID}")
+        status = assoc.send_c_store(ds)
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    if not status or "Status" not in status:
+        raise DeliveryError(f"no C-STORE response from {where} (timeout or abort)")
+    code = int(status.Status)
+    if code in _STORED:
+        return f"0x{code:04X}"
+    comment = str(status.get("ErrorComment", "") or "").strip()
+    raise DeliveryError(f"C-STORE to {where} failed with status 0x{code:04X}"
+                        + (f": {comment}" if comment else ""))
+
+
+def stow_rs(ds: Dataset, *, url: str, timeout: float = 30.0) -> str:
+    """STOW-RS ``ds`` to the DICOMweb service at ``url`` (its root, e.g. ``.../dicom-web``).
+
+    Raises
+    ------
+    DeliveryError
+        HTTP or connection error, or a response that lists the instance as failed.
+    """
+    import requests
+    from dicomweb_client.api import DICOMwebClient
+
+    where = mask_url(url)
+    client = DICOMwebClient(url=url, timeout=timeout)
+    try:
+        response = client.store_instances([ds])
+    except requests.RequestException as exc:
+        raise DeliveryError(f"STOW-RS to {where} failed: {type(exc).__name__}: "
+                            f"{mask_url(str(exc))[:300]}") from None
+    except (ValueError, TypeError) as exc:  # a response that is not a DICOM JSON dataset
+        raise DeliveryError(f"STOW-RS to {where}: unreadable response ({exc})") from None
+    failed = response.get("FailedSOPSequence") if response is not None else None
+    if failed:
+        reason = failed[0].get("FailureReason", "")
+        raise DeliveryError(f"STOW-RS to {where} refused the instance (reason {reason})")
+    return "stored"
+
+
+__all__ = ["DeliveryError", "c_store", "stow_rs"]
