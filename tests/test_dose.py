@@ -278,3 +278,18 @@ def test_no_dose_anywhere():
     assert s.total_agd_mgy is None
     assert s.breasts["R"].agd_source == "none"
     assert s.missing
+
+
+def test_extract_dose_from_files_mixes_images_and_reports(tmp_path):
+    # The Hologic 2D report with an unreadable file and a GE image of another study: the
+    # report does not belong to the image's study, so only the header counts.
+    junk = tmp_path / "junk.dcm"
+    junk.write_bytes(b"not dicom")
+    from mammo_density.worker.dose import extract_dose_from_files
+
+    s = extract_dose_from_files([require_testdata(*OPENREM, "MG-RDSR-Hologic_2D.dcm"), junk])
+    assert s.breasts["L"].agd_mgy == pytest.approx(1.30) and s.sources == ["rdsr"]
+    assert any("unreadable" in m for m in s.missing)
+    s2 = extract_dose_from_files([require_testdata(*OPENREM, "MG-Im-GE-SenDS-scaled.dcm"),
+                                  require_testdata(*OPENREM, "MG-RDSR-Hologic_2D.dcm")])
+    assert s2.sources == ["headers"] and s2.breasts["L"].agd_mgy == pytest.approx(1.373)

@@ -300,3 +300,20 @@ def test_registry_rows_for_synthetic_batch_and_dose_report(tmp_path):
 
     image = matplotlib.image.imread(png_path)
     assert image.shape[0] == 450 and image.shape[1] == 700 and image.shape[2] in (3, 4)
+
+
+def test_registry_postgresql_when_available(tmp_path):
+    """Runs only where a PostgreSQL URL is given and psycopg is installed (not in CI here)."""
+    import os
+
+    url = os.environ.get("MAMMO_DENSITY_TEST_PG_URL", "")
+    if not url:
+        pytest.skip("no PostgreSQL: set MAMMO_DENSITY_TEST_PG_URL to run")
+    pytest.importorskip("psycopg")
+    settings = _settings(tmp_path, registry_url=url)
+    registry = Registry(settings)
+    from mammo_density.worker.registry import row_from_payload
+
+    result = make_result(f"1.2.999.{int(time.time())}")
+    registry.upsert(row_from_payload(build_payload(result, settings)))
+    assert result.study_instance_uid in {r["study_uid"] for r in registry.rows()}

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Sequence
+from pathlib import Path
 
 from pydicom.dataset import Dataset
 
@@ -37,6 +38,8 @@ _GLANDULAR_KEYWORD = re.compile(r"GLAND\w*\s*(?:TISSUE)?\s*[:=]?\s*(\d+(?:[.,]\d
                                 re.IGNORECASE)
 _PERCENT = re.compile(r"(\d+(?:[.,]\d+)?)\s*%")
 _BARE_NUMBER = re.compile(r"^\s*(\d+(?:[.,]\d+)?)\s*$")
+
+_SR_PREFIX = "1.2.840.10008.5.1.4.1.1.88."  # structured reports other than dose: skipped
 
 #: Fields whose absence is reported in :attr:`DoseSummary.missing`.
 _KEY_FIELDS = ("agd_mgy", "thickness_mm", "kvp", "force_n")
@@ -352,4 +355,30 @@ def extract_dose(image_datasets: Sequence[Dataset], rdsr_datasets: Sequence[Data
     )
 
 
-__all__ = ["extract_dose", "parse_percent_glandular", "view_dose"]
+def extract_dose_from_files(paths: Sequence[str | Path], *,
+                            study_uid: str | None = None) -> DoseSummary:
+    """:func:`extract_dose` on files: reads headers only, sorts images from dose reports
+    by SOP class, skips files that cannot be read (``StudyJob.all_paths()`` fits)."""
+    import pydicom
+
+    images: list[Dataset] = []
+    reports: list[Dataset] = []
+    unreadable = 0
+    for path in paths:
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except Exception as err:
+            unreadable += 1
+            log.warning("dose: cannot read %s: %s", Path(path).name, err)
+            continue
+        if is_rdsr(ds):
+            reports.append(ds)  # no pixel data: the whole content tree was read
+        elif not str(ds.get("SOPClassUID", "")).startswith(_SR_PREFIX):
+            images.append(ds)
+    summary = extract_dose(images, reports, study_uid=study_uid)
+    if unreadable:
+        summary.missing.append(f"{unreadable} file(s) unreadable")
+    return summary
+
+
+__all__ = ["extract_dose", "extract_dose_from_files", "parse_percent_glandular", "view_dose"]
