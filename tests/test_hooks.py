@@ -317,3 +317,65 @@ def test_registry_postgresql_when_available(tmp_path):
     result = make_result(f"1.2.999.{int(time.time())}")
     registry.upsert(row_from_payload(build_payload(result, settings)))
     assert result.study_instance_uid in {r["study_uid"] for r in registry.rows()}
+
+
+_DELIVERER = """
+import threading, signal
+from mammo_density.config import load_settings
+from mammo_density.worker.hooks import HookQueue
+stop = threading.Event()
+signal.signal(signal.SIGTERM, lambda *a: stop.set())
+HookQueue(load_settings()).run_forever(stop, 0.1)
+"""
+
+
+def test_delivery_survives_a_process_restart(tmp_path):
+    """The delivering process (serve's hook thread) is killed while the receiver is down;
+    a new process delivers every queued event exactly once when the receiver is back."""
+    import os
+    import subprocess
+    import sys
+
+    port = free_port()
+    receiver = Receiver(port)
+    env = dict(os.environ,
+               MAMMO_DENSITY_DATA_DIR=str(tmp_path / "data"),
+               MAMMO_DENSITY_WEBHOOK_URL=receiver.url,
+               MAMMO_DENSITY_WEBHOOK_SECRET=SECRET,
+               MAMMO_DENSITY_WEBHOOK_TIMEOUT="2",
+               MAMMO_DENSITY_HOOK_RETRY_MAX_SECONDS="0.3",
+               MAMMO_DENSITY_REGISTRY_ENABLED="false")
+    env.pop("MAMMO_DENSITY_CONFIG", None)
+    settings = _settings(tmp_path, webhook_url=receiver.url, webhook_secret=SECRET,
+                         registry_enabled=False)
+    results = [make_result(f"1.2.7.{i}") for i in range(3)]
+    for r in results:
+        dispatch(r, settings)
+    queue = HookQueue(settings)
+
+    first = subprocess.Popen([sys.executable, "-c", _DELIVERER], env=env)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if all(p["attempts"] >= 2 for p in queue.pending()):
+                break
+            time.sleep(0.1)
+        assert len(queue.pending()) == 3 and all(p["attempts"] >= 2 for p in queue.pending())
+    finally:
+        first.kill()
+        first.wait(10)
+
+    receiver.start()
+    second = subprocess.Popen([sys.executable, "-c", _DELIVERER], env=env)
+    try:
+        deadline = time.monotonic() + 30
+        while queue.pending() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.5)  # a few more rounds: nothing may arrive twice
+    finally:
+        second.terminate()
+        second.wait(10)
+        receiver.stop()
+    assert second.returncode == 0  # SIGTERM: clean stop
+    assert receiver.events == Counter({event_id(r): 1 for r in results})
+    assert receiver.bad_signatures == 0
