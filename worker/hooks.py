@@ -29,6 +29,7 @@ added under ``patient`` only when ``settings.hooks_include_patient_ids`` is true
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import inspect
 import json
@@ -36,7 +37,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from importlib import import_module, metadata
 from pathlib import Path
@@ -53,6 +54,7 @@ RETRY_BASE_SECONDS = 2.0
 LEASE_SECONDS = 300.0
 
 Hook = Callable[..., None]
+_READY: set[str] = set()  # queue files whose schema exists (this process)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS hook_events (
@@ -105,6 +107,12 @@ def _builtin(name: str) -> Hook | None:
     return None
 
 
+@functools.lru_cache(maxsize=1)
+def _entry_points() -> dict[str, metadata.EntryPoint]:
+    """Installed hooks (read once per process: scanning the metadata takes milliseconds)."""
+    return {ep.name: ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
+
+
 def resolve_hook(name: str) -> Hook:
     """The callable behind a hook name (entry point, built-in, or ``module:callable``)."""
     if ":" in name:
@@ -113,8 +121,8 @@ def resolve_hook(name: str) -> Hook:
         for part in attr.split("."):
             obj = getattr(obj, part)
     else:
-        eps = [ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP) if ep.name == name]
-        obj = eps[0].load() if eps else _builtin(name)
+        ep = _entry_points().get(name)
+        obj = ep.load() if ep is not None else _builtin(name)
         if obj is None:
             raise LookupError(f"no hook named {name!r} in entry-point group {ENTRY_POINT_GROUP}")
     if not callable(obj):
@@ -158,15 +166,40 @@ class HookQueue:
         self.max_backoff = float(getattr(settings, "hook_retry_max_seconds", 3600.0))
         self._hooks: dict[str, Hook] = {}
         self._lock = threading.Lock()
-        with self._connect() as db:
-            db.executescript(_SCHEMA)
+        self._local = threading.local()
+        key = str(self.path.resolve())
+        if key not in _READY:
+            with self._conn() as db:
+                db.executescript(_SCHEMA)
+            _READY.add(key)
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA synchronous=FULL")  # a queued event survives a power cut
         db.row_factory = sqlite3.Row
         return db
+
+    @contextlib.contextmanager
+    def _conn(self) -> Iterator[sqlite3.Connection]:
+        """This thread's connection, kept open (closing a WAL database checkpoints it,
+        which costs more than the insert)."""
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = self._local.db = self._connect()
+        try:
+            yield db
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
+    def close(self) -> None:
+        """Close the calling thread's connection."""
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            db.close()
+            self._local.db = None
 
     # enqueue ---------------------------------------------------------------------------
     def enqueue(self, payload: dict[str, Any], hooks: list[str]) -> int:
@@ -176,7 +209,7 @@ class HookQueue:
         now = time.time()
         study = uid_hash(payload.get("study_instance_uid"))
         added = 0
-        with contextlib.closing(self._connect()) as db:
+        with self._conn() as db:
             db.execute("BEGIN IMMEDIATE")
             for name in hooks:
                 cur = db.execute(
@@ -214,7 +247,7 @@ class HookQueue:
         """Run every due row once; returns how many were delivered. Never raises."""
         delivered = 0
         try:
-            with contextlib.closing(self._connect()) as db:
+            with self._conn() as db:
                 rows = self._claim(db, time.time(), limit)
                 for row in rows:
                     name, eid = row["hook"], row["event_id"]
@@ -251,7 +284,7 @@ class HookQueue:
     # status ----------------------------------------------------------------------------
     def pending(self) -> list[dict[str, Any]]:
         """Rows not yet delivered (for ``status``): no payloads, no patient data."""
-        with contextlib.closing(self._connect()) as db:
+        with self._conn() as db:
             rows = db.execute(
                 "SELECT event_id, hook, study_hash, attempts, next_at, last_error, created_at"
                 " FROM hook_events WHERE state = 'pending' ORDER BY created_at").fetchall()
@@ -259,11 +292,24 @@ class HookQueue:
 
     def delivered(self) -> list[dict[str, Any]]:
         """Delivered rows (event id, hook, attempts, times)."""
-        with contextlib.closing(self._connect()) as db:
+        with self._conn() as db:
             rows = db.execute(
                 "SELECT event_id, hook, study_hash, attempts, created_at, done_at"
                 " FROM hook_events WHERE state = 'done' ORDER BY done_at").fetchall()
         return [dict(r) for r in rows]
+
+
+_QUEUES: dict[str, HookQueue] = {}
+_QUEUES_LOCK = threading.Lock()
+
+
+def _queue_for(settings: Any) -> HookQueue:
+    key = str(Path(settings.data_dir))
+    with _QUEUES_LOCK:
+        queue = _QUEUES.get(key)
+        if queue is None or queue.settings is not settings:
+            queue = _QUEUES[key] = HookQueue(settings)
+        return queue
 
 
 def dispatch(result: StudyResult, settings: Any, *, patient: dict | None = None) -> None:
@@ -279,7 +325,7 @@ def dispatch(result: StudyResult, settings: Any, *, patient: dict | None = None)
         if not names:
             return
         payload = build_payload(result, settings, patient=patient)
-        added = HookQueue(settings).enqueue(payload, names)
+        added = _queue_for(settings).enqueue(payload, names)
         log.info("study %s: event %s queued for %d hook(s) (%d new)",
                  uid_hash(result.study_instance_uid), payload["event_id"][:12], len(names),
                  added)

@@ -14,6 +14,7 @@ import contextlib
 import csv
 import json
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -93,6 +94,7 @@ class Registry:
         self.kind = "sqlite"
         self.path: Path | None = None
         self.url = url
+        self._local = threading.local()
         if not url:
             self.path = Path(settings.data_dir) / "registry.sqlite3"
         elif url.startswith("sqlite:///"):
@@ -109,13 +111,12 @@ class Registry:
     @contextlib.contextmanager
     def _connect(self) -> Iterator[Any]:
         if self.kind == "sqlite":
-            db = sqlite3.connect(self.path, timeout=30.0)
-            db.execute("PRAGMA journal_mode=WAL")
-            try:
-                with db:
-                    yield db
-            finally:
-                db.close()
+            db = getattr(self._local, "db", None)
+            if db is None:  # one connection per thread, kept open
+                db = self._local.db = sqlite3.connect(self.path, timeout=30.0)
+                db.execute("PRAGMA journal_mode=WAL")
+            with db:  # one transaction
+                yield db
         else:
             try:
                 import psycopg
@@ -155,9 +156,22 @@ class Registry:
         return len(rows)
 
 
+_OPEN: dict[tuple[str, str], Registry] = {}
+_OPEN_LOCK = threading.Lock()
+
+
+def registry_for(settings: Any) -> Registry:
+    """One :class:`Registry` per database per process (the table is created once)."""
+    key = (str(getattr(settings, "registry_url", "") or ""), str(settings.data_dir))
+    with _OPEN_LOCK:
+        if key not in _OPEN:
+            _OPEN[key] = Registry(settings)
+        return _OPEN[key]
+
+
 def registry_hook(payload: dict[str, Any], *, settings: Any) -> None:
     """Hook entry point: record the exam."""
-    Registry(settings).upsert(row_from_payload(payload))
+    registry_for(settings).upsert(row_from_payload(payload))
 
 
-__all__ = ["COLUMNS", "Registry", "registry_hook", "row_from_payload"]
+__all__ = ["COLUMNS", "Registry", "registry_for", "registry_hook", "row_from_payload"]
