@@ -249,7 +249,10 @@ class StudyAssembler:
                         "updated_at=?, calling_aet=?, peer_host=? WHERE study_uid=?",
                         (now, now, calling_aet or study["calling_aet"],
                          peer_host or study["peer_host"], inst.study_uid))
-            if status == "collecting":
+            first_time = study is None or int(study["revision"]) == 0
+            if status == "collecting" and first_time:
+                # Only a never-submitted study goes at once; a re-opened one waits for
+                # stable_seconds (a PACS re-sending a study must not queue it per image).
                 selection = select(self.db.instances_of(conn, inst.study_uid))
                 if selection.complete:
                     job = self._queue(conn, inst.study_uid, selection, now)

@@ -73,9 +73,10 @@ class Incoming:
 class Rejected(Exception):
     """A data set refused with ``status``; the message is the reason (no identifiers)."""
 
-    def __init__(self, status: int, reason: str) -> None:
+    def __init__(self, status: int, reason: str, study_uid: str = "") -> None:
         super().__init__(reason)
         self.status = status
+        self.study_uid = study_uid
 
 
 def _text(ds: Dataset, keyword: str) -> str:
@@ -163,7 +164,7 @@ class Ingestor:
             study_uid = inst.study_uid
             self._commit(incoming, inst)
         except Rejected as rej:
-            self._reject(incoming, study_uid, rej.status, str(rej))
+            self._reject(incoming, study_uid or rej.study_uid, rej.status, str(rej))
             return rej.status
         except Exception as err:
             self._reject(incoming, study_uid, OUT_OF_RESOURCES,
@@ -190,6 +191,14 @@ class Ingestor:
         except Exception as err:
             raise Rejected(CANNOT_UNDERSTAND,
                            f"not a readable DICOM data set ({type(err).__name__})") from None
+        try:
+            return self._classify(incoming, ds, sop_class, sop_uid, study_uid, ts)
+        except Rejected as rej:
+            rej.study_uid = study_uid
+            raise
+
+    def _classify(self, incoming: Incoming, ds: Dataset, sop_class: str, sop_uid: str,
+                  study_uid: str, ts: UID) -> NewInstance:
         if not sop_class or not sop_uid or not study_uid:
             missing = [k for k, v in (("SOPClassUID", sop_class), ("SOPInstanceUID", sop_uid),
                                       ("StudyInstanceUID", study_uid)) if not v]
