@@ -293,3 +293,22 @@ def test_extract_dose_from_files_mixes_images_and_reports(tmp_path):
     s2 = extract_dose_from_files([require_testdata(*OPENREM, "MG-Im-GE-SenDS-scaled.dcm"),
                                   require_testdata(*OPENREM, "MG-RDSR-Hologic_2D.dcm")])
     assert s2.sources == ["headers"] and s2.breasts["L"].agd_mgy == pytest.approx(1.373)
+
+
+def test_header_of_same_exposure_matched_without_uids():
+    # A For Presentation image whose UIDs the report does not name: matched by laterality,
+    # view, AGD and thickness (Hologic 2D event R CC: AGD 1.28 mGy, 43 mm).
+    rdsr = _rdsr("MG-RDSR-Hologic_2D.dcm")
+    img = Dataset()
+    img.SOPInstanceUID = "1.2.826.0.1.3680043.8.498.777"
+    img.StudyInstanceUID = rdsr.StudyInstanceUID
+    img.ImageLaterality = "R"
+    img.ViewPosition = "CC"
+    img.OrganDose = "0.0128"
+    img.BodyPartThickness = "43"
+    img.CompressionForce = "120"
+    s = extract_dose([img], [rdsr])
+    right = next(v for v in s.views if v.laterality == "R")
+    assert right.force_n == 120 and right.sop_instance_uid == img.SOPInstanceUID
+    left = next(v for v in s.views if v.laterality == "L")
+    assert left.force_n is None

@@ -167,6 +167,19 @@ def _event_view(ev: RdsrEvent) -> ViewDose:
     )
 
 
+def _same_exposure(ev: RdsrEvent, header_views: list[ViewDose]) -> ViewDose | None:
+    """The one header view with the event's laterality, view, AGD (within 0.01 mGy) and
+    thickness (within 0.5 mm): the For Presentation image of an event whose report
+    references the For Processing one."""
+    if ev.agd_mgy is None or ev.thickness_mm is None:
+        return None
+    hits = [v for v in header_views
+            if v.laterality == ev.laterality and v.view == ev.view
+            and v.agd_mgy is not None and abs(v.agd_mgy - ev.agd_mgy) <= 0.01
+            and v.thickness_mm is not None and abs(v.thickness_mm - ev.thickness_mm) <= 0.5]
+    return hits[0] if len(hits) == 1 else None
+
+
 def _fill(target: ViewDose, source: ViewDose) -> ViewDose:
     """``target`` with its empty fields taken from ``source``."""
     data = target.model_dump()
@@ -289,7 +302,8 @@ def extract_dose(image_datasets: Sequence[Dataset], rdsr_datasets: Sequence[Data
         for ev in events:
             vd = _event_view(ev)
             match = by_event.get(ev.event_uid) or next(
-                (by_sop[u] for u in ev.image_uids if u in by_sop), None)
+                (by_sop[u] for u in ev.image_uids if u in by_sop), None) or _same_exposure(
+                ev, header_views)
             if match is not None:
                 vd = _fill(vd, match)
                 vd.sop_instance_uid = match.sop_instance_uid

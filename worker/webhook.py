@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 from typing import Any
 
 import requests
@@ -24,6 +25,8 @@ from mammo_density import __version__
 
 SIGNATURE_HEADER = "X-Mammo-Density-Signature"
 EVENT_HEADER = "X-Mammo-Density-Event"
+
+log = logging.getLogger(__name__)
 
 
 class WebhookError(RuntimeError):
@@ -65,6 +68,8 @@ def webhook_hook(payload: dict[str, Any], *, settings: Any) -> None:
     secret = _secret(settings)
     if secret:
         headers[SIGNATURE_HEADER] = sign(body, secret)
+    else:
+        log.warning("webhook_secret is empty: sending the event unsigned")
     timeout = float(getattr(settings, "webhook_timeout", 10.0))
     response = requests.post(url, data=body, headers=headers, timeout=(timeout, timeout),
                              allow_redirects=False)
