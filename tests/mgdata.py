@@ -69,6 +69,7 @@ def mg(study_uid: str, laterality: str | None, view: str | None, *,
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
     ds.PixelData = (np.arange(rows * cols, dtype=np.uint16) % 4096).tobytes()
+    ds["PixelData"].VR = "OW"
     return ds
 
 

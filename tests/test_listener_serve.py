@@ -1,0 +1,134 @@
+"""`mammo-density serve` as a real subprocess: dcmtk peers, status, SIGKILL and restart."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.mgdata import study, write
+from tests.services import REPO, echoscu, free_port, stop_process, storescu, wait_for_port
+
+pytestmark = pytest.mark.services
+
+
+class Serve:
+    """One `mammo-density serve` process on a free port."""
+
+    def __init__(self, data_dir: Path, *extra: str, stable: float = 30.0) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.extra = extra
+        self.env = {**os.environ, "MAMMO_DENSITY_LISTEN_HOST": "127.0.0.1",
+                    "MAMMO_DENSITY_MIN_FREE_DISK_MB": "0",
+                    "MAMMO_DENSITY_STABLE_SECONDS": str(stable)}
+        self.env.pop("MAMMO_DENSITY_CONFIG", None)
+        self.proc: subprocess.Popen | None = None
+        self.log = data_dir.parent / f"serve-{self.port}.log"
+
+    def start(self) -> Serve:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log, "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mammo_density.cli", "serve", "--port", str(self.port),
+             "--data-dir", str(self.data_dir), *self.extra],
+            stdout=self._log, stderr=subprocess.STDOUT, env=self.env, cwd=REPO)
+        wait_for_port(self.port, 30)
+        return self
+
+    def stop(self) -> int:
+        assert self.proc is not None
+        stop_process(self.proc, timeout=20)
+        self._log.close()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+        self._log.close()
+
+    def status(self) -> dict:
+        out = subprocess.run(
+            [sys.executable, "-m", "mammo_density.cli", "status", "--json", "--data-dir",
+             str(self.data_dir)], capture_output=True, text=True, env=self.env, cwd=REPO,
+            timeout=60, check=True)
+        return json.loads(out.stdout)
+
+
+def _wait(pred, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.2)
+    raise AssertionError("condition not met in time")
+
+
+def test_serve_dcmtk_echo_store_status_and_sigterm(tmp_path):
+    serve = Serve(tmp_path / "data", "--receive-only").start()
+    try:
+        assert echoscu(serve.port).returncode == 0
+        sent = study()
+        for ds in sent:
+            write(ds, tmp_path / "in")
+        proc = storescu([tmp_path / "in"], serve.port)
+        assert proc.returncode == 0, proc.stderr
+        uid = sent[0].StudyInstanceUID
+        _wait(lambda: serve.status()["counts"]["queued"] == 1)
+        queued = serve.status()["studies"]["queued"]
+        assert [s["study_uid"] for s in queued] == [uid]
+    finally:
+        assert serve.stop() == 0
+    log = serve.log.read_text()
+    assert f"listening on MAMMODENSITY@127.0.0.1:{serve.port}" in log
+    assert "SIGTERM received" in log and "stopped" in log
+    assert "PAT-SECRET" not in log and uid not in log
+
+
+def test_sigkill_with_studies_half_received_then_restart(tmp_path):
+    data = tmp_path / "data"
+    studies = [study() for _ in range(3)]
+    for i, s in enumerate(studies):
+        for j, ds in enumerate(s):
+            write(ds, tmp_path / ("first" if j < 2 else "second") / str(i))
+    serve = Serve(data, "--receive-only").start()
+    assert storescu([tmp_path / "first"], serve.port).returncode == 0
+    serve.kill()
+    assert not any(p.name.endswith(".part") for p in (data / "spool").rglob("*"))
+    serve = Serve(data, "--receive-only").start()
+    try:
+        collecting = serve.status()["studies"]["collecting"]
+        assert len(collecting) == 3  # resumed with their stable timers
+        assert storescu([tmp_path / "second"], serve.port).returncode == 0
+        _wait(lambda: serve.status()["counts"]["queued"] == 3)
+    finally:
+        serve.stop()
+    import sqlite3
+
+    conn = sqlite3.connect(data / "state.sqlite3")
+    rows = conn.execute("SELECT study_uid, submissions, revision FROM studies").fetchall()
+    assert sorted(r[0] for r in rows) == sorted(s[0].StudyInstanceUID for s in studies)
+    assert all(r[1] == 1 and r[2] == 1 for r in rows)
+    assert conn.execute("SELECT COUNT(*) FROM instances").fetchone()[0] == 12
+    conn.close()
+    assert len(list((data / "spool").glob("*/*.dcm"))) == 12
+
+
+def test_serve_refuses_busy_port(tmp_path):
+    serve = Serve(tmp_path / "a", "--receive-only").start()
+    try:
+        other = subprocess.run(
+            [sys.executable, "-m", "mammo_density.cli", "serve", "--receive-only", "--port",
+             str(serve.port), "--data-dir", str(tmp_path / "b")],
+            capture_output=True, text=True, env=serve.env, cwd=REPO, timeout=60)
+        assert other.returncode == 1
+        assert "cannot listen" in other.stderr
+    finally:
+        serve.stop()
