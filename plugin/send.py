@@ -81,6 +81,7 @@ def stow_rs(ds: Dataset, *, url: str, timeout: float = 30.0) -> str:
 
     where = mask_url(url)
     client = DICOMwebClient(url=url, timeout=timeout)
+    client.set_http_retry_params(retry=False)  # the outbox retries, with its own backoff
     try:
         response = client.store_instances([ds])
     except requests.RequestException as exc:

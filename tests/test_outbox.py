@@ -15,7 +15,7 @@ from mammo_density.config import Settings, load_settings
 from mammo_density.plugin.outbox import Outbox
 from mammo_density.worker.sr import build_density_sr
 from tests import srdata
-from tests.services import OrthancServer, free_port, storescu
+from tests.services import HERE, OrthancServer, free_port, storescu
 
 COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
 
@@ -180,3 +180,19 @@ def test_retried_until_orthanc_returns_across_outbox_restart(
     second.enqueue(again, study_uid=study_uid)
     assert second.deliver_due() == 0
     assert len(_sr_instances(orthanc, study_uid)) == 1
+
+
+def test_stow_rs_into_orthanc(tmp_path: Path, orthanc_factory) -> None:
+    server = orthanc_factory(script=HERE / "orthanc_stow.py", name="stow")
+    sources, sr = _study_sr()
+    _store_images(server, sources, tmp_path / "images")
+    closed = f"http://user:secret@127.0.0.1:{free_port()}/dicom-web"
+    outbox = Outbox(_settings(tmp_path, [f"{server.url}/dicom-web", closed]))
+    outbox.enqueue(sr, study_uid=sr.StudyInstanceUID)
+    assert outbox.deliver_due() == 1
+    [stored] = _sr_instances(server, sr.StudyInstanceUID)
+    assert stored["SOPInstanceUID"] == sr.SOPInstanceUID
+    assert len(server.study_instances(sr.StudyInstanceUID)) == 5
+    [left] = outbox.pending()
+    assert left["attempts"] == 1 and "STOW-RS" in left["last_error"]
+    assert "secret" not in left["destination"] and "secret" not in left["last_error"]

@@ -217,6 +217,19 @@ def test_type2_attributes_omitted_by_modality(tmp_path: Path) -> None:
     assert all(v["view"] in ("CC", "MLO") for v in got["images"].values())
 
 
+@pytest.mark.filterwarnings("ignore:Invalid value for VR")
+def test_malformed_type2_values_are_left_empty(tmp_path: Path) -> None:
+    sources = srdata.mg_study()
+    for ds in sources:
+        ds.StudyDate, ds.StudyTime, ds.PatientBirthDate, ds.PatientSex = "1", "10:10", "x", "U"
+    man = srdata.manifest()
+    path = _save(build_density_sr(srdata.result_for(sources, man=man), sources, man), tmp_path)
+    errors, _ = dciodvfy(path)
+    assert errors == [], "\n".join(errors)
+    ds = pydicom.dcmread(path)
+    assert ds.StudyDate == "" and ds.PatientSex == "" and ds.PatientID == sources[0].PatientID
+
+
 def test_partial_study_has_only_supported_groups(tmp_path: Path) -> None:
     sources = srdata.mg_study(["L-CC", "L-MLO"])
     man = srdata.manifest()
@@ -299,3 +312,9 @@ def test_bad_inputs_raise_clear_errors() -> None:
         build_density_sr(result, sources + other, man)
     with pytest.raises(ValueError, match="not a Comprehensive"):
         read_density_sr(sources[0])
+
+
+def test_warm_up_builds_one_sr() -> None:
+    from mammo_density.worker.sr import warm_up
+
+    assert warm_up() > 0

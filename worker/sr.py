@@ -29,7 +29,10 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import io
 import logging
+import time
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -55,6 +58,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
 from pydicom.tag import Tag
 from pydicom.uid import generate_uid
+from pydicom.valuerep import DA, TM
 
 from mammo_density import __version__
 from mammo_density.logsetup import uid_hash
@@ -177,6 +181,23 @@ def _header_copy(src: Dataset) -> Dataset:
     for keyword in _TYPE2_STUDY:
         if keyword not in hdr:
             setattr(hdr, keyword, None)
+    # highdicom re-parses these and raises on a malformed value (seen: "1", "2026-01-01"):
+    # an empty value is better than no SR.
+    for keyword, parse in (("StudyDate", DA), ("PatientBirthDate", DA), ("StudyTime", TM)):
+        value = hdr.get(keyword)
+        if value in (None, ""):
+            continue
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                parse(str(value))
+        except ValueError:
+            log.warning("source %s is malformed; left empty in the SR", keyword)
+            setattr(hdr, keyword, None)
+    if str(hdr.get("PatientSex") or "").strip().upper() not in ("", "M", "F", "O"):
+        hdr.PatientSex = None  # e.g. "U": not a DICOM value; highdicom raises on it
+    elif hdr.get("PatientSex"):
+        hdr.PatientSex = str(hdr.PatientSex).strip().upper()
     return hdr
 
 
@@ -208,7 +229,8 @@ def _check_sources(sources: Sequence[Dataset], study_uid: str) -> None:
     if not sources:
         raise ValueError("sources: at least one source image header is needed (SR evidence)")
     for i, ds in enumerate(sources):
-        for keyword in ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "Rows", "Columns"):
+        for keyword in ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID",
+                        "SeriesInstanceUID", "Rows", "Columns"):
             if keyword not in ds:
                 raise ValueError(f"sources[{i}] lacks {keyword}")
         if str(ds.StudyInstanceUID) != study_uid:
@@ -433,6 +455,41 @@ def build_density_sr(result: StudyResult, sources: Sequence[Dataset], manifest: 
     return sr
 
 
+def warm_up() -> float:
+    """Build and discard one SR so the first real one does not pay highdicom's and
+    pydicom's lazy initialisation (the first build costs several times a warm one; see
+    benchmarks/sr_build.py). Call it once when a worker starts. Returns seconds spent."""
+    from mammo_density.result import BreastResult, ExamResult
+
+    start = time.perf_counter()
+    study = generate_uid(entropy_srcs=[_UID_NAMESPACE, "warm-up"])
+    sources = []
+    for slot in SLOTS:
+        side, view = slot.split("-")
+        ds = Dataset()
+        ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1.2"
+        ds.SOPInstanceUID = generate_uid(entropy_srcs=[study, slot])
+        ds.StudyInstanceUID = study
+        ds.SeriesInstanceUID = generate_uid(entropy_srcs=[study, "series"])
+        ds.Modality = "MG"
+        ds.ImageLaterality, ds.ViewPosition = side, view
+        ds.PatientOrientation = ["P", "L"] if side == "R" else ["A", "R"]
+        ds.ImagerPixelSpacing = [0.1, 0.1]
+        ds.Rows = ds.Columns = 8
+        sources.append(ds)
+    probs = {c: 0.25 for c in BIRADS}
+    result = StudyResult(
+        study_instance_uid=study,
+        exam=ExamResult(category="B", probabilities=probs, dense=False, p_dense=0.5,
+                        dense_source="birads4"),
+        breasts={s: BreastResult(category="B", probabilities=probs) for s in ("R", "L")})
+    manifest = ModelManifest(name="warm-up", version="0", task="birads4",
+                             classes=list(BIRADS), views={}, input_size=1,
+                             preprocessing_version="0", files_sha256={}, training_data="")
+    build_density_sr(result, sources, manifest).save_as(io.BytesIO(), enforce_file_format=True)
+    return time.perf_counter() - start
+
+
 # --------------------------------------------------------------------------------------
 # Reader (reference for tests and the Orthanc REST route)
 # --------------------------------------------------------------------------------------
@@ -536,4 +593,5 @@ def read_density_sr(ds: Dataset) -> dict[str, Any]:
     return out
 
 
-__all__ = ["build_density_sr", "model_identity", "read_density_sr", "sr_uids", "summary_text"]
+__all__ = ["build_density_sr", "model_identity", "read_density_sr", "sr_uids", "summary_text",
+           "warm_up"]

@@ -1,0 +1,127 @@
+"""Time building and saving one density SR (4-view study), and the outbox's durable write.
+
+    .venv/bin/python -m benchmarks.sr_build [--repeat 50] [--json]
+
+Prints the first (cold) build, then median / p95 over ``--repeat`` builds of:
+build (``build_density_sr``), save (``save_as`` to memory), build+save, the outbox's
+durable write (temp file + fsync + rename), and the read-back (``read_density_sr``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+
+from mammo_density.manifest import ModelManifest
+from mammo_density.plugin.outbox import write_durably
+from mammo_density.result import BreastDose, BreastResult, DoseSummary, ExamResult, StudyResult
+from mammo_density.views import SLOTS
+from mammo_density.worker.sr import build_density_sr, read_density_sr
+
+
+def _headers() -> list[Dataset]:
+    study = generate_uid()
+    out = []
+    for slot in SLOTS:
+        side, view = slot.split("-")
+        ds = Dataset()
+        ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1.2"
+        ds.SOPInstanceUID = generate_uid()
+        ds.StudyInstanceUID = study
+        ds.SeriesInstanceUID = generate_uid(entropy_srcs=[study])
+        ds.Modality = "MG"
+        ds.SpecificCharacterSet = "ISO_IR 192"
+        ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "B^M", "1", "", "F"
+        ds.StudyID, ds.AccessionNumber, ds.StudyDate, ds.StudyTime = "1", "A1", "20260101", "101010"
+        ds.ImageLaterality, ds.ViewPosition = side, view
+        ds.PatientOrientation = ["P", "L"] if side == "R" else ["A", "R"]
+        ds.ImagerPixelSpacing = [0.1, 0.1]
+        ds.Rows, ds.Columns = 3328, 2560
+        out.append(ds)
+    return out
+
+
+def _inputs() -> tuple[StudyResult, list[Dataset], ModelManifest]:
+    sources = _headers()
+    manifest = ModelManifest(
+        name="bench", version="1", task="birads4", classes=["A", "B", "C", "D"],
+        views={s: f"{s}.onnx" for s in SLOTS}, input_size=512, preprocessing_version="1",
+        files_sha256={f"{s}.onnx": "0" * 64 for s in SLOTS}, training_data="none",
+        not_for_clinical_use=True)
+    p = {"A": 0.05, "B": 0.15, "C": 0.6, "D": 0.2}
+    result = StudyResult(
+        study_instance_uid=sources[0].StudyInstanceUID,
+        exam=ExamResult(category="C", probabilities=p, dense=True, p_dense=0.8,
+                        dense_source="birads4"),
+        breasts={s: BreastResult(category="C", probabilities=p) for s in ("R", "L")},
+        dose=DoseSummary(breasts={s: BreastDose(agd_mgy=1.4, agd_source="headers")
+                                  for s in ("R", "L")}))
+    return result, sources, manifest
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+    return {"median_ms": round(statistics.median(values) * 1e3, 2),
+            "p95_ms": round(p95 * 1e3, 2)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=50)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+
+    result, sources, manifest = _inputs()
+    t0 = time.perf_counter()
+    build_density_sr(result, sources, manifest)
+    first = time.perf_counter() - t0
+
+    build, save, both, durable, read = [], [], [], [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(args.repeat):
+            t0 = time.perf_counter()
+            sr = build_density_sr(result, sources, manifest)
+            t1 = time.perf_counter()
+            buf = io.BytesIO()
+            sr.save_as(buf, enforce_file_format=True)
+            t2 = time.perf_counter()
+            write_durably(sr, Path(tmp) / f"{i}.dcm")
+            t3 = time.perf_counter()
+            read_density_sr(pydicom.dcmread(io.BytesIO(buf.getvalue())))
+            t4 = time.perf_counter()
+            build.append(t1 - t0)
+            save.append(t2 - t1)
+            both.append(t2 - t0)
+            durable.append(t3 - t2)
+            read.append(t4 - t3)
+    report = {
+        "first_build_ms": round(first * 1e3, 1),
+        "build": _stats(build), "save": _stats(save), "build_and_save": _stats(both),
+        "durable_write": _stats(durable), "read_back": _stats(read),
+        "sr_bytes": len(buf.getvalue()), "repeat": args.repeat,
+        "load_average_1min": round(os.getloadavg()[0], 2), "cpus": os.cpu_count(),
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"first build: {report['first_build_ms']} ms   SR size: {report['sr_bytes']} B   "
+              f"load average {report['load_average_1min']} on {report['cpus']} CPUs")
+        for key in ("build", "save", "build_and_save", "durable_write", "read_back"):
+            s = report[key]
+            print(f"{key:15s} median {s['median_ms']:7.2f} ms   p95 {s['p95_ms']:7.2f} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
