@@ -1,0 +1,168 @@
+"""Pipeline: assess (decode -> preprocess -> ONNX -> rules) and run (SR, outbox, state)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mammo_density.config import load_settings
+from mammo_density.job import JobImage, StudyJob
+from mammo_density.views import SLOTS
+from mammo_density.worker.models import ModelNotInstalled
+from mammo_density.worker.pipeline import Pipeline, Prepared
+from tests.models import cached_registry_entry
+from tests.studies import receive, study_files, synth_studies
+
+
+@pytest.fixture(scope="module")
+def models_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="module")
+def model_dir(models_root) -> Path:
+    return cached_registry_entry(models_root)
+
+
+@pytest.fixture(scope="module")
+def dense_dir(models_root) -> Path:
+    return cached_registry_entry(models_root, task="dense2", name="test-dense", seed=5)
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth")
+    return synth_studies(root, studies=1, seed=21, transfer_syntax="jpeg2000")[0]
+
+
+def job_of(record, slots=SLOTS) -> StudyJob:
+    images = [JobImage(slot=f"{im.laterality}-{im.view}", path=str(im.path),
+                       sop_instance_uid=im.sop_instance_uid)
+              for im in record.images if not im.extra and f"{im.laterality}-{im.view}" in slots]
+    missing = [s for s in SLOTS if s not in {im.slot for im in images}]
+    return StudyJob(study_instance_uid=record.study_instance_uid, images=images,
+                    partial=bool(missing), missing_views=missing)
+
+
+def settings_for(tmp_path, model_dir, **extra):
+    return load_settings(model_dir=model_dir, data_dir=tmp_path / "data", ort_threads=1,
+                         **extra)
+
+
+def test_assess_complete_study(tmp_path, model_dir, study):
+    pipe = Pipeline(settings_for(tmp_path, model_dir))
+    result = pipe.assess(job_of(study))
+    assert result.assessable and not result.partial and result.missing_views == []
+    assert [f"{v.laterality}-{v.view}" for v in result.views] == list(SLOTS)
+    assert set(result.breasts) == {"R", "L"}
+    exam = result.exam
+    assert exam.category in "ABCD" and exam.dense_source == "birads4"
+    assert exam.p_dense == pytest.approx(exam.probabilities["C"] + exam.probabilities["D"])
+    # the rule: the exam takes the denser breast's class
+    assert exam.category == max(b.category for b in result.breasts.values())
+    assert result.model.name == "test-model" and len(result.model.sha256) == 64
+    assert any("NOT FOR CLINICAL USE" in w for w in result.warnings)
+    for key in ("read", "decode", "preprocess", "inference", "combine", "total"):
+        assert result.timings_ms[key] >= 0.0
+    assert result.dose is not None
+    assert result.study_date
+    # deterministic: the same study gives the same probabilities
+    again = pipe.assess(job_of(study))
+    assert again.exam.probabilities == exam.probabilities
+
+
+def test_partial_study(tmp_path, model_dir, study):
+    pipe = Pipeline(settings_for(tmp_path, model_dir))
+    result = pipe.assess(job_of(study, slots=("R-CC", "L-CC", "L-MLO")))
+    assert result.partial and result.missing_views == ["R-MLO"]
+    assert result.breasts["R"].views == ["R-CC"]
+    result = pipe.assess(job_of(study, slots=("L-CC", "L-MLO")))
+    assert set(result.breasts) == {"L"}
+
+
+def test_poison_image_is_left_out(tmp_path, model_dir, study):
+    job = job_of(study)
+    bad = tmp_path / "bad.dcm"
+    raw = bytearray(Path(job.images[0].path).read_bytes())
+    bad.write_bytes(bytes(raw[: len(raw) - len(raw) // 3]))  # truncated J2K pixel data
+    job.images[0].path = str(bad)
+    pipe = Pipeline(settings_for(tmp_path, model_dir))
+    result = pipe.assess(job)
+    slot = job.images[0].slot
+    assert result.assessable and result.partial and slot in result.missing_views
+    assert any(w.startswith(f"{slot}: image not used") for w in result.warnings)
+    # no usable image at all: not assessable, exam None
+    notdicom = tmp_path / "junk.dcm"
+    notdicom.write_text("junk")
+    for im in job.images:
+        im.path = str(notdicom)
+    result = pipe.assess(job)
+    assert not result.assessable and result.exam is None
+    assert any("not assessable" in w for w in result.warnings)
+
+
+def test_dense2_set_when_installed(tmp_path, model_dir, dense_dir, study):
+    pipe = Pipeline(settings_for(tmp_path, model_dir, dense_model_dir=dense_dir))
+    result = pipe.assess(job_of(study))
+    assert result.exam.dense_source == "dense2"
+    p = [v.p_dense for v in result.views]
+    assert all(x is not None and 0 <= x <= 1 for x in p)
+    assert result.exam.p_dense == pytest.approx(float(np.mean(p)))
+    assert result.model.dense_model.startswith("test-dense")
+
+
+def test_prepared_payload_roundtrip(tmp_path, model_dir, study):
+    pipe = Pipeline(settings_for(tmp_path, model_dir))
+    job = job_of(study)
+    prepared = pipe.prepare(job)
+    payload = prepared.to_payload()
+    back = Prepared.from_payload(payload)
+    a = pipe.infer(prepared).probabilities
+    b = pipe.infer(back).probabilities
+    for slot in SLOTS:
+        assert np.abs(np.array(a[slot]) - np.array(b[slot])).max() < 1e-3
+        assert np.abs(back.inputs[64][slot] - prepared.inputs[64][slot]).max() < 1e-5
+
+
+def test_missing_model_is_a_clear_error(tmp_path, study):
+    pipe = Pipeline(settings_for(tmp_path, tmp_path / "no-model"))
+    with pytest.raises(ModelNotInstalled, match="model"):
+        pipe.assess(job_of(study))
+
+
+def test_run_writes_sr_and_state(tmp_path, model_dir, study):
+    from mammo_density.plugin.outbox import Outbox
+    from mammo_density.plugin.state import StateDB
+
+    settings = settings_for(tmp_path, model_dir)
+    jobs: list[StudyJob] = []
+    statuses = receive(settings, study_files(study), jobs.append)
+    assert statuses == [0] * len(statuses) and len(jobs) == 1
+    pipe = Pipeline(settings)
+    result = pipe.run(jobs[0])
+    assert result.assessable and result.sr is not None
+    assert Path(result.sr.path).is_file()
+    row = StateDB(settings.state_db).study(study.study_instance_uid)
+    assert row["status"] == "done"
+    pending = Outbox(settings).pending()
+    assert isinstance(pending, list)
+    assert "report" in result.timings_ms
+
+
+def test_run_marks_poison_study_failed(tmp_path, model_dir, study):
+    from mammo_density.plugin.state import StateDB
+
+    settings = settings_for(tmp_path, model_dir)
+    jobs: list[StudyJob] = []
+    receive(settings, study_files(study), jobs.append)
+    job = jobs[0]
+    for im in job.images:  # every spooled image corrupted after it was received
+        Path(im.path).write_bytes(b"\0" * 200)
+    result = Pipeline(settings).run(job)
+    assert not result.assessable
+    row = StateDB(settings.state_db).study(study.study_instance_uid)
+    assert row["status"] == "failed"
+    assert "not assessable" in row["last_error"]
+

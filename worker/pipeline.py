@@ -1,0 +1,494 @@
+"""One study in, one density result out: the pipeline, all wiring in one place.
+
+Stages (plain methods; the Celery tasks and the embedded runner are thin wrappers)::
+
+    prepare(job)            read + decode + preprocess every slotted image (CPU, threads)
+      -> infer(prepared)    per-view ONNX networks (GPU when present)
+      -> finish(...)        the method's rules -> StudyResult, + dose from the headers
+    assess(job) = prepare -> infer -> finish
+    run(job)    = assess, then screening rules, SR -> outbox, hooks, state
+                  (each in its own ``try``: one failing never loses the others)
+
+``Prepared`` carries only model-ready arrays and a little metadata, so it can cross from
+a CPU host to a GPU host (:meth:`Prepared.to_payload`: 16-bit fixed point, zlib, base64).
+
+Failure policy: an image that cannot be read or decoded is a poison input. It is left
+out (the study becomes partial, with a warning naming the slot and why); a study with no
+usable image is not assessable and is marked failed in the state database with the
+reasons. ``run`` never raises for a bad study. A model that cannot be loaded is not the
+study's fault: :class:`~mammo_density.worker.models.ModelError` propagates (after the
+study is marked failed) so that the operator sees it.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import threading
+import time
+import zlib
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+
+from mammo_density.config import Settings
+from mammo_density.job import StudyJob
+from mammo_density.logsetup import uid_hash
+from mammo_density.manifest import ModelManifest, read_manifest
+from mammo_density.result import SRRef, StudyResult, ViewResult
+from mammo_density.views import SLOTS, view_info
+from mammo_density.worker.combine import combine
+from mammo_density.worker.decode import DecodeError
+from mammo_density.worker.models import ModelError, ModelSet, resolve_model_dir
+from mammo_density.worker.preprocess import preprocess_dataset
+
+log = logging.getLogger(__name__)
+
+RDSR_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.88.67"
+
+
+def default_decode_workers() -> int:
+    """Images decoded in parallel per study (the codecs release the GIL)."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+@dataclass
+class Prepared:
+    """Model-ready inputs of one study (output of :meth:`Pipeline.prepare`).
+
+    ``inputs[size][slot]`` is the float32 ``(size, size)`` image; ``failed[slot]`` the
+    reason a slotted image could not be used; ``timings_ms`` summed per stage over images
+    plus the stage's wall time (``prepare``).
+    """
+
+    study_instance_uid: str
+    inputs: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
+    sop_uids: dict[str, str] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    headers: dict[str, Dataset] = field(default_factory=dict, repr=False)
+
+    @property
+    def slots(self) -> list[str]:
+        return [s for s in SLOTS if s in self.sop_uids]
+
+    def to_payload(self) -> dict[str, Any]:
+        """JSON-ready form (headers are not included).
+
+        Arrays travel as 16-bit fixed point (``round(x * 65535)``, max error 7.6e-6),
+        zlib-compressed (level 1: the padding compresses well), base64. float16 was
+        measured too: its 5e-4 steps moved test-model probabilities by up to 0.025.
+        """
+        arrays = {
+            str(size): {slot: encode_array(arr) for slot, arr in per_slot.items()}
+            for size, per_slot in self.inputs.items()}
+        return {"study_instance_uid": self.study_instance_uid, "arrays": arrays,
+                "encoding": ARRAY_ENCODING, "sop_uids": self.sop_uids,
+                "failed": self.failed, "warnings": self.warnings,
+                "timings_ms": self.timings_ms}
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any]) -> Prepared:
+        if payload.get("encoding", ARRAY_ENCODING) != ARRAY_ENCODING:
+            raise ValueError(f"unknown array encoding {payload.get('encoding')!r}")
+        inputs: dict[int, dict[str, np.ndarray]] = {}
+        for size_text, per_slot in payload.get("arrays", {}).items():
+            size = int(size_text)
+            inputs[size] = {slot: decode_array(text, size) for slot, text in per_slot.items()}
+        return cls(study_instance_uid=payload["study_instance_uid"], inputs=inputs,
+                   sop_uids=dict(payload.get("sop_uids", {})),
+                   failed=dict(payload.get("failed", {})),
+                   warnings=list(payload.get("warnings", [])),
+                   timings_ms=dict(payload.get("timings_ms", {})))
+
+
+ARRAY_ENCODING = "u16-fixed-zlib-b64"
+
+
+def encode_array(arr: np.ndarray) -> str:
+    """[0, 1] float image -> text (16-bit fixed point, zlib level 1, base64)."""
+    q = np.round(np.clip(arr, 0.0, 1.0) * 65535.0).astype("<u2")
+    return base64.b64encode(zlib.compress(q.tobytes(), 1)).decode("ascii")
+
+
+def decode_array(text: str, size: int) -> np.ndarray:
+    raw = zlib.decompress(base64.b64decode(text))
+    q = np.frombuffer(raw, dtype="<u2")
+    if q.size != size * size:
+        raise ValueError(f"array payload holds {q.size} values, expected {size}x{size}")
+    return (q.reshape(size, size).astype(np.float32) / np.float32(65535.0))
+
+
+@dataclass
+class Inferred:
+    """Per-view probabilities (output of :meth:`Pipeline.infer`)."""
+
+    probabilities: dict[str, list[float]] = field(default_factory=dict)
+    p_dense: dict[str, float] = field(default_factory=dict)
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    def to_payload(self) -> dict[str, Any]:
+        return {"probabilities": self.probabilities, "p_dense": self.p_dense,
+                "timings_ms": self.timings_ms}
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any]) -> Inferred:
+        return cls(probabilities={k: list(v) for k, v in payload["probabilities"].items()},
+                   p_dense=dict(payload.get("p_dense", {})),
+                   timings_ms=dict(payload.get("timings_ms", {})))
+
+
+def read_headers(paths: Sequence[str]) -> list[Dataset]:
+    """Headers (no pixel data) of the readable files among ``paths``."""
+    out = []
+    for path in paths:
+        try:
+            out.append(pydicom.dcmread(path, stop_before_pixels=True))
+        except Exception as err:
+            log.warning("unreadable file skipped for dose/SR: %s (%s)", os.path.basename(path),
+                        type(err).__name__)
+    return out
+
+
+class Pipeline:
+    """Decode, preprocess, infer and combine studies; then report them (``run``).
+
+    Parameters
+    ----------
+    settings
+        The node's settings (model dirs, ONNX Runtime threads/providers, state, outbox).
+    models, dense_models
+        Already loaded model sets (tests, benchmarks); by default loaded lazily, once.
+    decode_workers
+        Images decoded in parallel within one study.
+    """
+
+    def __init__(self, settings: Settings, *, models: ModelSet | None = None,
+                 dense_models: ModelSet | None = None,
+                 decode_workers: int | None = None) -> None:
+        self.settings = settings
+        self._models = models
+        self._dense_models = dense_models
+        self._dense_checked = dense_models is not None
+        self._lock = threading.Lock()
+        self.decode_workers = decode_workers or default_decode_workers()
+        self._manifests: list[ModelManifest] | None = None
+        self._state = None
+
+    # --- models -----------------------------------------------------------------------
+    @property
+    def models(self) -> ModelSet:
+        """The BI-RADS model set (loaded on first use, once per process)."""
+        if self._models is None:
+            with self._lock:
+                if self._models is None:
+                    self._models = ModelSet.load(
+                        resolve_model_dir(self.settings.model_dir),
+                        threads=self.settings.ort_threads,
+                        providers=self.settings.ort_providers or None)
+                    if self._models.task != "birads4":
+                        raise ModelError(f"model {self._models.manifest.name} is a "
+                                         f"{self._models.task} model; model_dir needs a "
+                                         "birads4 model (dense2 goes in dense_model_dir)")
+        return self._models
+
+    @property
+    def dense_models(self) -> ModelSet | None:
+        """The optional dense2 model set (``settings.dense_model_dir``)."""
+        if not self._dense_checked:
+            with self._lock:
+                if not self._dense_checked:
+                    if self.settings.dense_model_dir:
+                        ms = ModelSet.load(self.settings.dense_model_dir,
+                                           threads=self.settings.ort_threads,
+                                           providers=self.settings.ort_providers or None)
+                        if ms.task != "dense2":
+                            raise ModelError(f"dense_model_dir holds a {ms.task} model, "
+                                             "not a dense2 one")
+                        self._dense_models = ms
+                    self._dense_checked = True
+        return self._dense_models
+
+    def input_sizes(self) -> list[int]:
+        """Model input sizes needed (read from the manifests; no session is created)."""
+        if self._models is not None or self._dense_checked:
+            sets = [self.models] + ([self.dense_models] if self.dense_models else [])
+            return sorted({ms.input_size for ms in sets})
+        if self._manifests is None:
+            manifests = [read_manifest(resolve_model_dir(self.settings.model_dir))]
+            if self.settings.dense_model_dir:
+                manifests.append(read_manifest(self.settings.dense_model_dir))
+            self._manifests = manifests
+        return sorted({m.input_size for m in self._manifests})
+
+    # --- stages -----------------------------------------------------------------------
+    def _prepare_one(self, slot: str, path: str, sizes: list[int],
+                     threads: int) -> tuple[str, dict[int, np.ndarray] | None, Dataset | None,
+                                            dict[str, float], list[str], str]:
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        try:
+            ds = pydicom.dcmread(path)
+        except Exception as err:
+            return slot, None, None, timings, [], (f"not a readable DICOM file "
+                                                    f"({type(err).__name__}: {err})")
+        timings["read"] = (time.perf_counter() - t0) * 1000.0
+        warnings: list[str] = []
+        arrays: dict[int, np.ndarray] = {}
+        try:
+            for size in sizes:
+                arr, info = preprocess_dataset(ds, size, threads=threads)
+                arrays[size] = arr
+                for key, value in info.timings_ms.items():
+                    timings[key] = timings.get(key, 0.0) + value
+                warnings.extend(f"{slot}: {w}" for w in info.warnings)
+        except DecodeError as err:
+            return slot, None, _header_only(ds), timings, warnings, str(err)
+        except Exception as err:  # a bug or an image our code cannot handle: poison too
+            log.exception("study image %s: preprocessing failed", slot)
+            return slot, None, _header_only(ds), timings, warnings, (
+                f"preprocessing failed ({type(err).__name__}: {err})")
+        return slot, arrays, _header_only(ds), timings, warnings, ""
+
+    def prepare(self, job: StudyJob, *, sizes: Sequence[int] | None = None) -> Prepared:
+        """Read, decode and preprocess the job's slotted images (threads, GIL released)."""
+        t0 = time.perf_counter()
+        sizes = list(sizes) if sizes else self.input_sizes()
+        prepared = Prepared(study_instance_uid=job.study_instance_uid)
+        images = [im for im in job.images if im.slot in SLOTS]
+        workers = max(1, min(self.decode_workers, len(images)))
+        codec_threads = max(1, self.decode_workers // max(1, len(images)))
+        if workers == 1:
+            outcomes = [self._prepare_one(im.slot, im.path, sizes, codec_threads)
+                        for im in images]
+        else:
+            with ThreadPoolExecutor(max_workers=workers,
+                                    thread_name_prefix="md-decode") as pool:
+                outcomes = list(pool.map(
+                    lambda im: self._prepare_one(im.slot, im.path, sizes, codec_threads),
+                    images))
+        by_slot = {im.slot: im for im in images}
+        for slot, arrays, header, timings, warnings, error in outcomes:
+            for key, value in timings.items():
+                prepared.timings_ms[key] = prepared.timings_ms.get(key, 0.0) + value
+            prepared.warnings.extend(warnings)
+            if header is not None:
+                prepared.headers[slot] = header
+            if error:
+                prepared.failed[slot] = error
+                prepared.warnings.append(f"{slot}: image not used: {error}")
+                log.warning("study %s: %s not used: %s", uid_hash(job.study_instance_uid),
+                            slot, error)
+                continue
+            prepared.sop_uids[slot] = by_slot[slot].sop_instance_uid
+            for size, arr in (arrays or {}).items():
+                prepared.inputs.setdefault(size, {})[slot] = arr
+        prepared.timings_ms["prepare"] = (time.perf_counter() - t0) * 1000.0
+        return prepared
+
+    def infer(self, prepared: Prepared) -> Inferred:
+        """Run each view's network on its image (and the dense2 set's, when installed)."""
+        t0 = time.perf_counter()
+        out = Inferred()
+        models = self.models
+        dense = self.dense_models
+        for slot in prepared.slots:
+            if slot not in models.sessions:
+                continue
+            x = prepared.inputs[models.input_size][slot][None]
+            out.probabilities[slot] = [float(v) for v in models.predict(slot, x)[0]]
+        if dense is not None:
+            for slot in prepared.slots:
+                if slot in dense.sessions and slot in out.probabilities:
+                    x = prepared.inputs[dense.input_size][slot][None]
+                    p = dense.predict(slot, x)[0]
+                    out.p_dense[slot] = float(p[dense.classes.index("dense")])
+        out.timings_ms["inference"] = (time.perf_counter() - t0) * 1000.0
+        return out
+
+    def finish(self, job: StudyJob, prepared: Prepared, inferred: Inferred, *,
+               headers: Sequence[Dataset] | None = None,
+               started: float | None = None) -> StudyResult:
+        """The method's rules and the result object (+ dose from the headers)."""
+        t0 = time.perf_counter()
+        models = self.models
+        comb = combine(inferred.probabilities, dense_probs=inferred.p_dense or None,
+                       classes=models.classes)
+        warnings = list(prepared.warnings)
+        if models.manifest.not_for_clinical_use:
+            warnings.append(f"model {models.manifest.name} {models.manifest.version} is "
+                            "NOT FOR CLINICAL USE")
+        if job.partial:
+            warnings.append("study assessed after the stable timeout with views missing")
+        if not comb.assessable:
+            reasons = "; ".join(f"{s}: {r}" for s, r in prepared.failed.items())
+            warnings.append("not assessable: " + (reasons or "no screening image (R/L CC/MLO)"))
+        views = []
+        header_by_slot = dict(prepared.headers)
+        for slot in SLOTS:
+            if slot not in inferred.probabilities:
+                continue
+            side, view = slot.split("-")
+            hdr = header_by_slot.get(slot)
+            if hdr is not None:
+                info = view_info(hdr)
+                if info.slot and info.slot != slot:
+                    warnings.append(f"{slot}: header says {info.slot}")
+            views.append(ViewResult(
+                laterality=side, view=view, sop_instance_uid=prepared.sop_uids.get(slot, ""),
+                probabilities=dict(zip(models.classes, inferred.probabilities[slot],
+                                       strict=True)),
+                p_dense=inferred.p_dense.get(slot)))
+        model_ref = models.ref()
+        if self.dense_models is not None and inferred.p_dense:
+            dm = self.dense_models.manifest
+            model_ref.dense_model = f"{dm.name} {dm.version}"
+        study_date = next((str(h.StudyDate) for h in header_by_slot.values()
+                           if str(h.get("StudyDate", "") or "")), None)
+        result = StudyResult(
+            study_instance_uid=job.study_instance_uid, revision=job.revision,
+            study_date=study_date, exam=comb.exam, breasts=comb.breasts, views=views,
+            partial=comb.partial, assessable=comb.assessable,
+            missing_views=comb.missing_views, model=model_ref, warnings=warnings)
+        timings = {k: round(v, 2) for k, v in prepared.timings_ms.items()}
+        timings.update({k: round(v, 2) for k, v in inferred.timings_ms.items()})
+        timings["combine"] = round((time.perf_counter() - t0) * 1000.0, 2)
+        # dose from the image headers and dose reports received with the study
+        try:
+            from mammo_density.worker.dose import extract_dose
+
+            image_headers = list(headers) if headers is not None else \
+                list(prepared.headers.values())
+            others = read_headers(job.other_paths)
+            rdsr = [ds for ds in others if str(ds.get("SOPClassUID", "")) == RDSR_SOP_CLASS]
+            extra_images = [ds for ds in others if str(ds.get("Modality", "")) == "MG"
+                            and str(ds.get("SOPClassUID", "")) != RDSR_SOP_CLASS]
+            result.dose = extract_dose(image_headers + extra_images, rdsr,
+                                       study_uid=job.study_instance_uid)
+        except Exception as err:
+            log.exception("study %s: dose extraction failed", uid_hash(job.study_instance_uid))
+            result.warnings.append(f"dose figures unavailable: {type(err).__name__}: {err}")
+        if started is not None:
+            timings["total"] = round((time.perf_counter() - started) * 1000.0, 2)
+        result.timings_ms = timings
+        return result
+
+    def assess(self, job: StudyJob) -> StudyResult:
+        """Decode, preprocess, infer, combine (+ dose): the study's density result.
+
+        Bad images never raise (they are left out, with warnings); a model that cannot be
+        loaded raises :class:`~mammo_density.worker.models.ModelError`.
+        """
+        return self.assess_with_sources(job)[0]
+
+    def assess_with_sources(self, job: StudyJob) -> tuple[StudyResult, list[Dataset]]:
+        """:meth:`assess`, also returning the headers of the images (SR sources)."""
+        started = time.perf_counter()
+        self.models  # noqa: B018 - load (and verify) before any work: a clear error first
+        prepared = self.prepare(job)
+        inferred = self.infer(prepared)
+        result = self.finish(job, prepared, inferred, started=started)
+        return result, [prepared.headers[s] for s in SLOTS if s in prepared.headers]
+
+    # --- reporting ----------------------------------------------------------------------
+    @property
+    def state(self):
+        if self._state is None:
+            from mammo_density.plugin.state import StateDB
+
+            self._state = StateDB(self.settings.state_db)
+        return self._state
+
+    def _mark(self, what: str, job: StudyJob, *args: Any) -> None:
+        try:
+            getattr(self.state, what)(job.study_instance_uid, job.revision, *args)
+        except Exception:
+            log.exception("study %s: state %s failed", uid_hash(job.study_instance_uid), what)
+
+    def report(self, job: StudyJob, result: StudyResult, *,
+               sources: Sequence[Dataset] | None = None) -> StudyResult:
+        """Screening rules, SR into the outbox, hooks, state: each step on its own."""
+        t0 = time.perf_counter()
+        uid = uid_hash(job.study_instance_uid)
+        if sources is None:
+            sources = read_headers([im.path for im in job.images])
+        sources = [ds for ds in sources
+                   if str(ds.get("SOPInstanceUID", "")) in {v.sop_instance_uid
+                                                            for v in result.views}] or \
+            list(sources)
+        try:
+            from mammo_density.worker.screening_rules import evaluate
+
+            result.recommendations = evaluate(result, self.settings)
+        except Exception as err:
+            log.exception("study %s: screening rules failed", uid)
+            result.warnings.append(f"screening rules failed: {type(err).__name__}")
+        try:
+            from mammo_density.plugin.outbox import Outbox
+            from mammo_density.worker.sr import build_density_sr
+
+            sr = build_density_sr(result, sources, self.models.manifest,
+                                  comprehensive_3d=self.settings.comprehensive_3d_sr)
+            path = Outbox(self.settings).enqueue(sr, study_uid=job.study_instance_uid,
+                                                 calling_aet=job.calling_aet,
+                                                 peer_host=job.peer_host)
+            result.sr = SRRef(sop_instance_uid=str(sr.SOPInstanceUID),
+                              series_instance_uid=str(sr.SeriesInstanceUID), path=str(path))
+        except Exception as err:
+            log.exception("study %s: SR not written", uid)
+            result.warnings.append(f"SR not written: {type(err).__name__}: {err}")
+        try:
+            from mammo_density.worker.hooks import dispatch
+
+            dispatch(result, self.settings)
+        except Exception as err:
+            log.exception("study %s: hooks not dispatched", uid)
+            result.warnings.append(f"hooks not dispatched: {type(err).__name__}")
+        result.timings_ms["report"] = round((time.perf_counter() - t0) * 1000.0, 2)
+        if result.assessable:
+            self._mark("mark_done", job, result.model_dump_json())
+        else:
+            self._mark("mark_failed", job, "; ".join(
+                w for w in result.warnings if w.startswith("not assessable")) or
+                "not assessable")
+        return result
+
+    def run(self, job: StudyJob) -> StudyResult:
+        """Assess the study and report it; never raises for a bad study."""
+        uid = uid_hash(job.study_instance_uid)
+        self._mark("mark_processing", job)
+        try:
+            result, sources = self.assess_with_sources(job)
+        except ModelError as err:
+            self._mark("mark_failed", job, f"model unavailable: {err}")
+            raise
+        except Exception as err:  # the study broke something unexpected: record, go on
+            log.exception("study %s: assessment failed", uid)
+            reason = f"assessment failed: {type(err).__name__}: {err}"
+            self._mark("mark_failed", job, reason)
+            return StudyResult(study_instance_uid=job.study_instance_uid,
+                               revision=job.revision, assessable=False, partial=job.partial,
+                               missing_views=list(job.missing_views), warnings=[reason])
+        result = self.report(job, result, sources=sources)
+        log.info("study %s revision %d: %s in %.0f ms", uid, job.revision,
+                 result.exam.category if result.exam else "not assessable",
+                 result.timings_ms.get("total", 0.0))
+        return result
+
+
+def _header_only(ds: Dataset) -> Dataset:
+    """Drop the pixel data (kept headers feed the SR and dose)."""
+    for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
+        if keyword in ds:
+            delattr(ds, keyword)
+    return ds
+
+
+__all__ = ["Inferred", "Pipeline", "Prepared", "default_decode_workers", "read_headers"]
