@@ -109,7 +109,8 @@ def encode(ds: Dataset, pixels: np.ndarray, transfer_syntax: UID) -> None:
         ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
         ds.PixelData = np.ascontiguousarray(pixels, dtype="<u2").tobytes()
         if transfer_syntax == RLELossless:
-            ds.compress(RLELossless)  # pylibjpeg-rle where installed, else pydicom's own
+            # pylibjpeg-rle where installed, else pydicom's own; keep our (seeded) UID
+            ds.compress(RLELossless, generate_instance_uid=False)
         return
     ds.file_meta.TransferSyntaxUID = transfer_syntax
     if transfer_syntax == JPEG2000Lossless:

@@ -36,7 +36,12 @@ from mammo_density.synth.dicom import (
     stored_values,
 )
 from mammo_density.synth.dose import breast_thickness, exposure
-from mammo_density.synth.phantom import render_view
+from mammo_density.synth.phantom import (
+    chest_wall_on_right,
+    mirrored,
+    patient_orientation,
+    render_view,
+)
 from mammo_density.synth.profiles import PROFILES, VENDORS
 
 log = logging.getLogger(__name__)
@@ -157,7 +162,9 @@ def _shift(cls: str, step: int) -> str:
     return CLASSES[int(np.clip(CLASSES.index(cls) + step, 0, 3))]
 
 
-def _ground_truth(rng: np.random.Generator, opts: SynthOptions) -> tuple[dict, dict]:
+def draw_ground_truth(rng: np.random.Generator, opts: SynthOptions
+                      ) -> tuple[dict[str, str], dict[str, str]]:
+    """(true class per breast, reader label per breast) of one woman."""
     mix = np.asarray(opts.class_mix, float)
     exam = CLASSES[int(rng.choice(4, p=mix / mix.sum()))]
     breasts = {"R": exam, "L": exam}
@@ -187,7 +194,7 @@ def generate_study(index: int, outdir: Path, opts: SynthOptions) -> StudyRecord:
     ts = TRANSFER_SYNTAXES[opts.transfer_syntax]
     shape = profile.shape(opts.divisor)
     spacing = profile.spacing_mm * profile.rows / shape[0]
-    breasts, reader = _ground_truth(rng, opts)
+    breasts, reader = draw_ground_truth(rng, opts)
 
     exam_id = f"SYN{opts.seed}-{index + 1:05d}"
     patient_id = f"SYN{opts.seed}P{index + 1:05d}"
@@ -207,7 +214,7 @@ def generate_study(index: int, outdir: Path, opts: SynthOptions) -> StudyRecord:
     # per-breast anatomy: glandular share and thickness shared by the breast's views
     fraction = {s: float(rng.uniform(*GLANDULAR_RANGE[c])) for s, c in breasts.items()}
     thickness = {s: breast_thickness(rng, c) for s, c in breasts.items()}
-    gain = float(rng.uniform(0.75, 1.0))
+    gain = float(rng.uniform(0.6, 1.0))
 
     extras = [e for e in opts.extras if rng.random() < opts.extras_rate]
     plan: list[tuple[str, str, tuple[str, ...], str, bool]] = []  # lat, view, mods, extra, fp
@@ -248,6 +255,8 @@ def generate_study(index: int, outdir: Path, opts: SynthOptions) -> StudyRecord:
             g = float(np.clip(fraction[lat] + rng.normal(0, 0.015), 0.01, 0.97))
             rendered = render_view(rng, shape, spacing, view, breasts[lat], g,
                                    spot=bool(mods))
+            if not chest_wall_on_right(patient_orientation(lat, view)[0]):
+                rendered = mirrored(rendered)  # pixels must agree with PatientOrientation
             thick = thickness[lat] + (rng.uniform(2, 8) if view == "MLO" else 0.0)
             if mods:
                 thick *= 0.8
@@ -368,11 +377,11 @@ def generate(outdir: str | os.PathLike, studies: int = 10, seed: int = 0,
     bar.close()
     if manifest:
         write_manifest(records, out / "manifest.csv")
-    log.info("wrote %d synthetic studies (seed %d, %s, %s)", len(records), opts.seed,
+    log.debug("wrote %d synthetic studies (seed %d, %s, %s)", len(records), opts.seed,
              vendor, transfer_syntax)
     return records
 
 
 __all__ = ["CLASSES", "DEFAULT_CLASS_MIX", "EXTRAS", "MANIFEST_COLUMNS", "ImageRecord",
-           "StudyRecord", "SynthOptions", "generate", "generate_study",
+           "StudyRecord", "SynthOptions", "draw_ground_truth", "generate", "generate_study",
            "size_divisor", "write_manifest"]

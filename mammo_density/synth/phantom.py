@@ -75,6 +75,14 @@ def patient_orientation(laterality: str, view: str) -> list[str]:
     return [row, col]
 
 
+def mirrored(view: RenderedView) -> RenderedView:
+    """The view mirrored left-right (chest wall moves to the other edge)."""
+    return RenderedView(image=np.ascontiguousarray(view.image[:, ::-1]),
+                        mask=np.ascontiguousarray(view.mask[:, ::-1]),
+                        pectoral=np.ascontiguousarray(view.pectoral[:, ::-1]),
+                        glandular_fraction=view.glandular_fraction)
+
+
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma_px: float) -> np.ndarray:
     """Zero-mean, unit-variance Gaussian-filtered white noise (band-limited texture)."""
     white = rng.standard_normal(shape).astype(np.float32)
@@ -112,6 +120,9 @@ def _outline(rng: np.random.Generator, rows: int, cols: int, view: str,
         p_v = rng.uniform(0.40, 0.65)  # pectoral length along the chest wall (share of rows)
         tail = u / (p_u * 1.35) + v / (p_v * 1.2) < 1.0  # axillary tail around the muscle
         mask = (r < 1.0 + wobble) | tail
+        # round the corner where the axillary tail meets the breast outline
+        soft = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), 12.0 / px_mm)
+        mask = soft > 0.5
         pectoral = (u / p_u + v / p_v < 1.0 + 0.4 * wobble) & mask
     else:
         depth = rng.uniform(0.48, 0.75)
@@ -169,17 +180,25 @@ def render_view(rng: np.random.Generator, shape: tuple[int, int], spacing_mm: fl
     values = score[tissue]
     thr = float(np.quantile(values, 1.0 - target)) if values.size else 0.0
     soft = 0.12
-    gland = 1.0 / (1.0 + np.exp(-(score - thr) / soft))
+    gland = 1.0 / (1.0 + np.exp(np.clip(-(score - thr) / soft, -50.0, 50.0)))
     measured = float((score[tissue] > thr).mean()) if values.size else 0.0
 
     # intensities (display sense): per-image processing makes mean brightness unreliable
-    fat = rng.uniform(0.18, 0.48)
-    contrast = rng.uniform(0.28, 0.48)
-    edge_mm = rng.uniform(5.0, 14.0)
-    falloff = np.clip(dist_mm / edge_mm, 0.0, 1.0) ** 0.6
+    fat = rng.uniform(0.10, 0.55)
+    contrast = min(rng.uniform(0.16, 0.55), 0.97 - fat)
+    edge_mm = rng.uniform(4.0, 20.0)
+    falloff = np.clip(dist_mm / edge_mm, 0.0, 1.0) ** rng.uniform(0.4, 0.9)
     ligaments = 0.03 * _smooth_noise(rng, (wr, wc), 0.8 / px_mm)
     gland_tex = 0.85 + 0.15 * _smooth_noise(rng, (wr, wc), 1.5 / px_mm)
-    img = falloff * (fat + ligaments + contrast * gland * gland_tex)
+    # glandular tissue is not equally bright everywhere: a slow random level field
+    level = rng.uniform(0.55, 0.95) + rng.uniform(0.1, 0.3) * _smooth_noise(
+        rng, (wr, wc), 20.0 / px_mm)
+    gland_tex = gland_tex * np.clip(level, 0.3, 1.0)
+    # slow brightness ramp (heel effect, thickness change, processing), random direction
+    angle = rng.uniform(0.0, 2.0 * np.pi)
+    ramp = (np.cos(angle) * (xx / wc - 0.5) + np.sin(angle) * (yy / wr - 0.5))
+    shading = 1.0 + rng.uniform(0.0, 0.35) * ramp
+    img = falloff * shading * (fat + ligaments + contrast * gland * gland_tex)
     skin_mm = 1.6
     skin = (dist_mm > 0) & (dist_mm < skin_mm / 1.0)
     img = np.where(skin, np.maximum(img, 0.55 * fat + 0.05), img)
