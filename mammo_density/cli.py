@@ -25,6 +25,10 @@ COMMANDS: tuple[str, ...] = (
     "serve",
     "status",
     "dose-report",
+    "synth",
+    "train",
+    "evaluate",
+    "export",
 )
 
 
