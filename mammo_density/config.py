@@ -146,9 +146,15 @@ class Settings(BaseSettings):
     # --- pipeline ---------------------------------------------------------------------
     broker_url: str = Field("", description="Celery broker (redis://...); empty = embedded")
     embedded_workers: int = Field(1, ge=1, le=64, description="in-process pipeline threads")
-    task_time_limit: float = Field(300.0, gt=0, description="hard limit per study task, s")
+    task_time_limit: float = Field(
+        60.0, gt=0, description="hard limit per pipeline task (preprocess, infer, report), s"
+    )
     visibility_timeout: float = Field(
-        600.0, gt=0, description="Redis visibility timeout, s; must exceed the longest task"
+        90.0, gt=0, description="Redis visibility timeout, s: a killed worker's study is "
+        "redelivered after this; must exceed task_time_limit"
+    )
+    result_backend: str = Field(
+        "", description="Celery result backend (redis://...); empty = results not stored"
     )
     model_dir: Path | None = Field(
         None, description="model registry entry to use; empty = bundled demo model"
