@@ -342,8 +342,9 @@ class Outbox:
             else:
                 note = c_store(ds, ae_title=row["ae_title"], host=row["host"], port=row["port"],
                                calling_aet=self.settings.sr_calling_aet, timeout=timeout)
-        except (DeliveryError, OSError, pydicom.errors.InvalidDicomError) as exc:
-            error = str(exc) or type(exc).__name__
+        except Exception as exc:  # any failure is recorded and retried; the loop goes on
+            error = str(exc) if isinstance(exc, DeliveryError) else \
+                f"{type(exc).__name__}: {exc}"
             attempts = row["attempts"] + 1
             next_try = time.time() + self._backoff(attempts)
             with self._transaction() as db:

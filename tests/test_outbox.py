@@ -141,6 +141,16 @@ def test_cstore_into_orthanc_lands_in_the_same_study(tmp_path: Path,
     outbox.enqueue(sr, study_uid=study_uid)
     assert outbox.deliver_due() == 0 and len(outbox.deliveries(sr.SOPInstanceUID)) == 2
 
+    # The Comprehensive 3D SR option is accepted by the PACS too.
+    sources3d = srdata.mg_study()
+    man = srdata.manifest()
+    sr3d = build_density_sr(srdata.result_for(sources3d, man=man), sources3d, man,
+                            comprehensive_3d=True)
+    outbox.enqueue(sr3d, study_uid=sr3d.StudyInstanceUID)
+    assert outbox.deliver_due() == 1  # @caller skipped: no calling AE for this one
+    [stored3d] = _sr_instances(orthanc, sr3d.StudyInstanceUID)
+    assert stored3d["SOPClassUID"] == "1.2.840.10008.5.1.4.1.1.88.34"
+
 
 def test_retried_until_orthanc_returns_across_outbox_restart(
         tmp_path: Path, orthanc: OrthancServer) -> None:
