@@ -133,6 +133,7 @@ _TYPE2_STUDY = ("StudyID", "AccessionNumber", "PatientBirthDate", "PatientSex",
                 "StudyDate", "StudyTime", "ReferringPhysicianName", "PatientName",
                 "PatientID")
 _PIXEL_TAG = Tag(0x7FE0, 0x0010)
+_ICON_TAG = Tag(0x0088, 0x0200)
 
 
 # --------------------------------------------------------------------------------------
@@ -177,6 +178,9 @@ def _header_copy(src: Dataset) -> Dataset:
     for elem in src:  # iteration decodes with the source's own character set
         if elem.tag >= _PIXEL_TAG:
             break
+        if elem.tag.is_private or 0x6000 <= elem.tag.group <= 0x60FF \
+                or elem.tag == _ICON_TAG:
+            continue  # vendor blobs, overlays and icons: large and not needed here
         hdr.add(copy.deepcopy(elem))
     for keyword in _TYPE2_STUDY:
         if keyword not in hdr:
