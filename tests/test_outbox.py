@@ -206,3 +206,15 @@ def test_stow_rs_into_orthanc(tmp_path: Path, orthanc_factory) -> None:
     [left] = outbox.pending()
     assert left["attempts"] == 1 and "STOW-RS" in left["last_error"]
     assert "secret" not in left["destination"] and "secret" not in left["last_error"]
+
+
+@pytest.mark.filterwarnings("ignore:A value of type")
+def test_unwritable_sr_records_no_delivery_and_leaves_no_temp_file(tmp_path: Path) -> None:
+    settings = _settings(tmp_path, [f"PACS@127.0.0.1:{free_port()}"])
+    outbox = Outbox(settings)
+    _, sr = _study_sr()
+    sr.add_new(0x00091001, "LO", object())  # cannot be encoded: save_as raises
+    with pytest.raises(Exception):  # noqa: B017 - whatever pydicom raises, it propagates
+        outbox.enqueue(sr, study_uid=sr.StudyInstanceUID)
+    assert list(settings.outbox_dir.iterdir()) == []
+    assert outbox.deliveries(sr.SOPInstanceUID) == [] and outbox.pending() == []
