@@ -62,6 +62,7 @@ def export_onnx(model: nn.Module, path: Path, input_size: int, *, opset: int = 1
 
         graph = onnx.load(str(path))
         graph = convert_float_to_float16(graph, keep_io_types=True)
+        _toposort(graph.graph)
         onnx.save(graph, str(path))
     onnx.checker.check_model(str(path))
 
@@ -78,6 +79,26 @@ def export_onnx(model: nn.Module, path: Path, input_size: int, *, opset: int = 1
                                 f"> {limit:.0e}")
     log.info("exported %s (parity %.2e)", path.name, diff)
     return diff
+
+
+def _toposort(graph) -> None:
+    """Reorder ``graph.node`` topologically (the fp16 converter appends its input casts)."""
+    available = {i.name for i in graph.input} | {i.name for i in graph.initializer}
+    pending = list(graph.node)
+    ordered = []
+    while pending:
+        progressed = False
+        for node in list(pending):
+            if all(not name or name in available for name in node.input):
+                ordered.append(node)
+                available.update(node.output)
+                pending.remove(node)
+                progressed = True
+        if not progressed:
+            raise ExportParityError("ONNX graph has a cycle or a missing input after fp16 "
+                                    "conversion")
+    del graph.node[:]
+    graph.node.extend(ordered)
 
 
 def write_registry_entry(
@@ -129,3 +150,47 @@ def write_registry_entry(
     )
     write_manifest(out_dir, manifest)
     return manifest
+
+
+def export_run(run_dir: Path, out_dir: Path, *, name: str, version: str,
+               which: str = "best", training_data: str = "", metrics: dict | None = None,
+               intended_use: str = "", not_for_clinical_use: bool = False,
+               commands: list[str] | None = None, fp16: bool = False,
+               opset: int = 17) -> ModelManifest:
+    """Export a training run's per-view checkpoints (``run_dir/<view>/<which>.pth``).
+
+    Task, input size, width and normalisation come from the checkpoints, which must agree.
+    """
+    from mammo_density.train.evaluation import load_checkpoint_models
+    from mammo_density.worker.preprocess import PREPROCESSING_VERSION
+
+    models = load_checkpoint_models(run_dir, which=which)
+    keys = {(c["args"]["task"], int(c["args"]["input_size"]), int(c["args"]["width"]),
+             round(c["normalisation"]["mean"], 6), round(c["normalisation"]["std"], 6))
+            for _, c in models.values()}
+    if len(keys) != 1:
+        raise ValueError(f"the views' checkpoints disagree on task/size/width/normalisation: "
+                         f"{sorted(keys)}")
+    first = next(iter(models.values()))[1]
+    a = first["args"]
+    model0 = next(iter(models.values()))[0]
+    from mammo_density.train.model import count_conv_layers, count_residual_blocks
+
+    architecture = {"type": "DensityResNet", "width": int(a["width"]),
+                    "conv_layers": count_conv_layers(model0),
+                    "residual_blocks": count_residual_blocks(model0),
+                    "activation": "LeakyReLU", "output": "softmax"}
+    all_metrics = dict(metrics or {})
+    all_metrics["validation_accuracy"] = {slot: round(float(c["best_acc"]), 4)
+                                          for slot, (_, c) in models.items()}
+    all_metrics["best_epoch"] = {slot: int(c["best_epoch"]) for slot, (_, c) in models.items()}
+    return write_registry_entry(
+        out_dir, {slot: m for slot, (m, _) in models.items()}, name=name, version=version,
+        task=a["task"], input_size=int(a["input_size"]),
+        preprocessing_version=PREPROCESSING_VERSION,
+        training_data=training_data or f"manifest {Path(a['manifest']).name}",
+        normalisation=Normalisation(mean=first["normalisation"]["mean"],
+                                    std=first["normalisation"]["std"]),
+        metrics=all_metrics, intended_use=intended_use,
+        not_for_clinical_use=not_for_clinical_use, architecture=architecture,
+        commands=commands, fp16=fp16, opset=opset)

@@ -1,0 +1,127 @@
+"""One epoch of training, one pass of evaluation (torchvision references' shape)."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from mammo_density.train.distributed import all_gather_object, all_reduce_sum
+
+
+@dataclass
+class EpochStats:
+    loss: float
+    accuracy: float
+    images: int
+    seconds: float = 0.0
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else 0.0
+
+
+def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Categorical cross-entropy against class-probability targets (one-hot or soft)."""
+    return nn.functional.cross_entropy(logits, target)
+
+
+def _autocast(device: torch.device, amp: bool):
+    if amp and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16)
+    if amp and device.type == "cpu":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
+                    device: torch.device, *, scaler: torch.amp.GradScaler | None = None,
+                    amp: bool = False, channels_last: bool = False,
+                    progress: bool = False, desc: str = "train",
+                    max_steps: int | None = None) -> EpochStats:
+    """Train for one pass over ``loader``; loss/accuracy summed over all processes."""
+    import time
+
+    from tqdm import tqdm
+
+    model.train()
+    t0 = time.perf_counter()
+    loss_sum = correct = count = 0.0
+    bar = tqdm(loader, desc=desc, disable=not progress, leave=False)
+    for step, (x, y, _) in enumerate(bar):
+        if max_steps is not None and step >= max_steps:
+            break
+        x = x.to(device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = y.to(device, non_blocking=True)
+        with _autocast(device, amp):
+            logits = model(x)
+            loss = soft_cross_entropy(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        n = x.shape[0]
+        loss_sum += float(loss.detach()) * n
+        correct += float((logits.argmax(1) == y.argmax(1)).sum())
+        count += n
+        bar.set_postfix(loss=f"{loss_sum / count:.3f}", acc=f"{correct / count:.3f}")
+    loss_sum, correct, count = all_reduce_sum([loss_sum, correct, count], device)
+    return EpochStats(loss_sum / max(count, 1), correct / max(count, 1), int(count),
+                      time.perf_counter() - t0)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, *,
+             amp: bool = False, channels_last: bool = False, progress: bool = False,
+             desc: str = "val") -> tuple[EpochStats, np.ndarray, np.ndarray]:
+    """Loss and accuracy; also softmax probabilities and dataset indices of every image.
+
+    Under DDP each process evaluates its shard; statistics are summed and the
+    probabilities gathered, so every process returns the whole set (a
+    ``DistributedSampler`` pads the last shard with repeats: those are dropped by index).
+    """
+    import time
+
+    from tqdm import tqdm
+
+    model.eval()
+    t0 = time.perf_counter()
+    loss_sum = correct = count = 0.0
+    probs: list[np.ndarray] = []
+    indices: list[np.ndarray] = []
+    for x, y, idx in tqdm(loader, desc=desc, disable=not progress, leave=False):
+        x = x.to(device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = y.to(device, non_blocking=True)
+        with _autocast(device, amp):
+            logits = model(x)
+        logits = logits.float()
+        loss = soft_cross_entropy(logits, y)
+        n = x.shape[0]
+        loss_sum += float(loss) * n
+        correct += float((logits.argmax(1) == y.argmax(1)).sum())
+        count += n
+        probs.append(torch.softmax(logits, 1).cpu().numpy())
+        indices.append(idx.numpy())
+    loss_sum, correct, count = all_reduce_sum([loss_sum, correct, count], device)
+    p = np.concatenate(probs) if probs else np.zeros((0, 0), np.float32)
+    i = np.concatenate(indices) if indices else np.zeros(0, int)
+    gathered = all_gather_object((p, i))
+    if len(gathered) > 1:
+        p = np.concatenate([g[0] for g in gathered if len(g[1])])
+        i = np.concatenate([g[1] for g in gathered if len(g[1])])
+        _, first = np.unique(i, return_index=True)
+        p, i = p[first], i[first]
+    return (EpochStats(loss_sum / max(count, 1), correct / max(count, 1), int(count),
+                       time.perf_counter() - t0), p, i)

@@ -1,0 +1,411 @@
+"""Train the method's per-view networks (flat script: ``get_args_parser()``, ``main(args)``).
+
+Single process::
+
+    mammo-density train --manifest M.csv --view R-CC --task birads4 --input-size 650 --out runs/x
+
+All four views (sequentially on CPU or one GPU; one process per GPU when several)::
+
+    mammo-density train --manifest M.csv --view all ...
+
+Several GPUs / processes on one view (DDP, NCCL on GPUs, gloo on CPU)::
+
+    torchrun --nproc_per_node 4 -m mammo_density.train.train --manifest M.csv --view R-CC ...
+
+Output per view, in ``OUT/<view>/``: ``checkpoint.pth`` (last epoch, for ``--resume``),
+``best.pth`` (weights at the best validation accuracy: the method's model selection),
+``log.csv``, ``curves.png``, ``tensorboard/`` and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
+
+from mammo_density.train import data as mdata
+from mammo_density.train.dataset import ArrayCache, DensityDataset, compute_normalisation
+from mammo_density.train.distributed import (
+    DistInfo,
+    all_gather_object,
+    cleanup,
+    init_distributed,
+    seed_everything,
+    state_digest,
+    unwrap,
+)
+from mammo_density.train.engine import evaluate, train_one_epoch
+from mammo_density.train.model import DensityResNet
+from mammo_density.views import SLOTS
+
+log = logging.getLogger(__name__)
+
+
+def get_args_parser(add_help: bool = True,
+                    parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    p = parser or argparse.ArgumentParser(description="Train per-view density networks",
+                                          add_help=add_help)
+    g = p.add_argument_group("data")
+    g.add_argument("--manifest", required=True, type=Path, help="training manifest CSV")
+    g.add_argument("--view", default="all", choices=[*SLOTS, "all"],
+                   help="view slot to train, or all four")
+    g.add_argument("--task", default="birads4", choices=sorted(mdata.TASKS))
+    g.add_argument("--input-size", type=int, default=650, help="square input side (px)")
+    g.add_argument("--cache-dir", type=Path, default=None,
+                   help="preprocessed-array cache (default OUT/cache)")
+    g.add_argument("--val-fraction", type=float, default=0.1,
+                   help="share of patients for validation when the manifest has no val split")
+    g.add_argument("--test-fraction", type=float, default=0.1,
+                   help="share of patients held out for test when the manifest has no splits")
+    g.add_argument("--split-seed", type=int, default=0)
+    g.add_argument("--folds", type=int, default=0, help="k for k-fold CV (with --fold)")
+    g.add_argument("--fold", type=int, default=None,
+                   help="hold this fold out as the test set (0-based); validation patients "
+                   "come from the other folds")
+    g.add_argument("--consensus", default="majority", choices=("majority", "median"),
+                   help="how several readers' labels become one")
+    g.add_argument("--soft-labels", action="store_true",
+                   help="train on the readers' label distribution instead of the consensus")
+    g = p.add_argument_group("model")
+    g.add_argument("--width", type=int, default=16, help="first-stage bottleneck channels")
+    g.add_argument("--dropout", type=float, default=0.0)
+    g = p.add_argument_group("optimisation (the method's defaults)")
+    g.add_argument("--epochs", type=int, default=100)
+    g.add_argument("--batch-size", type=int, default=8, help="per process")
+    g.add_argument("--optimizer", default="sgd", choices=("sgd", "adamw"),
+                   help="the method's SGD, or AdamW")
+    g.add_argument("--lr", type=float, default=0.1, help="learning rate")
+    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    g.add_argument("--weight-decay", type=float, default=1e-4)
+    g.add_argument("--lr-factor", type=float, default=0.1, help="decay on val-loss plateau")
+    g.add_argument("--lr-patience", type=int, default=15)
+    g.add_argument("--rotation", type=float, default=20.0, help="max random rotation (deg)")
+    g.add_argument("--no-normalise", action="store_true",
+                   help="skip centring/normalisation (mean 0, std 1)")
+    g = p.add_argument_group("run")
+    g.add_argument("--out", type=Path, required=True, help="output folder")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="mixed precision (default: on for CUDA)")
+    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="channels_last memory format (default: on for CUDA)")
+    g.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    g.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--resume", action="store_true", help="continue from OUT/<view>/checkpoint.pth")
+    g.add_argument("--parallel", type=int, default=0,
+                   help="with --view all: views trained at once "
+                   "(default: number of GPUs, 1 on CPU)")
+    g.add_argument("--max-steps-per-epoch", type=int, default=None, help=argparse.SUPPRESS)
+    g.add_argument("--no-progress", action="store_true", help="no tqdm bars")
+    g.add_argument("--no-tensorboard", action="store_true")
+    return p
+
+
+# --------------------------------------------------------------------------- data
+
+def load_records(args: argparse.Namespace) -> list[mdata.ImageRecord]:
+    """Manifest -> screening images with train/val/test splits (patient-level)."""
+    records = mdata.screening_records(
+        mdata.read_manifest_csv(args.manifest, consensus_method=args.consensus))
+    if args.folds and args.fold is not None:
+        folds = mdata.kfold_patients(records, args.folds, seed=args.split_seed)
+        _, held = folds[args.fold]
+        for r in records:
+            r.split = "test" if r.patient_id in held else ""
+        train = [r for r in records if not r.split]
+        mdata.patient_split(train, val=args.val_fraction, test=0.0, seed=args.split_seed,
+                            keep_existing=False)
+        return records
+    if not all(r.split for r in records):
+        mdata.patient_split(records, val=args.val_fraction, test=args.test_fraction,
+                            seed=args.split_seed, keep_existing=False)
+    mdata.check_patient_disjoint(records)
+    if not any(r.split == "val" for r in records):
+        # The manifest fixes train/test only: carve validation patients out of train.
+        train = [r for r in records if r.split == "train"]
+        mdata.patient_split(train, val=args.val_fraction, test=0.0, seed=args.split_seed,
+                            keep_existing=False)
+    return records
+
+
+def resolve_device(name: str, dist_info: DistInfo) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and dist_info.enabled:
+        return torch.device("cuda", dist_info.local_rank)
+    return torch.device(name)
+
+
+def save_curves(history: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not history:
+        return
+    ep = [h["epoch"] for h in history]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.5))
+    a1.plot(ep, [h["train_loss"] for h in history], label="train")
+    a1.plot(ep, [h["val_loss"] for h in history], label="val")
+    a1.set_xlabel("epoch")
+    a1.set_ylabel("loss")
+    a1.legend()
+    a2.plot(ep, [h["train_acc"] for h in history], label="train")
+    a2.plot(ep, [h["val_acc"] for h in history], label="val")
+    a2.set_xlabel("epoch")
+    a2.set_ylabel("accuracy")
+    a2.legend()
+    fig.suptitle(path.parent.name)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def build_model(args: argparse.Namespace) -> DensityResNet:
+    return DensityResNet(num_classes=len(mdata.TASKS[args.task]), width=args.width,
+                         dropout=args.dropout)
+
+
+# --------------------------------------------------------------------------- one view
+
+def train_view(args: argparse.Namespace, slot: str, dist_info: DistInfo) -> dict:
+    """Train one view's network; returns its summary (best accuracy, epoch, normalisation)."""
+    device = resolve_device(args.device, dist_info)
+    use_cuda = device.type == "cuda"
+    amp = use_cuda if args.amp is None else args.amp
+    channels_last = use_cuda if args.channels_last is None else args.channels_last
+    seed_everything(args.seed, dist_info.rank)
+    out = Path(args.out) / slot
+    if dist_info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    records = load_records(args)
+    cache = ArrayCache(args.cache_dir or Path(args.out) / "cache", args.input_size)
+    train_all = mdata.select(records, split="train")
+    train_recs = mdata.select(train_all, slot=slot)
+    val_recs = mdata.select(records, split="val", slot=slot)
+    if not train_recs or not val_recs:
+        raise SystemExit(f"{slot}: {len(train_recs)} training and {len(val_recs)} validation "
+                         "images; need both")
+    if args.no_normalise:
+        mean, std = 0.0, 1.0
+    else:
+        # One normalisation for all four views (the registry entry has one).
+        mean, std = compute_normalisation(train_all, cache)
+    progress = dist_info.is_main and not args.no_progress
+    train_ds = DensityDataset(train_recs, cache, task=args.task, mean=mean, std=std,
+                              rotation=args.rotation, soft_labels=args.soft_labels,
+                              seed=args.seed)
+    val_ds = DensityDataset(val_recs, cache, task=args.task, mean=mean, std=std)
+    if dist_info.enabled:
+        train_sampler = DistributedSampler(train_ds, shuffle=True, seed=args.seed)
+        val_sampler = DistributedSampler(val_ds, shuffle=False)
+    else:
+        train_sampler = RandomSampler(train_ds, generator=torch.Generator().manual_seed(args.seed))
+        val_sampler = SequentialSampler(val_ds)
+    loader_kw = {"num_workers": args.workers, "pin_memory": use_cuda,
+                 "persistent_workers": args.workers > 0}
+    # Drop a ragged last batch (a batch of one breaks batch norm on small feature maps),
+    # unless this process's share is smaller than one batch.
+    train_loader = DataLoader(train_ds, batch_size=args.batch_size, sampler=train_sampler,
+                              drop_last=len(train_sampler) > args.batch_size, **loader_kw)
+    val_loader = DataLoader(val_ds, batch_size=max(args.batch_size, 32), sampler=val_sampler,
+                            **loader_kw)
+
+    model = build_model(args).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if args.optimizer == "adamw":
+        optimizer: torch.optim.Optimizer = torch.optim.AdamW(
+            model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    else:
+        optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
+                                    weight_decay=args.weight_decay)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", factor=args.lr_factor, patience=args.lr_patience)
+    scaler = torch.amp.GradScaler("cuda") if (amp and use_cuda) else None
+    start_epoch, best_acc, best_epoch, history = 0, -1.0, -1, []
+    ckpt_path = out / "checkpoint.pth"
+    if args.resume and ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["lr_scheduler"])
+        if scaler is not None and ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        start_epoch = ckpt["epoch"] + 1
+        best_acc, best_epoch = ckpt.get("best_acc", -1.0), ckpt.get("best_epoch", -1)
+        history = ckpt.get("history", [])
+        log.info("%s: resumed at epoch %d (best val acc %.3f)", slot, start_epoch, best_acc)
+    if dist_info.enabled:
+        ids = [device.index] if use_cuda else None
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+    writer = None
+    if dist_info.is_main and not args.no_tensorboard:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(out / "tensorboard"))
+    args_dict = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+                 if k != "func"}
+    normalisation = {"mean": mean, "std": std}
+    t_start = time.perf_counter()
+    for epoch in range(start_epoch, args.epochs):
+        train_ds.set_epoch(epoch)
+        if isinstance(train_sampler, DistributedSampler):
+            train_sampler.set_epoch(epoch)
+        else:
+            train_sampler.generator = torch.Generator().manual_seed(args.seed * 1000 + epoch)
+        tr = train_one_epoch(model, train_loader, optimizer, device, scaler=scaler, amp=amp,
+                             channels_last=channels_last, progress=progress,
+                             desc=f"{slot} {epoch + 1}/{args.epochs}",
+                             max_steps=args.max_steps_per_epoch)
+        va, _, _ = evaluate(model, val_loader, device, amp=amp, channels_last=channels_last)
+        scheduler.step(va.loss)
+        lr = optimizer.param_groups[0]["lr"]
+        row = {"epoch": epoch, "train_loss": tr.loss, "train_acc": tr.accuracy,
+               "val_loss": va.loss, "val_acc": va.accuracy, "lr": lr,
+               "train_images_per_s": tr.images_per_s}
+        history.append(row)
+        improved = va.accuracy > best_acc
+        if improved:
+            best_acc, best_epoch = va.accuracy, epoch
+        if dist_info.is_main:
+            state = {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+                     "lr_scheduler": scheduler.state_dict(), "epoch": epoch, "args": args_dict,
+                     "best_acc": best_acc, "best_epoch": best_epoch, "history": history,
+                     "normalisation": normalisation, "slot": slot,
+                     "scaler": scaler.state_dict() if scaler is not None else None}
+            if improved:
+                torch.save(state, out / "best.pth")
+            tmp = out / "checkpoint.pth.tmp"
+            torch.save(state, tmp)
+            os.replace(tmp, ckpt_path)
+            if writer is not None:
+                for k, v in row.items():
+                    if k != "epoch":
+                        writer.add_scalar(k, v, epoch)
+            log.info("%s epoch %d: train loss %.3f acc %.3f | val loss %.3f acc %.3f | lr %.1e",
+                     slot, epoch, tr.loss, tr.accuracy, va.loss, va.accuracy, lr)
+    elapsed = time.perf_counter() - t_start
+    # Under DDP every rank must end with the same weights; record each rank's digest.
+    digests = all_gather_object(state_digest(model))
+    if len(set(digests)) > 1:
+        log.error("%s: DDP ranks ended with different weights: %s", slot, digests)
+    summary = {"view": slot, "best_val_acc": best_acc, "best_epoch": best_epoch,
+               "epochs": args.epochs, "normalisation": normalisation,
+               "train_images": len(train_recs), "val_images": len(val_recs),
+               "seconds": round(elapsed, 1), "world_size": dist_info.world_size,
+               "rank_weight_digests": digests, "args": args_dict}
+    if dist_info.is_main:
+        if writer is not None:
+            writer.close()
+        _write_log(history, out / "log.csv")
+        save_curves(history, out / "curves.png")
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _write_log(history: list[dict], path: Path) -> None:
+    if not history:
+        return
+    keys = list(history[0])
+    lines = [",".join(keys)] + [",".join(f"{h[k]:.6g}" if isinstance(h[k], float)
+                                         else str(h[k]) for k in keys) for h in history]
+    path.write_text("\n".join(lines) + "\n")
+
+
+# --------------------------------------------------------------------------- entry
+
+def _spawn_views(args: argparse.Namespace, argv: list[str], parallel: int) -> int:
+    """Train the four views in ``parallel`` child processes (one GPU each when present)."""
+    n_gpu = torch.cuda.device_count()
+    pending = list(SLOTS)
+    running: list[tuple[str, subprocess.Popen]] = []
+    failed = []
+    gpu_free = list(range(n_gpu))
+    while pending or running:
+        while pending and len(running) < parallel:
+            slot = pending.pop(0)
+            env = dict(os.environ)
+            gpu = None
+            if gpu_free:
+                gpu = gpu_free.pop(0)
+                env["CUDA_VISIBLE_DEVICES"] = str(gpu)
+            cmd = [sys.executable, "-m", "mammo_density.train.train", *argv, "--view", slot]
+            running.append((slot, subprocess.Popen(cmd, env=env)))
+            running[-1][1].gpu = gpu  # type: ignore[attr-defined]
+        for item in list(running):
+            slot, proc = item
+            if proc.poll() is not None:
+                running.remove(item)
+                if proc.gpu is not None:  # type: ignore[attr-defined]
+                    gpu_free.append(proc.gpu)  # type: ignore[attr-defined]
+                if proc.returncode != 0:
+                    failed.append(slot)
+        time.sleep(0.5)
+    if failed:
+        log.error("views failed: %s", failed)
+        return 1
+    return 0
+
+
+def args_to_argv(args: argparse.Namespace, *, skip: tuple[str, ...] = ("view",)) -> list[str]:
+    """Command-line options that reproduce ``args`` (for child processes)."""
+    out: list[str] = []
+    for action in get_args_parser(add_help=False)._actions:
+        if not action.option_strings or action.dest in skip or not hasattr(args, action.dest):
+            continue
+        value = getattr(args, action.dest)
+        opt = action.option_strings[0]
+        if isinstance(action, argparse.BooleanOptionalAction):
+            if value is not None:
+                out.append(opt if value else "--no-" + opt[2:])
+        elif isinstance(action, argparse._StoreTrueAction):
+            if value:
+                out.append(opt)
+        elif value is not None:
+            out += [opt, str(value)]
+    return out
+
+
+def main(args: argparse.Namespace) -> int:
+    """Train ``args.view`` (or all four, sequentially or in parallel child processes)."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dist_info = init_distributed(args.device)
+    try:
+        slots = list(SLOTS) if args.view == "all" else [args.view]
+        parallel = args.parallel or max(1, torch.cuda.device_count())
+        if len(slots) > 1 and parallel > 1 and not dist_info.enabled:
+            return _spawn_views(args, args_to_argv(args), parallel)
+        summaries = [train_view(args, slot, dist_info) for slot in slots]
+        if dist_info.is_main:
+            for s in summaries:
+                log.info("%s: best val acc %.3f at epoch %d (%.0f s)", s["view"],
+                         s["best_val_acc"], s["best_epoch"], s["seconds"])
+        return 0
+    finally:
+        cleanup()
+
+
+def cli(argv: list[str] | None = None) -> int:
+    from mammo_density.logsetup import configure_logging
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = get_args_parser().parse_args(argv)
+    configure_logging(0)
+    return main(args)
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
