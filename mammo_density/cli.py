@@ -29,6 +29,8 @@ COMMANDS: tuple[str, ...] = (
     "train",
     "evaluate",
     "export",
+    "worker",
+    "classify",
 )
 
 

@@ -111,6 +111,16 @@ def choose_providers(providers: Sequence[str] | None = None) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
+def check_preprocessing_version(manifest: ModelManifest) -> None:
+    """Raise :class:`ModelError` unless the model was trained with this preprocessing."""
+    if manifest.preprocessing_version != PREPROCESSING_VERSION:
+        raise ModelError(
+            f"model {manifest.name} {manifest.version} was trained with preprocessing "
+            f"version {manifest.preprocessing_version!r}, this worker implements "
+            f"{PREPROCESSING_VERSION!r}: retrain/export the model with this version, "
+            "or install the mammo-density release that matches the model")
+
+
 def _session_options(threads: int):
     import onnxruntime as ort
 
@@ -124,6 +134,38 @@ def _session_options(threads: int):
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.log_severity_level = 3
     return opts
+
+
+def verify_entry(folder: Path | str) -> ModelManifest:
+    """Check a registry entry without creating sessions: manifest valid, preprocessing
+    version this worker's, every view file present with the manifest's sha256.
+
+    Raises :class:`ModelNotInstalled` / :class:`ModelError` (see :meth:`ModelSet.load`).
+    """
+    folder = Path(folder)
+    if not (folder / MANIFEST_NAME).is_file():
+        raise ModelNotInstalled(f"no model at {folder} (no {MANIFEST_NAME}); " + INSTALL_HINT)
+    try:
+        manifest = read_manifest(folder)
+    except Exception as err:
+        raise ModelError(f"invalid model manifest {folder / MANIFEST_NAME}: {err}") from None
+    check_preprocessing_version(manifest)
+    if not manifest.views:
+        raise ModelError(f"model {manifest.name} names no views")
+    for slot, filename in manifest.views.items():
+        path = folder / filename
+        if not path.is_file():
+            raise ModelError(f"model {manifest.name}: file {filename} for {slot} is missing")
+        expected = manifest.files_sha256.get(filename)
+        if not expected:
+            raise ModelError(f"model {manifest.name}: manifest has no sha256 for {filename}")
+        actual = sha256_file(path)
+        if actual != expected:
+            raise ModelError(
+                f"model {manifest.name}: sha256 mismatch for {filename} (manifest "
+                f"{expected[:12]}..., file {actual[:12]}...): the file is corrupt or was "
+                "changed after export; reinstall the model")
+    return manifest
 
 
 @dataclass
@@ -164,34 +206,7 @@ class ModelSet:
         import onnxruntime as ort
 
         folder = Path(folder)
-        if not (folder / MANIFEST_NAME).is_file():
-            raise ModelNotInstalled(f"no model at {folder} (no {MANIFEST_NAME}); "
-                                    + INSTALL_HINT)
-        try:
-            manifest = read_manifest(folder)
-        except Exception as err:
-            raise ModelError(f"invalid model manifest {folder / MANIFEST_NAME}: {err}") from None
-        if manifest.preprocessing_version != PREPROCESSING_VERSION:
-            raise ModelError(
-                f"model {manifest.name} {manifest.version} was trained with preprocessing "
-                f"version {manifest.preprocessing_version!r}, this worker implements "
-                f"{PREPROCESSING_VERSION!r}: retrain/export the model with this version, "
-                "or install the mammo-density release that matches the model")
-        if not manifest.views:
-            raise ModelError(f"model {manifest.name} names no views")
-        for slot, filename in manifest.views.items():
-            path = folder / filename
-            if not path.is_file():
-                raise ModelError(f"model {manifest.name}: file {filename} for {slot} is missing")
-            expected = manifest.files_sha256.get(filename)
-            if not expected:
-                raise ModelError(f"model {manifest.name}: manifest has no sha256 for {filename}")
-            actual = sha256_file(path)
-            if actual != expected:
-                raise ModelError(
-                    f"model {manifest.name}: sha256 mismatch for {filename} (manifest "
-                    f"{expected[:12]}..., file {actual[:12]}...): the file is corrupt or was "
-                    "changed after export; reinstall the model")
+        manifest = verify_entry(folder)
         chosen = choose_providers(providers)
         opts = _session_options(threads)
         sessions: dict[str, object] = {}
@@ -258,5 +273,6 @@ class ModelSet:
 
 __all__ = [
     "INSTALL_HINT", "ModelError", "ModelNotInstalled", "ModelSet", "available_providers",
-    "choose_providers", "default_model_dir", "resolve_model_dir",
+    "check_preprocessing_version", "choose_providers", "default_model_dir", "resolve_model_dir",
+    "verify_entry",
 ]

@@ -31,6 +31,7 @@ import zlib
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,12 +41,19 @@ from pydicom.dataset import Dataset
 from mammo_density.config import Settings
 from mammo_density.job import StudyJob
 from mammo_density.logsetup import uid_hash
-from mammo_density.manifest import ModelManifest, read_manifest
-from mammo_density.result import SRRef, StudyResult, ViewResult
+from mammo_density.manifest import MANIFEST_NAME, ModelManifest, manifest_digest, read_manifest
+from mammo_density.result import ModelRef, SRRef, StudyResult, ViewResult
 from mammo_density.views import SLOTS, view_info
 from mammo_density.worker.combine import combine
 from mammo_density.worker.decode import DecodeError
-from mammo_density.worker.models import ModelError, ModelSet, resolve_model_dir
+from mammo_density.worker.models import (
+    INSTALL_HINT,
+    ModelError,
+    ModelNotInstalled,
+    ModelSet,
+    check_preprocessing_version,
+    resolve_model_dir,
+)
 from mammo_density.worker.preprocess import preprocess_dataset
 
 log = logging.getLogger(__name__)
@@ -179,7 +187,7 @@ class Pipeline:
         self._dense_checked = dense_models is not None
         self._lock = threading.Lock()
         self.decode_workers = decode_workers or default_decode_workers()
-        self._manifests: list[ModelManifest] | None = None
+        self._manifests: list[tuple[ModelManifest, str]] | None = None
         self._state = None
 
     # --- models -----------------------------------------------------------------------
@@ -216,17 +224,61 @@ class Pipeline:
                     self._dense_checked = True
         return self._dense_models
 
-    def input_sizes(self) -> list[int]:
-        """Model input sizes needed (read from the manifests; no session is created)."""
-        if self._models is not None or self._dense_checked:
-            sets = [self.models] + ([self.dense_models] if self.dense_models else [])
-            return sorted({ms.input_size for ms in sets})
+    def _manifest_info(self) -> list[tuple[ModelManifest, str]]:
+        """(manifest, digest) of the birads4 set and, when configured, the dense2 set,
+        read without creating ONNX sessions (CPU-only hosts need no sessions)."""
         if self._manifests is None:
-            manifests = [read_manifest(resolve_model_dir(self.settings.model_dir))]
-            if self.settings.dense_model_dir:
-                manifests.append(read_manifest(self.settings.dense_model_dir))
-            self._manifests = manifests
-        return sorted({m.input_size for m in self._manifests})
+            with self._lock:
+                if self._manifests is None:
+                    folders = [resolve_model_dir(self.settings.model_dir)]
+                    if self.settings.dense_model_dir:
+                        folders.append(Path(self.settings.dense_model_dir))
+                    infos = []
+                    for folder in folders:
+                        if not (folder / MANIFEST_NAME).is_file():
+                            raise ModelNotInstalled(f"no model at {folder} (no "
+                                                    f"{MANIFEST_NAME}); {INSTALL_HINT}")
+                        try:
+                            manifest = read_manifest(folder)
+                        except Exception as err:
+                            raise ModelError(f"invalid model manifest in {folder}: "
+                                             f"{err}") from None
+                        check_preprocessing_version(manifest)
+                        infos.append((manifest, manifest_digest(folder)))
+                    self._manifests = infos
+        return self._manifests
+
+    @property
+    def manifest(self) -> ModelManifest:
+        """The birads4 model's manifest (no ONNX session needed)."""
+        if self._models is not None:
+            return self._models.manifest
+        return self._manifest_info()[0][0]
+
+    def model_ref(self) -> ModelRef:
+        """The result's ``model`` block (no ONNX session needed)."""
+        if self._models is not None:
+            return self._models.ref()
+        manifest, digest = self._manifest_info()[0]
+        return ModelRef(name=manifest.name, version=manifest.version, sha256=digest,
+                        task=manifest.task,
+                        not_for_clinical_use=manifest.not_for_clinical_use,
+                        training_data=manifest.training_data)
+
+    def dense_manifest(self) -> ModelManifest | None:
+        if self._dense_models is not None:
+            return self._dense_models.manifest
+        if not self.settings.dense_model_dir:
+            return None
+        return self._manifest_info()[-1][0]
+
+    def input_sizes(self) -> list[int]:
+        """Model input sizes needed (from the manifests; no session is created)."""
+        if self._models is not None:
+            sets = [self._models] + ([self._dense_models] if self._dense_models else [])
+            if self._dense_models is not None or not self.settings.dense_model_dir:
+                return sorted({ms.input_size for ms in sets})
+        return sorted({m.input_size for m, _ in self._manifest_info()})
 
     # --- stages -----------------------------------------------------------------------
     def _prepare_one(self, slot: str, path: str, sizes: list[int],
@@ -318,12 +370,13 @@ class Pipeline:
                started: float | None = None) -> StudyResult:
         """The method's rules and the result object (+ dose from the headers)."""
         t0 = time.perf_counter()
-        models = self.models
+        manifest = self.manifest
+        classes = list(manifest.classes)
         comb = combine(inferred.probabilities, dense_probs=inferred.p_dense or None,
-                       classes=models.classes)
+                       classes=classes)
         warnings = list(prepared.warnings)
-        if models.manifest.not_for_clinical_use:
-            warnings.append(f"model {models.manifest.name} {models.manifest.version} is "
+        if manifest.not_for_clinical_use:
+            warnings.append(f"model {manifest.name} {manifest.version} is "
                             "NOT FOR CLINICAL USE")
         if job.partial:
             warnings.append("study assessed after the stable timeout with views missing")
@@ -343,12 +396,12 @@ class Pipeline:
                     warnings.append(f"{slot}: header says {info.slot}")
             views.append(ViewResult(
                 laterality=side, view=view, sop_instance_uid=prepared.sop_uids.get(slot, ""),
-                probabilities=dict(zip(models.classes, inferred.probabilities[slot],
+                probabilities=dict(zip(classes, inferred.probabilities[slot],
                                        strict=True)),
                 p_dense=inferred.p_dense.get(slot)))
-        model_ref = models.ref()
-        if self.dense_models is not None and inferred.p_dense:
-            dm = self.dense_models.manifest
+        model_ref = self.model_ref()
+        dm = self.dense_manifest()
+        if dm is not None and inferred.p_dense:
             model_ref.dense_model = f"{dm.name} {dm.version}"
         study_date = next((str(h.StudyDate) for h in header_by_slot.values()
                            if str(h.get("StudyDate", "") or "")), None)
@@ -377,6 +430,9 @@ class Pipeline:
             result.warnings.append(f"dose figures unavailable: {type(err).__name__}: {err}")
         if started is not None:
             timings["total"] = round((time.perf_counter() - started) * 1000.0, 2)
+        else:  # stages ran in different tasks/hosts: the sum of their wall times
+            timings["total"] = round(sum(timings.get(k, 0.0) for k in
+                                         ("prepare", "inference", "combine")), 2)
         result.timings_ms = timings
         return result
 
@@ -434,7 +490,7 @@ class Pipeline:
             from mammo_density.plugin.outbox import Outbox
             from mammo_density.worker.sr import build_density_sr
 
-            sr = build_density_sr(result, sources, self.models.manifest,
+            sr = build_density_sr(result, sources, self.manifest,
                                   comprehensive_3d=self.settings.comprehensive_3d_sr)
             path = Outbox(self.settings).enqueue(sr, study_uid=job.study_instance_uid,
                                                  calling_aet=job.calling_aet,
@@ -459,6 +515,18 @@ class Pipeline:
                 w for w in result.warnings if w.startswith("not assessable")) or
                 "not assessable")
         return result
+
+    def complete(self, job: StudyJob, prepared: Prepared, inferred: Inferred) -> StudyResult:
+        """The last stage when the earlier ones ran elsewhere (Celery ``report`` task):
+        headers re-read from the spool, rules, result, dose, then :meth:`report`."""
+        if not prepared.headers:
+            for im in job.images:
+                hdrs = read_headers([im.path])
+                if hdrs:
+                    prepared.headers[im.slot] = hdrs[0]
+        result = self.finish(job, prepared, inferred)
+        sources = [prepared.headers[s] for s in SLOTS if s in prepared.headers]
+        return self.report(job, result, sources=sources)
 
     def run(self, job: StudyJob) -> StudyResult:
         """Assess the study and report it; never raises for a bad study."""

@@ -1,0 +1,253 @@
+"""``mammo-density classify PATH...``: assess studies from files, offline.
+
+Files and folders (searched recursively) of one or more studies are grouped by
+StudyInstanceUID; each image is slotted with :func:`mammo_density.views.view_info` using
+the listener's rules (For Presentation preferred over For Processing; of retakes the
+latest acquisition wins). Every other file of a study (extra views, dose reports) goes
+with it for the dose figures. Unreadable files are reported on stderr and skipped; every
+other study still gets its result.
+
+Output: a readable table, or with ``--json`` one StudyResult JSON object per line.
+``--sr-out DIR`` also writes each study's density SR there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pydicom
+
+from mammo_density.config import Settings
+from mammo_density.job import JobImage, StudyJob
+from mammo_density.views import SLOTS, view_info
+
+log = logging.getLogger(__name__)
+
+MG_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.2"
+MG_FOR_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.2.1"
+_SR_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("classify", help="assess studies from DICOM files or folders, offline",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("paths", nargs="+", metavar="PATH", help="DICOM files or folders")
+    p.add_argument("--json", action="store_true",
+                   help="one StudyResult JSON object per study per line")
+    p.add_argument("--sr-out", metavar="DIR", type=Path,
+                   help="write each study's density SR (DICOM) into DIR")
+    p.add_argument("--model-dir", metavar="DIR", help="model registry entry to use "
+                   "(default: settings.model_dir, else the bundled demo model)")
+    p.set_defaults(func=run)
+
+
+@dataclass
+class _Candidate:
+    path: str
+    sop_uid: str
+    sop_class: str
+    slot: str | None
+    for_presentation: bool
+    acquired: str
+    instance_number: int
+    order: int
+
+
+@dataclass
+class Collected:
+    """Studies found under the given paths, and the files that could not be used."""
+
+    jobs: list[StudyJob] = field(default_factory=list)
+    unreadable: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+
+
+def _looks_like_dicom(path: Path) -> bool:
+    if path.suffix.lower() in (".dcm", ".dicom"):
+        return True
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def iter_files(paths: Iterable[str | Path]) -> Iterable[tuple[Path, bool]]:
+    """(file, named explicitly) for every file under ``paths``; folders recursively,
+    keeping only files that look like DICOM (``.dcm`` or the ``DICM`` preamble)."""
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            for child in sorted(p for p in path.rglob("*") if p.is_file()):
+                if _looks_like_dicom(child):
+                    yield child, False
+        else:
+            yield path, True
+
+
+def collect_jobs(paths: Iterable[str | Path]) -> Collected:
+    """Group the DICOM files under ``paths`` into one :class:`StudyJob` per study."""
+    from mammo_density.plugin.assembly import acquisition_key
+
+    out = Collected()
+    studies: dict[str, list[_Candidate]] = {}
+    for order, (path, _explicit) in enumerate(iter_files(paths)):
+        if not path.exists():
+            out.unreadable.append((str(path), "no such file"))
+            continue
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            study_uid = str(ds.StudyInstanceUID)
+            sop_uid = str(ds.SOPInstanceUID)
+            sop_class = str(ds.SOPClassUID)
+        except Exception as err:
+            out.unreadable.append((str(path), f"not a readable DICOM file "
+                                              f"({type(err).__name__})"))
+            continue
+        slot = None
+        if sop_class in (MG_FOR_PRESENTATION, MG_FOR_PROCESSING):
+            slot = view_info(ds).slot
+        intent = str(ds.get("PresentationIntentType", "") or "").upper()
+        for_presentation = (intent == "FOR PRESENTATION" if intent
+                            else sop_class == MG_FOR_PRESENTATION)
+        number = ds.get("InstanceNumber")
+        studies.setdefault(study_uid, []).append(_Candidate(
+            path=str(path.resolve()), sop_uid=sop_uid, sop_class=sop_class, slot=slot,
+            for_presentation=for_presentation, acquired=acquisition_key(ds),
+            instance_number=int(number) if number not in (None, "") else -1, order=order))
+    for study_uid, cands in studies.items():
+        seen: set[str] = set()
+        unique = []
+        for c in cands:  # the same SOP Instance twice (copies): first one counts
+            if c.sop_uid not in seen:
+                seen.add(c.sop_uid)
+                unique.append(c)
+        chosen: dict[str, _Candidate] = {}
+        for slot in SLOTS:
+            options = [c for c in unique if c.slot == slot]
+            preferred = [c for c in options if c.for_presentation] or options
+            if preferred:
+                chosen[slot] = max(preferred,
+                                   key=lambda c: (c.acquired, c.instance_number, c.order))
+        used = {c.sop_uid for c in chosen.values()}
+        images = [JobImage(slot=s, path=chosen[s].path, sop_instance_uid=chosen[s].sop_uid,
+                           sop_class_uid=chosen[s].sop_class) for s in SLOTS if s in chosen]
+        others = [c.path for c in unique if c.sop_uid not in used
+                  and not (c.sop_class.startswith(_SR_PREFIX)
+                           and c.sop_class != "1.2.840.10008.5.1.4.1.1.88.67")]
+        missing = [s for s in SLOTS if s not in chosen]
+        out.jobs.append(StudyJob(study_instance_uid=study_uid, images=images,
+                                 other_paths=others, partial=bool(missing),
+                                 missing_views=missing))
+    return out
+
+
+def _fmt_row(cells: Sequence[str], widths: Sequence[int]) -> str:
+    return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+
+
+def format_table(results: Sequence) -> str:
+    """A readable table: one line per study."""
+    header = ["study", "exam", "dense", "P(dense)", "R", "L", "views", "ms", "notes"]
+    rows = []
+    for r in results:
+        exam = r.exam
+        notes = []
+        if r.partial:
+            notes.append("partial, missing " + ",".join(r.missing_views))
+        if not r.assessable:
+            notes.append("NOT ASSESSABLE")
+        if r.sr is not None:
+            notes.append("SR written")
+        rows.append([
+            r.study_instance_uid,
+            exam.category if exam else "-",
+            ("yes" if exam.dense else "no") if exam else "-",
+            f"{exam.p_dense:.2f} ({exam.dense_source})" if exam else "-",
+            r.breasts["R"].category if "R" in r.breasts else "-",
+            r.breasts["L"].category if "L" in r.breasts else "-",
+            str(len(r.views)),
+            f"{r.timings_ms.get('total', 0.0):.0f}",
+            "; ".join(notes),
+        ])
+    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h)
+              for i, h in enumerate(header)]
+    lines = [_fmt_row(header, widths)] + [_fmt_row(row, widths) for row in rows]
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        return _run(args, settings)
+    except BrokenPipeError:  # output piped into `head` and the like
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
+    from mammo_density.worker.models import ModelError
+    from mammo_density.worker.pipeline import Pipeline
+
+    collected = collect_jobs(args.paths)
+    for path, reason in collected.unreadable:
+        print(f"mammo-density classify: skipped {path}: {reason}", file=sys.stderr)
+    if not collected.jobs:
+        print("mammo-density classify: no DICOM studies found", file=sys.stderr)
+        return 1
+    pipeline = Pipeline(settings)
+    try:
+        pipeline.models  # noqa: B018 - load once, fail early with the reason
+    except ModelError as err:
+        print(f"mammo-density classify: {err}", file=sys.stderr)
+        return 2
+    if args.sr_out:
+        args.sr_out.mkdir(parents=True, exist_ok=True)
+    results = []
+    failures = 0
+    for job in collected.jobs:
+        t0 = time.perf_counter()
+        try:
+            result, sources = pipeline.assess_with_sources(job)
+        except Exception as err:
+            log.exception("study assessment failed")
+            print(f"mammo-density classify: study {job.study_instance_uid}: "
+                  f"{type(err).__name__}: {err}", file=sys.stderr)
+            failures += 1
+            continue
+        if args.sr_out:
+            _write_sr(pipeline, result, sources, args.sr_out)
+        result.timings_ms.setdefault("total", (time.perf_counter() - t0) * 1000.0)
+        if args.json:
+            print(result.model_dump_json(), flush=True)
+        results.append(result)
+    if not args.json:
+        print(format_table(results))
+    return 1 if failures and not results else 0
+
+
+def _write_sr(pipeline, result, sources, folder: Path) -> None:
+    from mammo_density.result import SRRef
+    from mammo_density.worker.sr import build_density_sr
+
+    try:
+        sr = build_density_sr(result, sources, pipeline.models.manifest,
+                              comprehensive_3d=pipeline.settings.comprehensive_3d_sr)
+        path = folder / f"{sr.SOPInstanceUID}.dcm"
+        sr.save_as(path, enforce_file_format=True)
+        result.sr = SRRef(sop_instance_uid=str(sr.SOPInstanceUID),
+                          series_instance_uid=str(sr.SeriesInstanceUID), path=str(path))
+    except Exception as err:
+        result.warnings.append(f"SR not written: {type(err).__name__}: {err}")
+        print(f"mammo-density classify: study {result.study_instance_uid}: SR not written: "
+              f"{err}", file=sys.stderr)
+
+
+__all__ = ["Collected", "add_parser", "collect_jobs", "format_table", "iter_files", "run"]

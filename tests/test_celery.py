@@ -1,0 +1,215 @@
+"""Celery with a REAL redis-server and REAL `mammo-density worker` processes.
+
+- A study received through the listener's ingest path is submitted to the broker, a
+  worker classifies it: state ``done``, result stored, SR in the outbox.
+- A study whose every image is unreadable is failed once with a reason (not retried).
+- SIGKILL of the whole worker process group in the middle of a task, another worker
+  started: the study is delivered again (visibility timeout) and completes exactly once.
+  The worker is held mid-task deterministically: one spooled image is replaced by a
+  FIFO, so reading it blocks until the test puts the real file back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mammo_density.config import load_settings
+from mammo_density.job import StudyJob
+from mammo_density.plugin.state import StateDB
+from mammo_density.worker import tasks
+from mammo_density.worker.celery_app import celery_config
+from tests.models import cached_registry_entry
+from tests.services import REPO, require_binary
+from tests.studies import receive, study_files, synth_studies
+
+VISIBILITY_S = 6.0
+TASK_LIMIT_S = 5.0
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    return cached_registry_entry(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory):
+    return synth_studies(tmp_path_factory.mktemp("synth"), studies=3, seed=31,
+                         transfer_syntax="jpeg2000")
+
+
+def _env(redis_url: str, data_dir: Path, model_dir: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({
+        "MAMMO_DENSITY_BROKER_URL": redis_url,
+        "MAMMO_DENSITY_DATA_DIR": str(data_dir),
+        "MAMMO_DENSITY_MODEL_DIR": str(model_dir),
+        "MAMMO_DENSITY_ORT_THREADS": "1",
+        "MAMMO_DENSITY_VISIBILITY_TIMEOUT": str(VISIBILITY_S),
+        "MAMMO_DENSITY_TASK_TIME_LIMIT": str(TASK_LIMIT_S),
+        "PYTHONUNBUFFERED": "1",
+    })
+    env.pop("MAMMO_DENSITY_CONFIG", None)
+    return env
+
+
+def start_worker(env: dict[str, str], log_path: Path, name: str) -> subprocess.Popen:
+    """`mammo-density worker` in its own process group (killable as a whole)."""
+    log = open(log_path, "ab")  # noqa: SIM115 - closed with the process by the caller
+    return subprocess.Popen(
+        [sys.executable, "-m", "mammo_density.cli", "worker", "--concurrency", "1",
+         "--hostname", f"{name}@test"],
+        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def kill_group(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=5)
+
+
+def stop_worker(proc: subprocess.Popen) -> None:
+    kill_group(proc, signal.SIGTERM)
+
+
+def wait_status(db: StateDB, study_uid: str, wanted: set[str], timeout: float,
+                proc: subprocess.Popen | None = None, log_path: Path | None = None) -> dict:
+    deadline = time.monotonic() + timeout
+    row = None
+    while time.monotonic() < deadline:
+        row = db.study(study_uid)
+        if row and row["status"] in wanted:
+            return row
+        if proc is not None and proc.poll() is not None:
+            text = log_path.read_text(errors="replace") if log_path else ""
+            pytest.fail(f"worker exited with {proc.returncode}:\n{text[-3000:]}")
+        time.sleep(0.02)
+    text = log_path.read_text(errors="replace")[-3000:] if log_path else ""
+    pytest.fail(f"study status {row and row['status']!r}, wanted {wanted} within "
+                f"{timeout} s\n{text}")
+
+
+def test_config_matches_the_runtime_facts(tmp_path):
+    settings = load_settings(broker_url="redis://127.0.0.1:1/0", data_dir=tmp_path)
+    conf = celery_config(settings)
+    assert conf["task_acks_late"] and conf["task_reject_on_worker_lost"]
+    assert conf["worker_prefetch_multiplier"] == 1
+    assert conf["accept_content"] == ["json"]
+    opts = conf["broker_transport_options"]
+    assert opts["visibility_timeout"] > conf["task_time_limit"]
+    assert opts["unacked_restore_interval"] == 1 and opts["unacked_restore_throttle"] == 1
+    with pytest.raises(Exception, match="must exceed"):
+        celery_config(load_settings(broker_url="redis://x/0", data_dir=tmp_path,
+                                    visibility_timeout=10, task_time_limit=20))
+
+
+def test_worker_classifies_received_study(tmp_path, redis_url, model_dir, records):
+    require_binary("redis-server")
+    data = tmp_path / "data"
+    settings = load_settings(broker_url=redis_url, data_dir=data, model_dir=model_dir,
+                             visibility_timeout=VISIBILITY_S, task_time_limit=TASK_LIMIT_S)
+    env = _env(redis_url, data, model_dir)
+    log_path = tmp_path / "worker.log"
+    worker = start_worker(env, log_path, "w1")
+    try:
+        ids: list[str] = []
+        statuses = receive(settings, study_files(records[0]),
+                           lambda job: ids.append(tasks.submit(job, settings)))
+        assert statuses == [0, 0, 0, 0] and len(ids) == 1
+        db = StateDB(settings.state_db)
+        row = wait_status(db, records[0].study_instance_uid, {"done", "failed"}, 60,
+                          worker, log_path)
+        assert row["status"] == "done", row["last_error"]
+        result = row["result"]
+        assert result["exam"]["category"] in "ABCD"
+        assert len(result["views"]) == 4 and result["sr"]["sop_instance_uid"]
+        assert Path(result["sr"]["path"]).is_file()
+        assert result["timings_ms"]["inference"] > 0
+
+        # poison: every spooled image unreadable -> failed once, with the reason
+        jobs: list[StudyJob] = []
+        receive(settings, study_files(records[1]), jobs.append)
+        for im in jobs[0].images:
+            Path(im.path).write_bytes(b"not dicom" * 50)
+        tasks.submit(jobs[0], settings)
+        row = wait_status(db, records[1].study_instance_uid, {"done", "failed"}, 60,
+                          worker, log_path)
+        assert row["status"] == "failed" and "not assessable" in row["last_error"]
+        time.sleep(1.0)  # a retry, if there were one, would log a second failure
+        errors = [e for e in db.last_errors(50)
+                  if e.get("study_uid") == records[1].study_instance_uid]
+        assert len(errors) == 1, errors
+    finally:
+        stop_worker(worker)
+    # privacy: no study UID in the worker's log (only hashed), no task return values
+    text = log_path.read_text(errors="replace")
+    assert records[0].study_instance_uid not in text
+    assert "succeeded in" not in text
+
+
+def test_killed_worker_study_completes_once(tmp_path, redis_url, model_dir, records):
+    data = tmp_path / "data"
+    settings = load_settings(broker_url=redis_url, data_dir=data, model_dir=model_dir,
+                             visibility_timeout=VISIBILITY_S, task_time_limit=TASK_LIMIT_S)
+    study = records[2]
+    jobs: list[StudyJob] = []
+    receive(settings, study_files(study), jobs.append)
+    job = jobs[0]
+    # hold the first worker inside the task: one spooled image becomes a FIFO
+    held = Path(job.images[1].path)
+    real = held.with_suffix(".real")
+    shutil.move(held, real)
+    os.mkfifo(held)
+    env = _env(redis_url, data, model_dir)
+    log1, log2 = tmp_path / "worker1.log", tmp_path / "worker2.log"
+    w1 = start_worker(env, log1, "victim")
+    w2 = None
+    try:
+        task_id = tasks.submit(job, settings)
+        assert task_id
+        db = StateDB(settings.state_db)
+        wait_status(db, study.study_instance_uid, {"processing"}, 60, w1, log1)
+        time.sleep(0.3)  # it is blocked reading the FIFO: mid-task
+        assert db.study(study.study_instance_uid)["status"] == "processing"
+        killed_at = time.monotonic()
+        kill_group(w1)  # SIGKILL, the whole process group
+        assert w1.returncode is not None
+        os.replace(real, held)  # the file is back; the next delivery can read it
+        w2 = start_worker(env, log2, "rescuer")
+        row = wait_status(db, study.study_instance_uid, {"done", "failed"}, 60, w2, log2)
+        redelivered_after = time.monotonic() - killed_at
+        print(f"redelivered and completed {redelivered_after:.1f} s after the kill")
+        assert row["status"] == "done", row["last_error"]
+        assert row["result_revision"] == job.revision
+        srs = sorted(settings.outbox_dir.rglob("*.dcm"))
+        assert len(srs) == 1, srs
+        assert json.loads(json.dumps(row["result"]))["sr"]["sop_instance_uid"] in srs[0].name
+        # redelivered within seconds (visibility timeout + restore sweep), not an hour
+        assert redelivered_after < VISIBILITY_S + 30
+        # nothing left in the queues: no second delivery waiting
+        import redis
+
+        client = redis.Redis.from_url(redis_url)
+        time.sleep(0.5)
+        assert client.llen("cpu") == 0 and client.llen("gpu") == 0
+        assert client.hlen("unacked") == 0
+        client.close()
+    finally:
+        if w2 is not None:
+            stop_worker(w2)
+        kill_group(w1)

@@ -1,0 +1,187 @@
+"""Celery tasks: thin wrappers around :class:`~mammo_density.worker.pipeline.Pipeline`.
+
+A study travels as a chain of three tasks so that CPU and GPU work can live on
+different hosts::
+
+    preprocess(job)            queue "cpu": state -> processing; read + decode +
+                               preprocess from the spool; returns the model-ready arrays
+                               (16-bit fixed point, zlib, base64: ~30-60 KB per 4-view
+                               study at 64-256 px; see benchmarks/README.md)
+      -> infer(prepared)       queue "gpu": ONNX per view; returns the probabilities
+      -> report(data, job)     queue "cpu": rules, result, dose, screening rules,
+                               SR -> outbox, hooks, state -> done / failed
+
+``process_study(job)`` runs the whole :meth:`Pipeline.run` in one task (same code as the
+embedded runner). Tasks take a JSON StudyJob (paths and UIDs), are idempotent and skip a
+study revision the state database already shows done. Retries are declarative and only
+for transient errors (a busy SQLite database, a lost connection); a bad study is never
+retried: the pipeline records it as failed with the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from typing import Any
+
+from celery import Celery, chain
+
+from mammo_density.config import Settings
+from mammo_density.job import StudyJob
+from mammo_density.logsetup import uid_hash
+from mammo_density.worker.models import ModelError
+from mammo_density.worker.pipeline import Inferred, Pipeline, Prepared
+
+log = logging.getLogger(__name__)
+
+
+class TransientError(RuntimeError):
+    """A failure worth retrying (the same task may succeed a little later)."""
+
+
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    TransientError, ConnectionError, TimeoutError, sqlite3.OperationalError)
+
+RETRY_OPTIONS: dict[str, Any] = {
+    "autoretry_for": TRANSIENT_ERRORS,
+    "retry_backoff": 1,
+    "retry_backoff_max": 30,  # below the visibility timeout: countdowns stay in Redis
+    "retry_jitter": True,
+    "max_retries": 5,
+}
+
+_settings: Settings | None = None
+_pipeline: Pipeline | None = None
+_pipeline_lock = threading.Lock()
+
+
+def configure(settings: Settings) -> None:
+    """Settings used by this process's tasks (the pipeline is created lazily)."""
+    global _settings, _pipeline
+    _settings = settings
+    _pipeline = None
+
+
+def get_pipeline() -> Pipeline:
+    """This process's Pipeline: models loaded once per worker process, on first use."""
+    global _pipeline
+    if _pipeline is None:
+        with _pipeline_lock:
+            if _pipeline is None:
+                if _settings is None:
+                    raise RuntimeError("tasks.configure(settings) was not called")
+                _pipeline = Pipeline(_settings)
+    return _pipeline
+
+
+def reset_after_fork() -> None:
+    """Drop a pipeline inherited from a parent process (ONNX sessions do not fork)."""
+    global _pipeline
+    _pipeline = None
+
+
+def _already_done(pipeline: Pipeline, job: StudyJob) -> bool:
+    try:
+        row = pipeline.state.study(job.study_instance_uid)
+    except sqlite3.OperationalError:
+        raise
+    except Exception:
+        return False
+    return bool(row and row.get("status") == "done"
+                and int(row.get("result_revision") or 0) >= job.revision)
+
+
+def _skipped(job: StudyJob) -> dict[str, Any]:
+    log.info("study %s revision %d already done: skipped", uid_hash(job.study_instance_uid),
+             job.revision)
+    return {"skipped": True, "study_instance_uid": job.study_instance_uid,
+            "revision": job.revision}
+
+
+def _model_failure(pipeline: Pipeline, job: StudyJob, err: ModelError) -> None:
+    pipeline._mark("mark_failed", job, f"model unavailable: {err}")
+
+
+# --- task bodies (plain functions; tests may call them directly) --------------------------
+
+def preprocess(job_json: dict[str, Any]) -> dict[str, Any]:
+    job = StudyJob.model_validate(job_json)
+    pipeline = get_pipeline()
+    if _already_done(pipeline, job):
+        return _skipped(job)
+    pipeline._mark("mark_processing", job)
+    try:
+        prepared = pipeline.prepare(job)
+    except ModelError as err:
+        _model_failure(pipeline, job, err)
+        raise
+    return prepared.to_payload()
+
+
+def infer(payload: dict[str, Any]) -> dict[str, Any]:
+    if payload.get("skipped"):
+        return payload
+    pipeline = get_pipeline()
+    prepared = Prepared.from_payload(payload)
+    inferred = pipeline.infer(prepared)
+    meta = dict(payload)
+    meta["arrays"] = {}
+    return {"prepared": meta, "inferred": inferred.to_payload()}
+
+
+def report(data: dict[str, Any], job_json: dict[str, Any]) -> dict[str, Any]:
+    if data.get("skipped"):
+        return data
+    job = StudyJob.model_validate(job_json)
+    pipeline = get_pipeline()
+    prepared = Prepared.from_payload(data["prepared"])
+    inferred = Inferred.from_payload(data["inferred"])
+    result = pipeline.complete(job, prepared, inferred)
+    log.info("study %s revision %d: %s", uid_hash(job.study_instance_uid), job.revision,
+             result.exam.category if result.exam else "not assessable")
+    return result.model_dump(mode="json")
+
+
+def process_study(job_json: dict[str, Any]) -> dict[str, Any]:
+    job = StudyJob.model_validate(job_json)
+    pipeline = get_pipeline()
+    if _already_done(pipeline, job):
+        return _skipped(job)
+    return pipeline.run(job).model_dump(mode="json")
+
+
+def register(app: Celery, settings: Settings) -> None:
+    """Register the tasks on ``app`` and remember ``settings`` for this process."""
+    configure(settings)
+    for fn in (preprocess, infer, report, process_study):
+        app.task(name=f"mammo_density.{fn.__name__}", **RETRY_OPTIONS)(fn)
+
+
+def signature_for(job: StudyJob, app: Celery):
+    """The preprocess -> infer -> report chain of one study."""
+    job_json = job.model_dump(mode="json")
+    return chain(app.signature("mammo_density.preprocess", args=(job_json,)),
+                 app.signature("mammo_density.infer"),
+                 app.signature("mammo_density.report", args=(job_json,)))
+
+
+def submit(job: StudyJob, settings: Settings) -> str:
+    """Queue ``job`` on the Celery broker; returns the id of the chain's last task.
+
+    Publishing is retried briefly (3 tries within ~3 s), then raises: the listener keeps
+    the study queued in its state database and submits it again later.
+    """
+    from mammo_density.worker.celery_app import get_app
+
+    app = get_app(settings)
+    result = signature_for(job, app).apply_async(
+        retry=True, retry_policy={"max_retries": 3, "interval_start": 0.2,
+                                  "interval_step": 0.5, "interval_max": 1.5})
+    log.info("study %s revision %d queued as %s", uid_hash(job.study_instance_uid),
+             job.revision, result.id)
+    return str(result.id)
+
+
+__all__ = ["RETRY_OPTIONS", "TRANSIENT_ERRORS", "TransientError", "configure", "get_pipeline",
+           "register", "reset_after_fork", "signature_for", "submit"]
