@@ -166,3 +166,25 @@ def test_run_marks_poison_study_failed(tmp_path, model_dir, study):
     assert row["status"] == "failed"
     assert "not assessable" in row["last_error"]
 
+
+
+def test_embedded_runner_runs_received_studies(tmp_path, model_dir, tmp_path_factory):
+    from mammo_density.plugin.state import StateDB
+    from mammo_density.worker.embedded import EmbeddedRunner
+
+    records = synth_studies(tmp_path_factory.mktemp("emb"), studies=2, seed=41,
+                            transfer_syntax="rle")
+    settings = settings_for(tmp_path, model_dir, embedded_workers=2)
+    done = []
+    runner = EmbeddedRunner(settings, on_done=done.append)
+    for rec in records:
+        receive(settings, study_files(rec), runner.submit)
+    runner.close(wait=True)
+    assert sorted(r.study_instance_uid for r in done) == \
+        sorted(r.study_instance_uid for r in records)
+    db = StateDB(settings.state_db)
+    for rec in records:
+        row = db.study(rec.study_instance_uid)
+        assert row["status"] == "done" and row["result"]["exam"]["category"] in "ABCD"
+    with pytest.raises(RuntimeError, match="closed"):
+        runner.submit(StudyJob(study_instance_uid="1.2.3", images=[]))
