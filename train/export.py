@@ -156,10 +156,11 @@ def export_run(run_dir: Path, out_dir: Path, *, name: str, version: str,
                which: str = "best", training_data: str = "", metrics: dict | None = None,
                intended_use: str = "", not_for_clinical_use: bool = False,
                commands: list[str] | None = None, fp16: bool = False,
-               opset: int = 17) -> ModelManifest:
+               opset: int = 17, evaluation: dict | None = None) -> ModelManifest:
     """Export a training run's per-view checkpoints (``run_dir/<view>/<which>.pth``).
 
     Task, input size, width and normalisation come from the checkpoints, which must agree.
+    Also writes ``MODEL_CARD.md`` (with ``evaluation``, a result of ``evaluate``, if given).
     """
     from mammo_density.train.evaluation import load_checkpoint_models
     from mammo_density.worker.preprocess import PREPROCESSING_VERSION
@@ -184,7 +185,7 @@ def export_run(run_dir: Path, out_dir: Path, *, name: str, version: str,
     all_metrics["validation_accuracy"] = {slot: round(float(c["best_acc"]), 4)
                                           for slot, (_, c) in models.items()}
     all_metrics["best_epoch"] = {slot: int(c["best_epoch"]) for slot, (_, c) in models.items()}
-    return write_registry_entry(
+    manifest = write_registry_entry(
         out_dir, {slot: m for slot, (m, _) in models.items()}, name=name, version=version,
         task=a["task"], input_size=int(a["input_size"]),
         preprocessing_version=PREPROCESSING_VERSION,
@@ -194,3 +195,7 @@ def export_run(run_dir: Path, out_dir: Path, *, name: str, version: str,
         metrics=all_metrics, intended_use=intended_use,
         not_for_clinical_use=not_for_clinical_use, architecture=architecture,
         commands=commands, fp16=fp16, opset=opset)
+    from mammo_density.train.model_card import write_card
+
+    write_card(out_dir, manifest, evaluation, a)
+    return manifest

@@ -40,16 +40,17 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from mammo_density.train.export import export_run
 
     try:
-        metrics = None
+        metrics = evaluation = None
         if args.metrics:
             from mammo_density.train.metrics import summary
 
-            metrics = summary(json.loads(Path(args.metrics).read_text()))
+            evaluation = json.loads(Path(args.metrics).read_text())
+            metrics = summary(evaluation)
         manifest = export_run(
             args.run, args.out, name=args.name, version=args.model_version,
             which=args.checkpoint, training_data=args.training_data, metrics=metrics,
             intended_use=args.intended_use, not_for_clinical_use=args.not_for_clinical_use,
-            commands=args.commands, fp16=args.fp16, opset=args.opset)
+            commands=args.commands, fp16=args.fp16, opset=args.opset, evaluation=evaluation)
     except (OSError, ValueError, RuntimeError) as err:
         print(f"mammo-density export: {err}", file=sys.stderr)
         return 1
