@@ -22,6 +22,7 @@ import logging
 import ssl
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -138,13 +139,14 @@ class Listener:
 
     def handle_store(self, event: evt.Event) -> int:
         """EVT_C_STORE: a thin adapter from pynetdicom's event to :meth:`Ingestor.store`."""
+        own_copy = False
         try:
             req = event.request
             requestor = event.assoc.requestor
             try:
                 path = Path(event.dataset_path)
             except AttributeError:  # chunked receiving switched off by someone else
-                path = self._write_in_memory(event)
+                path, own_copy = self._write_in_memory(event), True
             incoming = Incoming(
                 path=path,
                 sop_class_uid=str(req.AffectedSOPClassUID or ""),
@@ -157,7 +159,11 @@ class Listener:
             log.warning("C-STORE refused 0x%04X: request unreadable (%s)", CANNOT_UNDERSTAND,
                         type(err).__name__)
             return CANNOT_UNDERSTAND  # Cannot understand
-        return self.ingestor.store(incoming)
+        try:
+            return self.ingestor.store(incoming)
+        finally:
+            if own_copy:
+                path.unlink(missing_ok=True)
 
     def _write_in_memory(self, event: evt.Event) -> Path:
         tmp = tempfile.NamedTemporaryFile(delete=False, suffix=".dcm")  # noqa: SIM115
@@ -220,15 +226,27 @@ class Listener:
             return False
         return True
 
-    def stop(self) -> None:
-        """Stop accepting, let running associations finish (up to their timeouts)."""
-        if self._timer is not None:
-            self._timer.stop()
-            self._timer = None
+    def stop(self, grace: float = 30.0) -> None:
+        """Stop accepting; let running associations finish for up to ``grace`` seconds
+        (then abort them: an unanswered C-STORE is sent again by the peer)."""
         if self._server is not None:
             self._server.shutdown()
             self._server = None
+            deadline = time.monotonic() + grace
+            while self._busy() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if self._busy():
+                log.warning("aborting %d association(s) still open after %g s",
+                            self._busy(), grace)
             self._ae.shutdown()
+        if self._timer is not None:
+            self._timer.stop()
+            self._timer = None
+
+    def _busy(self) -> int:
+        """Established associations (a bare TCP connection that never asked for an
+        association, e.g. a port probe, is not waited for)."""
+        return sum(1 for a in self._ae.active_associations if a.is_established)
 
     def serve_until(self, stop: threading.Event) -> None:
         """Block until ``stop`` is set, then stop."""

@@ -412,17 +412,22 @@ def test_tls(node_factory, tmp_path):
 def test_twenty_concurrent_associations(node_factory):
     node = node_factory(max_associations=32, stable_seconds=30)
     studies = [study() for _ in range(20)]
-    results: dict[int, list[int]] = {}
+    results: dict[int, list[int] | str] = {}
 
     def worker(i: int) -> None:
-        results[i] = send(node, studies[i])
+        ae = client()
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 120
+        try:
+            results[i] = send(node, studies[i], ae)
+        except Exception as err:  # reported below with the others
+            results[i] = repr(err)
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(20)]
     for t in threads:
         t.start()
     for t in threads:
-        t.join(60)
-    assert all(results[i] == [0] * 4 for i in range(20))
+        t.join(180)
+    assert results == {i: [0] * 4 for i in range(20)}
     node.wait(lambda: len(node.jobs) == 20)
     uids = [s[0].StudyInstanceUID for s in studies]
     assert sorted(j.study_instance_uid for j in node.jobs) == sorted(uids)
