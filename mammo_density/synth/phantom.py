@@ -211,9 +211,11 @@ def render_view(rng: np.random.Generator, shape: tuple[int, int], spacing_mm: fl
 
     if (wr, wc) != (rows, cols):
         img = cv2.resize(img.astype(np.float32), (cols, rows), interpolation=cv2.INTER_LINEAR)
-        mask = cv2.resize(mask_u8, (cols, rows), interpolation=cv2.INTER_NEAREST).astype(bool)
-        pectoral = cv2.resize(pectoral.astype(np.uint8), (cols, rows),
-                              interpolation=cv2.INTER_NEAREST).astype(bool)
+        # linear interpolation + threshold keeps the skin line smooth (no 8-pixel steps)
+        mask = cv2.resize(mask.astype(np.float32), (cols, rows),
+                          interpolation=cv2.INTER_LINEAR) > 0.5
+        pectoral = (cv2.resize(pectoral.astype(np.float32), (cols, rows),
+                               interpolation=cv2.INTER_LINEAR) > 0.5) & mask
     # detector noise (quantum-like: grows with signal), only inside the breast
     noise = rng.standard_normal((rows, cols)).astype(np.float32)
     img = img + noise * (0.006 + 0.012 * np.sqrt(np.clip(img, 0, None)))
