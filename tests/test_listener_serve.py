@@ -84,6 +84,12 @@ def test_serve_dcmtk_echo_store_status_and_sigterm(tmp_path):
         _wait(lambda: serve.status()["counts"]["queued"] == 1)
         queued = serve.status()["studies"]["queued"]
         assert [s["study_uid"] for s in queued] == [uid]
+        text = subprocess.run(
+            [sys.executable, "-m", "mammo_density.cli", "status", "--data-dir",
+             str(serve.data_dir)], capture_output=True, text=True, env=serve.env, cwd=REPO,
+            timeout=60, check=True).stdout
+        assert "queued 1" in text and f"queued     {uid}  rev 1" in text
+        assert "oldest in flight" in text
     finally:
         assert serve.stop() == 0
     log = serve.log.read_text()
@@ -132,3 +138,30 @@ def test_serve_refuses_busy_port(tmp_path):
         assert "cannot listen" in other.stderr
     finally:
         serve.stop()
+
+
+def test_serve_with_embedded_pipeline_status_shows_result(tmp_path):
+    """The composed node: listener -> EmbeddedRunner (real Pipeline, ONNX Runtime) -> state;
+    `status` shows the result, and the SR waits in the outbox for its destination."""
+    from mammo_density.synth import generate
+    from tests.models import cached_registry_entry
+
+    model = cached_registry_entry(tmp_path / "models", seed=3)
+    record = generate(tmp_path / "synth", studies=1, seed=5, size="small")[0]
+    dead_port = free_port()  # an SR destination nobody listens on: the SR stays pending
+    serve = Serve(tmp_path / "data", stable=20.0)
+    serve.env.update({"MAMMO_DENSITY_MODEL_DIR": str(model), "OMP_NUM_THREADS": "1",
+                      "MAMMO_DENSITY_SR_DESTINATIONS": f"NOBODY@127.0.0.1:{dead_port}"})
+    serve.start()
+    try:
+        proc = storescu([Path(p) for p in record.paths], serve.port)
+        assert proc.returncode == 0, proc.stderr
+        _wait(lambda: serve.status()["counts"]["done"] == 1, timeout=120)
+        status = serve.status()
+        done = status["studies"]["done"][0]
+        assert done["study_uid"] == record.study_instance_uid
+        assert done["result"]["category"] in ("A", "B", "C", "D")
+        assert isinstance(done["result"]["dense"], bool) and done["result"]["partial"] is False
+        _wait(lambda: len(serve.status()["undelivered_srs"] or []) >= 1, timeout=60)
+    finally:
+        assert serve.stop() == 0
