@@ -40,7 +40,7 @@ def _train_and_score(args: argparse.Namespace, split: str) -> dict:
     preds, _ = predict_checkpoints(Path(args.out), records,
                                    cache_dir=args.cache_dir or Path(args.out) / "cache")
     result = evaluate_predictions(preds, args.task)
-    write_report(result, Path(args.out) / f"eval-{split}")
+    write_report(result, Path(args.out) / f"eval-{split}", png_levels=("exam",))
     return result
 
 

@@ -254,13 +254,9 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def write_confusion(result: dict, level: str, out_dir: Path) -> tuple[Path, Path]:
-    """Confusion matrix of ``level`` as CSV and PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def write_confusion(result: dict, level: str, out_dir: Path, *,
+                    png: bool = True) -> tuple[Path, Path | None]:
+    """Confusion matrix of ``level`` as CSV and (``png``) PNG."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     classes = result["classes"]
@@ -272,6 +268,13 @@ def write_confusion(result: dict, level: str, out_dir: Path) -> tuple[Path, Path
         w.writerow(["truth \\ predicted", *classes])
         for c, row in zip(classes, conf.tolist(), strict=True):
             w.writerow([c, *row])
+    if not png:
+        return csv_path, None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(4, 4))
     ax.imshow(conf, cmap="Blues")
     for i in range(conf.shape[0]):
@@ -290,17 +293,23 @@ def write_confusion(result: dict, level: str, out_dir: Path) -> tuple[Path, Path
     return csv_path, png_path
 
 
-def write_report(result: dict, out_dir: Path) -> dict[str, str]:
-    """metrics.json, metrics.txt and confusion CSV/PNG of every level; returns the paths."""
+def write_report(result: dict, out_dir: Path, *,
+                 png_levels: Sequence[str] | None = None) -> dict[str, str]:
+    """metrics.json, metrics.txt and confusion CSV/PNG of every level; returns the paths.
+
+    ``png_levels`` limits the PNGs to those levels (default: all).
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
     (out_dir / "metrics.txt").write_text(format_table(result) + "\n")
     paths = {"json": str(out_dir / "metrics.json"), "table": str(out_dir / "metrics.txt")}
     for level in result["levels"]:
-        csv_path, png_path = write_confusion(result, level, out_dir)
+        png = png_levels is None or level in png_levels
+        csv_path, png_path = write_confusion(result, level, out_dir, png=png)
         paths[f"confusion:{level}"] = str(csv_path)
-        paths[f"confusion_png:{level}"] = str(png_path)
+        if png_path is not None:
+            paths[f"confusion_png:{level}"] = str(png_path)
     return paths
 
 
