@@ -122,7 +122,9 @@ def test_prepared_payload_roundtrip(tmp_path, model_dir, study):
     a = pipe.infer(prepared).probabilities
     b = pipe.infer(back).probabilities
     for slot in SLOTS:
-        assert np.abs(np.array(a[slot]) - np.array(b[slot])).max() < 1e-3
+        # the fixed-random test networks amplify input changes strongly (a 1.5e-5 input
+        # step moved them by ~2e-3); float16 (5e-4 steps) moved them by 0.025
+        assert np.abs(np.array(a[slot]) - np.array(b[slot])).max() < 5e-3
         assert np.abs(back.inputs[64][slot] - prepared.inputs[64][slot]).max() < 1e-5
 
 

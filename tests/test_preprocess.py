@@ -22,10 +22,11 @@ from tests.services import require_testdata
 
 SIZE = 64
 #: Reduced-resolution decode vs full decode + area average, on [0, 1] model inputs.
-#: Measured on this phantom at 128 px (level 2): mean 0.0006-0.0032, p99 0.018-0.047; the
-#: residue is the wavelet low-pass vs the box average at edges and a +-1 px crop edge.
-REDUCED_MEAN_TOL = 0.005
-REDUCED_P99_TOL = 0.08
+#: Measured on this phantom at 128 px from 2048 x 1664 (level 3, 6 seeds): mean |diff|
+#: 0.002-0.0065, 99th percentile 0.044-0.072. The residue: the wavelet low-pass vs the box
+#: average at edges, and the breast's bounding box moving by +-1 working pixel.
+REDUCED_MEAN_TOL = 0.01
+REDUCED_P99_TOL = 0.1
 
 
 @pytest.fixture(scope="module")
@@ -113,10 +114,10 @@ def test_high_bits_above_bits_stored_are_ignored():
 def test_reduced_resolution_decode_within_tolerance(syntax, tmp_path):
     size = 128
     big = mg_dataset(breast_image(2048, 1664, seed=9, density=0.75))
-    assert working_level(2048, 1664, size) == 2
+    assert working_level(2048, 1664, size) == 3
     ds = roundtrip(big, syntax, tmp_path)
     fast, info = preprocess_dataset(ds, size, reduced=True)
-    assert info.level == 2 and info.codec in {"j2k-reduced", "htj2k"}
+    assert info.level == 3 and info.codec in {"j2k-reduced", "htj2k"}
     naive, ninfo = preprocess_dataset(pydicom.dcmread(tmp_path / f"{syntax}.dcm"), size,
                                       reduced=False)
     assert ninfo.level == 0 and ninfo.working_shape == info.working_shape

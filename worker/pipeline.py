@@ -176,12 +176,16 @@ class Pipeline:
         Already loaded model sets (tests, benchmarks); by default loaded lazily, once.
     decode_workers
         Images decoded in parallel within one study.
+    reduced_decode
+        Decode JPEG 2000 at the working resolution (default); False: the naive path
+        (full decode, then area average), for benchmarks.
     """
 
     def __init__(self, settings: Settings, *, models: ModelSet | None = None,
                  dense_models: ModelSet | None = None,
-                 decode_workers: int | None = None) -> None:
+                 decode_workers: int | None = None, reduced_decode: bool = True) -> None:
         self.settings = settings
+        self.reduced_decode = reduced_decode
         self._models = models
         self._dense_models = dense_models
         self._dense_checked = dense_models is not None
@@ -296,7 +300,8 @@ class Pipeline:
         arrays: dict[int, np.ndarray] = {}
         try:
             for size in sizes:
-                arr, info = preprocess_dataset(ds, size, threads=threads)
+                arr, info = preprocess_dataset(ds, size, threads=threads,
+                                               reduced=self.reduced_decode)
                 arrays[size] = arr
                 for key, value in info.timings_ms.items():
                     timings[key] = timings.get(key, 0.0) + value

@@ -8,8 +8,8 @@ were trained with and the worker refuses a mismatch.
 Steps (``load_model_input``):
 
 1. **Decode** at a *working resolution level* ``L`` (:func:`working_level`): the largest
-   ``L`` (at most :data:`MAX_LEVEL`) such that the short side of the image at
-   ``2**-L`` scale is still ``>= WORKING_OVERSAMPLE * size``. JPEG 2000 / HTJ2K decode at
+   ``L`` (at most :data:`MAX_LEVEL`) such that the long side of the image at
+   ``2**-L`` scale is still ``>= WORKING_OVERSAMPLE * size`` (1.25). JPEG 2000 / HTJ2K decode at
    that level directly (the wavelet's low-pass band, DECODE.md: 12x faster); every other
    codec decodes at full size and is brought to the same working shape by an exact area
    average (``cv2.INTER_AREA``). The two routes agree within a stated tolerance
@@ -59,10 +59,12 @@ from mammo_density.worker.decode import Decoded, DecodeError, decode_frame, redu
 log = logging.getLogger(__name__)
 
 #: Bump on ANY change of the output of :func:`load_model_input`.
-PREPROCESSING_VERSION = "mdp-1.0"
+PREPROCESSING_VERSION = "mdp-1.1"
 
-#: The working image's short side is at least this many times the model input size.
-WORKING_OVERSAMPLE = 2.0
+#: The working image's LONG side is at least this many times the model input size: a
+#: breast spanning >= 1/1.25 = 80 % of the detector's long side is still downsampled (never
+#: enlarged) by the final aspect-keeping resize, whose scale is set by the long side.
+WORKING_OVERSAMPLE = 1.25
 #: Deepest resolution level used (real Hologic codestreams have 5 levels).
 MAX_LEVEL = 4
 #: Margin above the background level from which a pixel may be breast.
@@ -98,11 +100,13 @@ class PreprocessInfo:
 
 
 def working_level(rows: int, cols: int, size: int) -> int:
-    """Resolution level at which an image of ``rows`` x ``cols`` is processed for ``size``."""
+    """Resolution level at which an image of ``rows`` x ``cols`` is processed for ``size``:
+    the deepest (at most :data:`MAX_LEVEL`) whose long side is still
+    ``>= WORKING_OVERSAMPLE * size``. 3328 x 4096 at 650 px -> level 2 (832 x 1024)."""
     level = 0
     while level < MAX_LEVEL:
         r, c = reduced_shape(rows, cols, level + 1)
-        if min(r, c) < WORKING_OVERSAMPLE * size:
+        if max(r, c) < WORKING_OVERSAMPLE * size:
             break
         level += 1
     return level
