@@ -1,0 +1,249 @@
+"""deploy/: the files an administrator installs, checked against the real programs.
+
+- deploy/orthanc.json and deploy/compose/orthanc.json start a real Orthanc (paths and ports
+  swapped for temporary ones) that loads the routing plugin with their MammoDensity section;
+- deploy/redis.conf starts a real redis-server with the broker settings it promises;
+- the systemd units pass ``systemd-analyze verify`` and run sub-commands the CLI has;
+- the environment file template is a valid configuration;
+- compose.yaml passes ``docker compose config`` where the Docker client has compose
+  (no Docker engine runs on CI: nothing is built or started).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import requests
+
+from mammo_density import cli
+from mammo_density.config import Settings, load_settings
+from tests.services import REPO, OrthancServer, free_port, require_binary, wait_for_port
+
+DEPLOY = REPO / "deploy"
+SCRIPT = REPO / "plugin" / "orthanc" / "mammo_density_orthanc.py"
+UNITS = DEPLOY / "systemd"
+BIN = "/opt/mammo-density/venv/bin/mammo-density"
+
+
+class AuthOrthanc(OrthancServer):
+    """The fixture's Orthanc, talking to a server that requires HTTP authentication."""
+
+    password: str = "change-me"
+
+    @property
+    def url(self) -> str:
+        return f"http://admin:{self.password}@127.0.0.1:{self.http_port}"
+
+
+def deploy_config(path: Path, workdir: Path) -> dict:
+    """The file's configuration with storage, ports and script moved to the test's."""
+    cfg = json.loads(path.read_text())
+    cfg.update({
+        "StorageDirectory": str(workdir / "db"),
+        "IndexDirectory": str(workdir / "db"),
+        "HttpPort": free_port(),
+        "DicomPort": free_port(),
+        "PythonScript": str(SCRIPT),
+        "RemoteAccessAllowed": False,
+    })
+    return cfg
+
+
+def check_orthanc_starts(tmp_path: Path, path: Path, password: str,
+                         env: dict[str, str] | None = None) -> dict:
+    cfg = deploy_config(path, tmp_path)
+    server = AuthOrthanc(tmp_path, SCRIPT, cfg)
+    server.password = password
+    server.http_port, server.dicom_port = cfg["HttpPort"], cfg["DicomPort"]
+    old = {k: os.environ.get(k) for k in (env or {})}
+    os.environ.update(env or {})
+    try:
+        server.start()
+        try:
+            assert requests.get(f"http://127.0.0.1:{server.http_port}/system",
+                                timeout=5).status_code == 401
+            status = server.get("/mammo-density/status").json()
+            assert status["router_alive"] is True
+            assert status["settings"]["Modality"] == cfg["MammoDensity"]["Modality"]
+            assert status["settings"]["Metadata"] == "MammoDensity"
+            modalities = server.get("/modalities?expand").json()
+            assert cfg["MammoDensity"]["Modality"] in modalities
+            assert server.get("/system").json()["DicomAet"] == cfg["DicomAet"]
+            return {"status": status, "modalities": modalities, "config": cfg}
+        finally:
+            server.stop()
+    finally:
+        for key, value in old.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@pytest.mark.services
+def test_orthanc_config_starts_orthanc_with_the_plugin(tmp_path: Path) -> None:
+    cfg = json.loads((DEPLOY / "orthanc.json").read_text())
+    assert cfg["StableAge"] >= 10 and cfg["UserMetadata"]["MammoDensity"] >= 1024
+    assert cfg["PythonScript"].endswith("/mammo_density_orthanc.py")
+    assert any(p.endswith("libOrthancPython.so") for p in cfg["Plugins"])
+    node = cfg["DicomModalities"][cfg["MammoDensity"]["Modality"]]
+    defaults = Settings()
+    assert (node["AET"], node["Port"]) == (defaults.ae_title, defaults.listen_port)
+    got = check_orthanc_starts(tmp_path / "bare", DEPLOY / "orthanc.json", "change-me")
+    assert got["status"]["settings"]["ForwardOnFourViews"] is True
+
+
+@pytest.mark.services
+def test_compose_orthanc_config_matches_and_starts(tmp_path: Path) -> None:
+    bare = json.loads((DEPLOY / "orthanc.json").read_text())
+    composed = json.loads((DEPLOY / "compose" / "orthanc.json").read_text())
+    assert composed["MammoDensity"] == bare["MammoDensity"]
+    assert composed["DicomModalities"]["mammo-density"]["Host"] == "listener"
+    differ = {k for k in bare.keys() | composed.keys() if bare.get(k) != composed.get(k)}
+    assert differ == {"DicomModalities", "RegisteredUsers"}
+    got = check_orthanc_starts(tmp_path / "compose", DEPLOY / "compose" / "orthanc.json",
+                               "s3cret-from-env", env={"ORTHANC_ADMIN_PASSWORD": "s3cret-from-env"})
+    assert got["modalities"]["mammo-density"]["Host"] == "listener"
+
+
+@pytest.mark.services
+def test_redis_conf_starts_a_durable_broker(tmp_path: Path) -> None:
+    exe = require_binary("redis-server")
+    cli_exe = require_binary("redis-cli")
+    port = free_port()
+    proc = subprocess.Popen([exe, str(DEPLOY / "redis.conf"), "--port", str(port),
+                             "--dir", str(tmp_path), "--bind", "127.0.0.1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for_port(port, 10)
+
+        def get(key: str) -> str:
+            out = subprocess.run([cli_exe, "-p", str(port), "CONFIG", "GET", key],
+                                 capture_output=True, text=True, timeout=10).stdout.split()
+            return out[1] if len(out) > 1 else ""
+
+        assert get("maxmemory-policy") == "noeviction"
+        assert get("appendonly") == "yes"
+        assert get("appendfsync") == "everysec"
+        assert get("protected-mode") == "yes"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def env_file(path: Path) -> dict[str, str]:
+    out = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        assert sep, f"not KEY=VALUE: {line!r}"
+        out[key] = value
+    return out
+
+
+def test_env_example_is_a_valid_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
+    values = env_file(DEPLOY / "mammo-density.env.example")
+    fields = set(Settings.model_fields)
+    for key in values:
+        assert key.startswith("MAMMO_DENSITY_"), key
+        assert key.removeprefix("MAMMO_DENSITY_").lower() in fields, f"{key}: no such setting"
+    for key in list(os.environ):
+        if key.startswith("MAMMO_DENSITY_"):
+            monkeypatch.delenv(key)
+    for key, value in values.items():
+        if value:
+            monkeypatch.setenv(key, value)
+    settings = load_settings()
+    assert settings.broker_url.startswith("redis://")
+    assert [str(d) for d in settings.sr_destinations] == ["ORTHANC@127.0.0.1:4242"]
+    assert str(settings.data_dir) == "/var/lib/mammo-density"
+    orthanc = json.loads((DEPLOY / "orthanc.json").read_text())
+    assert settings.allowed_aets == [orthanc["DicomAet"]]
+    assert settings.sr_destinations[0].port == orthanc["DicomPort"]
+    assert settings.listen_port == orthanc["DicomModalities"]["mammo-density"]["Port"]
+
+
+def _unit_lines(path: Path) -> list[tuple[str, str]]:
+    out = []
+    for line in path.read_text().splitlines():
+        if "=" in line and not line.lstrip().startswith(("#", ";", "[")):
+            key, _, value = line.partition("=")
+            out.append((key.strip(), value.strip()))
+    return out
+
+
+@pytest.mark.parametrize(("unit", "command"), [
+    ("mammo-density-serve.service", "serve"),
+    ("mammo-density-worker@.service", "worker"),
+])
+def test_systemd_units_run_existing_commands(unit: str, command: str) -> None:
+    lines = _unit_lines(UNITS / unit)
+    exec_start = [v for k, v in lines if k == "ExecStart"]
+    assert len(exec_start) == 1
+    argv = exec_start[0].split()
+    assert argv[0] == BIN and argv[1] == command
+    assert command in cli.COMMANDS, f"`mammo-density {command}` is not a CLI command"
+    env_files = [v for k, v in lines if k == "EnvironmentFile"]
+    assert "/etc/mammo-density/mammo-density.env" in env_files
+    assert ("User", "mammo-density") in lines
+
+
+def test_systemd_units_verify(tmp_path: Path) -> None:
+    exe = shutil.which("systemd-analyze")
+    if exe is None:
+        pytest.skip("systemd-analyze is not installed")
+    mammo = shutil.which("mammo-density") or str(REPO / ".venv" / "bin" / "mammo-density")
+    for unit in ("mammo-density-serve.service", "mammo-density-worker@.service"):
+        text = (UNITS / unit).read_text().replace(BIN, mammo)
+        (tmp_path / unit).write_text(text)
+    (tmp_path / "mammo-density-worker@cpu1.service").write_text(
+        (tmp_path / "mammo-density-worker@.service").read_text())
+    units = ["mammo-density-serve.service", "mammo-density-worker@cpu1.service"]
+    debian_orthanc = Path("/lib/systemd/system/orthanc.service")
+    if debian_orthanc.exists():
+        shutil.copy(debian_orthanc, tmp_path / "orthanc.service")
+        shutil.copytree(UNITS / "orthanc.service.d", tmp_path / "orthanc.service.d")
+        units.append("orthanc.service")
+    proc = subprocess.run([exe, "verify", *units], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=60,
+                          env={**os.environ, "SYSTEMD_UNIT_PATH": f"{tmp_path}:"})
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output
+    assert not re.search(r"Unknown (key|section)|ignoring|Invalid", output), output
+
+
+def test_compose_file(tmp_path: Path) -> None:
+    text = (DEPLOY / "compose.yaml").read_text()
+    fields = set(Settings.model_fields)
+    for key in set(re.findall(r"\b(MAMMO_DENSITY_[A-Z_]+)\b", text)):
+        assert key.removeprefix("MAMMO_DENSITY_").lower() in fields, f"{key}: no such setting"
+    for service in ("redis:", "orthanc:", "listener:", "worker-cpu:", "worker-gpu:"):
+        assert f"\n  {service}" in text
+    assert "driver: nvidia" in text and "capabilities: [gpu]" in text
+    for name in ("Dockerfile", "Dockerfile.orthanc", "redis.conf", "compose/orthanc.json"):
+        assert (DEPLOY / name).exists(), name
+    docker = shutil.which("docker")
+    if docker is None:
+        pytest.skip("no docker client: `docker compose config` not run")
+    probe = subprocess.run([docker, "compose", "version"], capture_output=True, text=True,
+                           timeout=30)
+    if probe.returncode != 0:
+        pytest.skip("the docker client has no compose plugin: `docker compose config` not run")
+    proc = subprocess.run([docker, "compose", "-f", str(DEPLOY / "compose.yaml"), "config",
+                           "--format", "json"], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "ORTHANC_ADMIN_PASSWORD": "x"})
+    assert proc.returncode == 0, proc.stderr
+    config = json.loads(proc.stdout)
+    assert set(config["services"]) >= {"redis", "orthanc", "listener", "worker-cpu"}
+    gpu = config["services"].get("worker-gpu")
+    if gpu is not None:
+        devices = gpu["deploy"]["resources"]["reservations"]["devices"]
+        assert devices[0]["driver"] == "nvidia"

@@ -1,0 +1,170 @@
+"""The whole path on real servers.
+
+storescu -> Orthanc (routing plugin) -> ``mammo-density serve`` -> pipeline (a Celery
+``mammo-density worker`` over a real Redis, or the embedded default) -> density SR
+C-STOREd back -> found in the same study through Orthanc's REST API, its codes equal to
+what ``mammo-density classify`` reports for the same images (and, with the bundled demo
+model, to the synthetic study's ground truth).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from mammo_density.synth import generate
+from mammo_density.worker.sr import read_density_sr
+from tests.e2e_nodes import (
+    SCRIPT,
+    NodeProcess,
+    classify_json,
+    node_env,
+    routing_config,
+    serve,
+    sr_dataset,
+    study_srs,
+    wait_for,
+    worker,
+)
+from tests.services import OrthancServer, free_port, storescu
+
+pytestmark = [pytest.mark.slow, pytest.mark.services]
+
+SEED = 7
+SR_TIMEOUT = 180.0
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fixed-weight test model (the method's network, exported with the project's export)."""
+    from tests.models import cached_registry_entry
+
+    return cached_registry_entry(tmp_path_factory.mktemp("models"), seed=3)
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory):
+    return generate(tmp_path_factory.mktemp("synth"), studies=1, seed=SEED, size="small")[0]
+
+
+def send_study(server: OrthancServer, paths: list[Path]) -> None:
+    proc = storescu(paths, server.dicom_port, aet="ORTHANC")
+    assert proc.returncode == 0, proc.stderr
+
+
+def check_sr_matches_classify(server: OrthancServer, study, expected: dict,
+                              processes: list[NodeProcess]) -> dict:
+    """The SR in Orthanc carries classify's classes; exactly one SR; the plugin shows it."""
+    def arrived() -> list[str]:
+        for proc in processes:
+            assert proc.running(), f"{proc.args[0]} exited:\n{proc.tail()}"
+        return study_srs(server, study.study_instance_uid)
+
+    ids = wait_for(arrived, SR_TIMEOUT,
+                   "the density SR in Orthanc",
+                   [p.tail for p in processes] + [server.tail_log])
+    sr = read_density_sr(sr_dataset(server, ids[0]))
+    assert sr["study_instance_uid"] == study.study_instance_uid
+    assert sr["categories"] == {side: b["category"]
+                                for side, b in expected["breasts"].items()}
+    assert sr["overall"] == expected["exam"]["category"]
+    assert sr["dense"] is expected["exam"]["dense"]
+    oid = server.find_study(study.study_instance_uid)
+    shown = server.get(f"/mammo-density/studies/{oid}").json()
+    assert shown["result"]["overall"]["category"] == expected["exam"]["category"]
+    assert shown["forward"]["state"] == "forwarded"
+    # Nothing else comes back: no loop, no second report.
+    wait_for(lambda: server.get(f"/studies/{oid}").json().get("IsStable"), 60, "stable study")
+    assert len(study_srs(server, study.study_instance_uid)) == 1
+    return sr
+
+
+def _start_all(processes: list[NodeProcess]) -> None:
+    for proc in processes:
+        proc.start()
+
+
+def _stop_all(processes: list[NodeProcess]) -> None:
+    for proc in reversed(processes):
+        proc.stop()
+
+
+def run_path(orthanc_factory: Callable[..., OrthancServer], tmp_path: Path, study,
+             model_dir: Path, broker_url: str) -> dict:
+    node_port = free_port()
+    server = orthanc_factory(script=SCRIPT,
+                             extra={**routing_config(node_port), "StableAge": 5})
+    data = tmp_path / "node" / "data"
+    env = node_env(data, orthanc_dicom_port=server.dicom_port, model_dir=model_dir,
+                   broker_url=broker_url)
+    processes = [serve(data, env, port=node_port)]
+    if broker_url:
+        processes.append(worker(data, env))
+    _start_all(processes)
+    try:
+        send_study(server, study.paths)
+        expected = classify_json(study.paths, env)
+        return check_sr_matches_classify(server, study, expected, processes)
+    finally:
+        _stop_all(processes)
+
+
+def test_orthanc_celery_worker_and_back(orthanc_factory, redis_url: str, tmp_path: Path,
+                                        study, model_dir: Path) -> None:
+    run_path(orthanc_factory, tmp_path, study, model_dir, redis_url)
+
+
+def test_orthanc_embedded_pipeline_and_back(orthanc_factory, tmp_path: Path, study,
+                                            model_dir: Path) -> None:
+    run_path(orthanc_factory, tmp_path, study, model_dir, "")
+
+
+def crash(server: OrthancServer) -> None:
+    """SIGKILL Orthanc (a crash, not a clean stop)."""
+    assert server.proc is not None
+    server.proc.kill()
+    server.proc.wait(10)
+    server.proc = None
+    server._stdout.close()
+
+
+def test_node_down_and_orthanc_restarts(orthanc_factory, tmp_path: Path, study,
+                                        model_dir: Path) -> None:
+    """The AI node is down when the study arrives; Orthanc restarts while the plugin
+    retries; the node comes up; Orthanc crashes right after the forward and stays down
+    while the node tries to deliver the SR; Orthanc restarts. Exactly one SR ends up in
+    the study, with classify's classes."""
+    node_port = free_port()
+    server = orthanc_factory(script=SCRIPT, extra={
+        **routing_config(node_port, RetrySeconds=0.5, MaxRetrySeconds=2, MaxRetries=1000),
+        "StableAge": 5})
+    data = tmp_path / "node" / "data"
+    env = node_env(data, orthanc_dicom_port=server.dicom_port, model_dir=model_dir)
+    expected = classify_json(study.paths, env)
+    node = serve(data, env, port=node_port)
+
+    send_study(server, study.paths)
+    oid = server.find_study(study.study_instance_uid)
+
+    def forward_state() -> dict:
+        return server.get(f"/mammo-density/studies/{oid}").json()["forward"] or {}
+
+    wait_for(lambda: forward_state().get("failures", 0) >= 2, 60, "failed forwards",
+             [server.tail_log])
+    server.restart()
+    assert forward_state()["state"] == "retrying"
+    node.start()
+    try:
+        wait_for(lambda: forward_state().get("state") == "forwarded", 60,
+                 "the forward after the node came up", [server.tail_log, node.tail])
+        crash(server)
+        # The node finishes the study while Orthanc is down: its outbox keeps the SR.
+        wait_for(lambda: "SR delivery to ORTHANC" in node.tail(200) and
+                 "failed (attempt" in node.tail(200), 120, "a failed SR delivery",
+                 [node.tail])
+        server.start()
+        check_sr_matches_classify(server, study, expected, [node])
+    finally:
+        node.stop()
