@@ -200,6 +200,8 @@ class Listener:
             incoming = self.spool_dir / ".incoming"
             incoming.mkdir(parents=True, exist_ok=True)
             tempfile.tempdir = str(incoming)
+        if resume:  # first, so that studies the reconciliation queues are submitted once
+            self.assembler.resume()
         orphans = self.ingestor.reconcile()
         if orphans:
             log.info("recorded %d spooled instance(s) missing from the state", orphans)
@@ -211,8 +213,6 @@ class Listener:
         if self._allowed_host is not None:
             self._server.verify_request = self._verify_request  # type: ignore[method-assign]
         self._ae = ae
-        if resume:
-            self.assembler.resume()
         self._timer = StableTimer(self.assembler).start()
         host, port = self.address
         log.info("listening on %s@%s:%d%s", self.settings.ae_title, host, port,

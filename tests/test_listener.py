@@ -373,6 +373,7 @@ def test_max_associations(node_factory):
     second = client().associate("127.0.0.1", node.port, ae_title="MAMMODENSITY")
     assert second.is_rejected
     first.release()
+    node.wait(lambda: not node.listener._ae.active_associations)
     third = client().associate("127.0.0.1", node.port, ae_title="MAMMODENSITY")
     assert third.is_established
     third.release()
@@ -435,3 +436,23 @@ def test_twenty_concurrent_associations(node_factory):
         assert len(node.db.instances(uid)) == 4
         assert node.db.study(uid)["submissions"] == 1
     assert node.db.instance_count() == 80
+
+
+def test_orphan_spool_file_recorded_at_start(node_factory, tmp_path):
+    """A crash between the rename into the spool and the state commit leaves a file the
+    database does not know: the next start records it (and assembles its study)."""
+    from mammo_density.plugin.spool import instance_path
+
+    data = tmp_path / "orphans"
+    sent = study()
+    for ds in sent:
+        write(ds, instance_path(data / "spool", ds.StudyInstanceUID, ds.SOPInstanceUID).parent,
+              instance_path(data / "spool", ds.StudyInstanceUID, ds.SOPInstanceUID).name)
+    (data / "spool" / "x").mkdir()
+    (data / "spool" / "x" / ".half.dcm.1234.part").write_bytes(b"partial")
+    node = node_factory(data_dir=data)
+    assert len(node.db.instances(sent[0].StudyInstanceUID)) == 4
+    node.wait(lambda: len(node.jobs) == 1)
+    time.sleep(0.3)
+    assert len(node.jobs) == 1  # recorded and submitted once
+    assert not (data / "spool" / "x" / ".half.dcm.1234.part").exists()
