@@ -53,7 +53,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from celery.signals import worker_process_init
 
     from mammo_density.worker import tasks
-    from mammo_density.worker.celery_app import GPU_QUEUE, make_app
+    from mammo_density.worker.celery_app import CPU_QUEUE, GPU_QUEUE, make_app
     from mammo_density.worker.models import ModelError, resolve_model_dir, verify_entry
 
     try:
@@ -71,10 +71,18 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return 2
 
     preload = GPU_QUEUE in queues
+    warm_sr = CPU_QUEUE in queues
 
     @worker_process_init.connect(weak=False)
     def _init_process(**_kwargs) -> None:  # in each pool process, after the fork
         tasks.reset_after_fork()
+        if warm_sr:  # highdicom's lazy set-up off the first study's report
+            try:
+                from mammo_density.worker.sr import warm_up
+
+                warm_up()
+            except Exception:
+                log.exception("SR warm-up failed")
         if preload:
             try:
                 pipeline = tasks.get_pipeline()
