@@ -11,7 +11,9 @@ Statuses (PS3.4 Annex B, Storage Service Class):
   state database could not be written.
 - ``0xA900`` Data set does not match SOP class: SOP Class UID differs from the request,
   no pixel data in an image, zero or absurd Rows/Columns, pixel data shorter than the
-  image it declares.
+  image it declares, encapsulated pixel data without a fragment or whose first fragment is
+  not in the codec of the transfer syntax (its first bytes are checked; full decoding is
+  the worker's job, which marks the study failed with the reason if it cannot decode).
 - ``0xC000`` Cannot understand: not a DICOM data set, truncated.
 - ``0xC001`` Cannot understand: Study/SOP Instance UID or SOP Class UID missing.
 - ``0xC002`` Cannot understand: the data set's SOP Instance UID differs from the request.
@@ -119,6 +121,8 @@ def _check_pixels(ds: Dataset, path: Path, transfer_syntax: UID) -> None:
     if transfer_syntax.is_compressed:
         if length == 0:
             raise Rejected(SOP_CLASS_MISMATCH, "empty encapsulated pixel data")
+        if value_tell is not None and transfer_syntax.is_little_endian:
+            _check_first_fragment(path, value_tell, transfer_syntax)
         return
     expected = (rows * cols * samples * frames * bits + 7) // 8
     if length != 0xFFFFFFFF and length < expected:
@@ -129,6 +133,43 @@ def _check_pixels(ds: Dataset, path: Path, transfer_syntax: UID) -> None:
         if value_tell + length > size:
             raise Rejected(CANNOT_UNDERSTAND,
                            f"truncated: pixel data ends at {value_tell + length}, file {size}")
+
+
+# What the first fragment of encapsulated pixel data starts with, per codec family.
+_JPEG = (b"\xff\xd8",)  # SOI: JPEG baseline/extended/lossless and JPEG-LS
+_J2K = (b"\xff\x4f\xff\x51", b"\x00\x00\x00\x0cjP  ")  # codestream SOC+SIZ, or JP2
+_SIGNATURES: dict[str, tuple[bytes, ...]] = {
+    **dict.fromkeys(("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51",
+                     "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70",
+                     "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"), _JPEG),
+    **dict.fromkeys(("1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91",
+                     "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202",
+                     "1.2.840.10008.1.2.4.203"), _J2K),
+}
+_ITEM = b"\xfe\xff\x00\xe0"
+
+
+def _check_first_fragment(path: Path, value_tell: int, transfer_syntax: UID) -> None:
+    """Encapsulated pixel data must hold a first fragment in the codec the transfer syntax
+    names (a cheap look at its first bytes; decoding happens in the worker)."""
+    with open(path, "rb") as fp:
+        fp.seek(value_tell)
+        head = fp.read(8)  # Basic Offset Table item
+        if len(head) < 8 or head[:4] != _ITEM:
+            raise Rejected(SOP_CLASS_MISMATCH, "encapsulated pixel data without items")
+        fp.seek(int.from_bytes(head[4:], "little"), os.SEEK_CUR)
+        head = fp.read(8)  # first fragment item
+        if len(head) < 8 or head[:4] != _ITEM or int.from_bytes(head[4:], "little") == 0:
+            raise Rejected(SOP_CLASS_MISMATCH, "encapsulated pixel data without a fragment")
+        start = fp.read(12)
+    expected = _SIGNATURES.get(str(transfer_syntax))
+    if transfer_syntax == "1.2.840.10008.1.2.5":  # RLE: header with 1-15 segments
+        segments = int.from_bytes(start[:4], "little") if len(start) >= 4 else 0
+        if not 1 <= segments <= 15:
+            raise Rejected(SOP_CLASS_MISMATCH, "RLE pixel data with a malformed header")
+    elif expected and not any(start.startswith(sig) for sig in expected):
+        raise Rejected(SOP_CLASS_MISMATCH,
+                       f"pixel data does not start like {transfer_syntax.name}")
 
 
 class Ingestor:

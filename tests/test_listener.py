@@ -235,6 +235,15 @@ def test_transfer_syntaxes_stored_as_sent(node, ts):
         assert stored.PixelData == ds.PixelData  # the compressed bytes, untouched
 
 
+@pytest.mark.parametrize("ts", [JPEG2000Lossless, JPEGLSLossless, RLELossless])
+def test_compressed_pixel_data_in_the_wrong_codec_refused(node, ts):
+    ds = _encoded(ts)
+    good = _encoded(ts)
+    ds.PixelData = encapsulate([b"\x89PNG\r\n\x1a\n" + bytes(200)])  # not that codec
+    statuses = send(node, [ds, good], client(syntaxes=[ts], classes=[MG_PRES]))
+    assert statuses == [0xA900, 0x0000]
+
+
 # --- real vendor headers ------------------------------------------------------------------
 
 
