@@ -165,3 +165,17 @@ def test_real_vendor_files():
     other = require_testdata("real-mg", "fo-dicom", "OutOfBoundsOverlay.dcm")
     out = load_model_input(other, SIZE)
     assert out.max() < 0.995  # the burned-in paddle label is removed
+
+
+@pytest.mark.parametrize(("encoded", "label"), [("j2k", "1.2.840.10008.1.2.4.70"),
+                                                ("htj2k", "1.2.840.10008.1.2.4.90")])
+def test_codec_chosen_from_the_frame_not_the_label(encoded, label, base, tmp_path):
+    # seen in real files: a frame labelled JPEG Lossless held a JPEG 2000 image
+    from pydicom.uid import UID
+
+    ref = load_model_input(copy.deepcopy(base), SIZE, reduced=False)
+    ds = roundtrip(base, encoded, tmp_path)
+    ds.file_meta.TransferSyntaxUID = UID(label)
+    out, info = preprocess_dataset(ds, SIZE, reduced=False)
+    assert info.codec == ("htj2k" if encoded == "htj2k" else "j2k")
+    assert np.abs(out - ref).max() < 1e-6

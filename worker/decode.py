@@ -102,6 +102,13 @@ def j2k_decomposition_levels(frame: bytes) -> int:
     raise DecodeError("JPEG 2000 codestream has no COD segment")
 
 
+def _has_cap_marker(frame: bytes) -> bool:
+    """True for an HTJ2K (Part 15) codestream: the marker after SIZ is CAP (FF50)."""
+    siz = _j2k_codestream_start(frame) + 2
+    length = int.from_bytes(frame[siz + 2:siz + 4], "big")
+    return frame[siz + 2 + length:siz + 4 + length] == b"\xff\x50"
+
+
 def _check_eoc(frame: bytes) -> None:
     """Raw codestreams end with EOC (FFD9); DICOM pads fragments to even length."""
     if frame.startswith(_JP2_SIGNATURE):
@@ -162,8 +169,8 @@ def decode_frame(ds: Dataset, *, level: int = 0, threads: int = 2) -> Decoded:
         if encapsulated and ts != RLE_SYNTAX:
             frame = _first_frame(ds)
             is_j2k = frame.startswith(_JP2_SIGNATURE) or frame.startswith(_J2K_SOC)
-            if is_j2k and (ts in HTJ2K_SYNTAXES or frame[:64].find(b"\xff\x50") >= 0):
-                # HTJ2K (CAP marker FF50 in the main header)
+            if is_j2k and (ts in HTJ2K_SYNTAXES or _has_cap_marker(frame)):
+                # HTJ2K (a CAP marker follows SIZ in the main header)
                 _check_eoc(frame)
                 got_level = min(level, j2k_decomposition_levels(frame))
                 arr = imagecodecs.htj2k_decode(frame, skipres=got_level or None)
