@@ -100,6 +100,25 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
     return ctx
 
 
+_chunked_lock = threading.Lock()
+_chunked_users = [0, False]  # running listeners, the flag's value before the first
+
+
+def _chunked_receive(on: bool) -> None:
+    """Switch pynetdicom's process-wide chunked receiving on for the first running
+    listener, and back to what it was when the last one stops."""
+    with _chunked_lock:
+        if on:
+            if _chunked_users[0] == 0:
+                _chunked_users[1] = _config.STORE_RECV_CHUNKED_DATASET
+            _chunked_users[0] += 1
+            _config.STORE_RECV_CHUNKED_DATASET = True
+        elif _chunked_users[0] > 0:
+            _chunked_users[0] -= 1
+            if _chunked_users[0] == 0:
+                _config.STORE_RECV_CHUNKED_DATASET = _chunked_users[1]
+
+
 class Listener:
     """The Storage SCP of the node.
 
@@ -192,7 +211,7 @@ class Listener:
     def start(self, *, resume: bool = True) -> Listener:
         """Start serving in background threads (and the stable timer); resubmit studies
         left queued by a previous run, record orphan spool files."""
-        _config.STORE_RECV_CHUNKED_DATASET = True
+        _chunked_receive(True)
         removed = clean_partials(self.spool_dir)
         if removed:
             log.info("removed %d partial spool file(s) left by a crash", removed)
@@ -239,6 +258,7 @@ class Listener:
                 log.warning("aborting %d association(s) still open after %g s",
                             self._busy(), grace)
             self._ae.shutdown()
+            _chunked_receive(False)
         if self._timer is not None:
             self._timer.stop()
             self._timer = None
