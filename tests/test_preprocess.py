@@ -179,3 +179,16 @@ def test_codec_chosen_from_the_frame_not_the_label(encoded, label, base, tmp_pat
     out, info = preprocess_dataset(ds, SIZE, reduced=False)
     assert info.codec == ("htj2k" if encoded == "htj2k" else "j2k")
     assert np.abs(out - ref).max() < 1e-6
+
+
+def test_missing_orientation_cross_checked_with_laterality():
+    pixels = breast_image(256, 208, seed=12)  # chest wall on the left as stored
+    ok = mg_dataset(pixels, laterality="L", orientation=None)
+    _, info = preprocess_dataset(ok, SIZE)
+    assert "more tissue on the left" in info.orientation and info.warnings == []
+    odd = mg_dataset(pixels, laterality="R", orientation=None)  # R stored chest-wall-left
+    out, info = preprocess_dataset(odd, SIZE)
+    assert any("against the R display convention" in w for w in info.warnings)
+    assert out[:, :4].mean() > 0.2  # the image decided: chest wall still on the left
+    odd.FieldOfViewHorizontalFlip = "YES"  # ... unless the detector flipped it
+    assert preprocess_dataset(odd, SIZE)[1].warnings == []

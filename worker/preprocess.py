@@ -28,7 +28,9 @@ Steps (``load_model_input``):
    array is rotated. PatientOrientation describes the stored pixels, so it already
    includes any FieldOfViewHorizontalFlip. Without a usable PatientOrientation the side
    holding more tissue (sum of intensities per half) is the chest wall: the breast is
-   widest there.
+   widest there; the laterality's display convention (R: chest wall right, L: left,
+   reversed by FieldOfViewHorizontalFlip YES) is only cross-checked (a warning when it
+   disagrees), because vendors write it differently.
 5. **Crop to the breast**: pixels brighter than the background level (the histogram's
    mode in the lower half of [0, 1]) plus :data:`BACKGROUND_THRESHOLD`, opened with a
    3x3 kernel; the largest 8-connected component is the breast;
@@ -54,6 +56,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 
+from mammo_density.views import laterality_of
 from mammo_density.worker.decode import Decoded, DecodeError, decode_frame, reduced_shape
 
 log = logging.getLogger(__name__)
@@ -254,7 +257,20 @@ def orient(ds: Dataset, y: np.ndarray, info: PreprocessInfo) -> np.ndarray:
             return np.rot90(y, 1)
         info.orientation = "rotated 90 cw (column direction P)"
         return np.rot90(y, -1)
-    if _chest_wall_left_by_mass(y):
+    left = _chest_wall_left_by_mass(y)
+    # Cross-check with the display convention (R breast: chest wall on the right, L: on
+    # the left), reversed by FieldOfViewHorizontalFlip YES. Vendors differ, so the image
+    # decides; a disagreement is reported in the result's warnings.
+    laterality = laterality_of(ds)
+    if laterality in ("R", "L"):
+        expect_left = laterality == "L"
+        if str(ds.get("FieldOfViewHorizontalFlip", "") or "").upper() == "YES":
+            expect_left = not expect_left
+        if expect_left != left:
+            info.warnings.append(
+                "no PatientOrientation: chest wall placed by tissue mass on the "
+                f"{'left' if left else 'right'}, against the {laterality} display convention")
+    if left:
         info.orientation = "as stored (more tissue on the left; no PatientOrientation A/P)"
         return y
     info.orientation = "mirrored (more tissue on the right; no PatientOrientation A/P)"
