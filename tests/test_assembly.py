@@ -263,3 +263,19 @@ def test_acquisition_key(kw, key):
     for k, v in kw.items():
         setattr(ds, k, v)
     assert acquisition_key(ds) == key
+
+
+def test_late_dose_report_reopens_own_sr_does_not(env):
+    db, asm, jobs, clock = env
+    study = generate_uid()
+    for slot in FOUR:
+        asm.add(inst(study, slot))
+    db.mark_done(study, 1, "{}")
+    asm.add(inst(study, None, kind=KIND_SR))  # e.g. our density SR routed back by the PACS
+    assert db.study(study)["status"] == "done"
+    dose = inst(study, None, kind=KIND_RDSR)
+    asm.add(dose)
+    assert db.study(study)["status"] == "collecting"
+    clock.now += 61
+    asm.check_stable()
+    assert jobs[-1].revision == 2 and dose.path in jobs[-1].other_paths

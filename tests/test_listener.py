@@ -465,3 +465,19 @@ def test_orphan_spool_file_recorded_at_start(node_factory, tmp_path):
     time.sleep(0.3)
     assert len(node.jobs) == 1  # recorded and submitted once
     assert not (data / "spool" / "x" / ".half.dcm.1234.part").exists()
+
+
+def test_our_own_sr_coming_back_is_stored_and_changes_nothing(node):
+    from tests.mgdata import COMPREHENSIVE_SR
+
+    sent = study()
+    uid = sent[0].StudyInstanceUID
+    send(node, sent)
+    node.wait(lambda: len(node.jobs) == 1)
+    node.db.mark_done(uid, 1, "{}")
+    sr = rdsr(uid)
+    sr.SOPClassUID = sr.file_meta.MediaStorageSOPClassUID = COMPREHENSIVE_SR
+    assert send(node, [sr], client(classes=[COMPREHENSIVE_SR])) == [0]
+    time.sleep(1.5)  # past the stable time
+    assert node.db.study(uid)["status"] == "done" and len(node.jobs) == 1
+    assert any(r.kind == "sr" for r in node.db.instances(uid))
