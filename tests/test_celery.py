@@ -61,12 +61,13 @@ def _env(redis_url: str, data_dir: Path, model_dir: Path) -> dict[str, str]:
     return env
 
 
-def start_worker(env: dict[str, str], log_path: Path, name: str) -> subprocess.Popen:
+def start_worker(env: dict[str, str], log_path: Path, name: str,
+                 queues: str = "cpu,gpu") -> subprocess.Popen:
     """`mammo-density worker` in its own process group (killable as a whole)."""
     log = open(log_path, "ab")  # noqa: SIM115 - closed with the process by the caller
     return subprocess.Popen(
         [sys.executable, "-m", "mammo_density.cli", "worker", "--concurrency", "1",
-         "--hostname", f"{name}@test"],
+         "--hostname", f"{name}@test", "--queues", queues],
         cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -213,3 +214,29 @@ def test_killed_worker_study_completes_once(tmp_path, redis_url, model_dir, reco
         if w2 is not None:
             stop_worker(w2)
         kill_group(w1)
+
+
+def test_cpu_and_gpu_queues_on_separate_workers(tmp_path, redis_url, model_dir, records):
+    """The cpu worker has the spool and state; the gpu worker only the models and broker
+    (its data dir is elsewhere, empty): a study still completes."""
+    data = tmp_path / "data"
+    settings = load_settings(broker_url=redis_url, data_dir=data, model_dir=model_dir,
+                             visibility_timeout=VISIBILITY_S, task_time_limit=TASK_LIMIT_S)
+    jobs: list[StudyJob] = []
+    receive(settings, study_files(records[0]), jobs.append)
+    cpu_log, gpu_log = tmp_path / "cpu.log", tmp_path / "gpu.log"
+    cpu = start_worker(_env(redis_url, data, model_dir), cpu_log, "cpu", queues="cpu")
+    gpu = start_worker(_env(redis_url, tmp_path / "elsewhere", model_dir), gpu_log, "gpu",
+                       queues="gpu")
+    try:
+        tasks.submit(jobs[0], settings)
+        row = wait_status(StateDB(settings.state_db), records[0].study_instance_uid,
+                          {"done", "failed"}, 60, cpu, cpu_log)
+        assert row["status"] == "done", row["last_error"]
+        assert "Task mammo_density.infer[" in gpu_log.read_text()
+        assert "Task mammo_density.infer[" not in cpu_log.read_text()
+        assert "Task mammo_density.preprocess[" in cpu_log.read_text()
+        assert not (tmp_path / "elsewhere" / "state.sqlite3").exists()
+    finally:
+        stop_worker(cpu)
+        stop_worker(gpu)
