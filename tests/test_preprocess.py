@@ -192,3 +192,20 @@ def test_missing_orientation_cross_checked_with_laterality():
     assert out[:, :4].mean() > 0.2  # the image decided: chest wall still on the left
     odd.FieldOfViewHorizontalFlip = "YES"  # ... unless the detector flipped it
     assert preprocess_dataset(odd, SIZE)[1].warnings == []
+
+
+def test_reduced_decode_falls_back_to_full_decode(tmp_path, monkeypatch):
+    """Without glymur's libopenjp2 the study is still read (full decode, naive path)."""
+    import mammo_density.worker.decode as decode
+
+    ds_path = write(encode(mg_dataset(breast_image(1024, 832, seed=2)), "j2k"),
+                    tmp_path / "a.dcm")
+    naive = load_model_input(ds_path, SIZE, reduced=False)
+
+    def unavailable(*_args, **_kwargs):
+        raise OSError("libopenjp2.so.7: cannot open shared object file")
+
+    monkeypatch.setattr(decode, "_glymur_decode", unavailable)
+    out, info = preprocess_dataset(pydicom.dcmread(ds_path), SIZE)
+    assert info.codec == "j2k" and info.level == 0
+    assert np.array_equal(out, naive)

@@ -133,6 +133,19 @@ def _glymur_decode(frame: bytes, level: int, threads: int) -> np.ndarray:
         return np.asarray(glymur.Jp2k(fh.name)[::step, ::step])
 
 
+_glymur_warned = False
+
+
+def _warn_glymur(err: Exception) -> None:
+    """Reduced decoding failed: full decoding follows (slower, same model input)."""
+    global _glymur_warned
+    if not _glymur_warned:
+        _glymur_warned = True
+        log.warning("reduced-resolution JPEG 2000 decode unavailable (%s: %s); decoding at "
+                    "full resolution (install libopenjp2-7 for glymur)",
+                    type(err).__name__, err)
+
+
 def decode_frame(ds: Dataset, *, level: int = 0, threads: int = 2) -> Decoded:
     """Decode the first frame of ``ds``, at resolution ``level`` where the codec allows.
 
@@ -178,10 +191,15 @@ def decode_frame(ds: Dataset, *, level: int = 0, threads: int = 2) -> Decoded:
             elif is_j2k:
                 _check_eoc(frame)
                 got_level = min(level, j2k_decomposition_levels(frame))
+                arr = None
                 if got_level > 0:
-                    arr = _glymur_decode(frame, got_level, threads)
-                    codec = "j2k-reduced"
-                else:
+                    try:
+                        arr = _glymur_decode(frame, got_level, threads)
+                        codec = "j2k-reduced"
+                    except Exception as err:  # no libopenjp2 for glymur, or a bad frame
+                        _warn_glymur(err)
+                        got_level = 0
+                if arr is None:
                     arr = imagecodecs.jpeg2k_decode(frame, numthreads=threads)
                     codec = "j2k"
             elif frame.startswith(_JPEG_SOI) and ts in JPEGLS_SYNTAXES:
