@@ -111,45 +111,50 @@ class StateDB:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._timeout = timeout
-        self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
-        self._conn().executescript(_SCHEMA)
+        # One connection per StateDB, used under a lock by every thread (pynetdicom runs
+        # each association in a thread of its own: per-thread connections would pile up).
+        self._lock = threading.RLock()
+        self._db: sqlite3.Connection | None = None
+        with self._use() as conn:
+            conn.executescript(_SCHEMA)
 
     # --- connections and transactions ----------------------------------------------
-    def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, timeout=self._timeout, isolation_level=None,
-                                   check_same_thread=False)
-            conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute(f"PRAGMA busy_timeout={int(self._timeout * 1000)}")
-            self._local.conn = conn
-            with self._lock:
-                self._all.append(conn)
-        return conn
+    @contextmanager
+    def _use(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            if self._db is None:
+                conn = sqlite3.connect(self.path, timeout=self._timeout,
+                                       isolation_level=None, check_same_thread=False)
+                conn.row_factory = sqlite3.Row
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=FULL")
+                conn.execute(f"PRAGMA busy_timeout={int(self._timeout * 1000)}")
+                self._db = conn
+            yield self._db
 
     @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction (``BEGIN IMMEDIATE``): read-decide-write without races."""
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+        """A write transaction (``BEGIN IMMEDIATE``): read-decide-write without races,
+        across threads (the lock) and processes (SQLite's write lock)."""
+        with self._use() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def _all(self, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
+        with self._use() as conn:
+            return conn.execute(sql, params).fetchall()
 
     def close(self) -> None:
         with self._lock:
-            for conn in self._all:
+            if self._db is not None:
                 with suppress(sqlite3.Error):
-                    conn.close()
-            self._all.clear()
-        self._local = threading.local()
+                    self._db.close()
+                self._db = None
 
     # --- used by the assembler (inside tx) ----------------------------------------------
     @staticmethod
@@ -214,56 +219,59 @@ class StateDB:
 
     # --- queries (status command, tests) ------------------------------------------------
     def study(self, study_uid: str) -> dict[str, Any] | None:
-        row = self.get_study(self._conn(), study_uid)
-        return _study_dict(row) if row else None
+        rows = self._all("SELECT * FROM studies WHERE study_uid=?", (study_uid,))
+        return _study_dict(rows[0]) if rows else None
 
     def studies(self, status: str | None = None) -> list[dict[str, Any]]:
-        conn = self._conn()
         if status:
-            rows = conn.execute("SELECT * FROM studies WHERE status=? ORDER BY created_at",
-                                (status,)).fetchall()
+            rows = self._all("SELECT * FROM studies WHERE status=? ORDER BY created_at",
+                             (status,))
         else:
-            rows = conn.execute("SELECT * FROM studies ORDER BY created_at").fetchall()
+            rows = self._all("SELECT * FROM studies ORDER BY created_at")
         return [_study_dict(r) for r in rows]
 
     def counts(self) -> dict[str, int]:
         out = dict.fromkeys(STATUSES, 0)
-        for row in self._conn().execute("SELECT status, COUNT(*) n FROM studies GROUP BY status"):
+        for row in self._all("SELECT status, COUNT(*) n FROM studies GROUP BY status"):
             out[row["status"]] = row["n"]
         return out
 
     def instances(self, study_uid: str) -> list[InstanceRow]:
-        return self.instances_of(self._conn(), study_uid)
+        with self._use() as conn:
+            return self.instances_of(conn, study_uid)
+
+    def instance(self, sop_uid: str) -> InstanceRow | None:
+        with self._use() as conn:
+            return self.get_instance(conn, sop_uid)
 
     def instance_count(self) -> int:
-        return int(self._conn().execute("SELECT COUNT(*) FROM instances").fetchone()[0])
+        return int(self._all("SELECT COUNT(*) FROM instances")[0][0])
 
     def known_paths(self) -> set[str]:
-        return {r[0] for r in self._conn().execute("SELECT path FROM instances")}
+        return {r[0] for r in self._all("SELECT path FROM instances")}
 
     def oldest_in_flight(self) -> dict[str, Any] | None:
-        row = self._conn().execute(
+        rows = self._all(
             "SELECT * FROM studies WHERE status IN ('collecting','queued','processing') "
-            "ORDER BY created_at LIMIT 1").fetchone()
-        return _study_dict(row) if row else None
+            "ORDER BY created_at LIMIT 1")
+        return _study_dict(rows[0]) if rows else None
 
     def last_errors(self, limit: int = 10) -> list[dict[str, Any]]:
-        rows = self._conn().execute(
-            "SELECT * FROM errors ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
-        return [dict(r) for r in rows]
+        return [dict(r) for r in self._all("SELECT * FROM errors ORDER BY id DESC LIMIT ?",
+                                           (limit,))]
 
     def collecting_due(self, cutoff: float) -> list[str]:
         """Studies still collecting whose last instance arrived before ``cutoff``."""
-        rows = self._conn().execute(
+        rows = self._all(
             "SELECT study_uid FROM studies WHERE status='collecting' AND last_instance_at<? "
-            "ORDER BY last_instance_at", (cutoff,)).fetchall()
+            "ORDER BY last_instance_at", (cutoff,))
         return [r[0] for r in rows]
 
     def pending_jobs(self) -> list[tuple[str, str]]:
         """(study UID, job JSON) of every study queued or processing (to resubmit)."""
-        rows = self._conn().execute(
+        rows = self._all(
             "SELECT study_uid, job_json FROM studies WHERE status IN ('queued','processing') "
-            "AND job_json IS NOT NULL ORDER BY queued_at").fetchall()
+            "AND job_json IS NOT NULL ORDER BY queued_at")
         return [(r[0], r[1]) for r in rows]
 
 
