@@ -32,7 +32,15 @@ SYNTAXES = {
     "ljpeg": "1.2.840.10008.1.2.4.70",
     "ljpeg57": "1.2.840.10008.1.2.4.57",
     "rle": "1.2.840.10008.1.2.5",
+    "deflate": "1.2.840.10008.1.2.1.99",
+    "bigendian": "1.2.840.10008.1.2.2",
+    "jpeg-extended": "1.2.840.10008.1.2.4.51",
+    "jpegls-near": "1.2.840.10008.1.2.4.81",
+    "htj2k-rpcl": "1.2.840.10008.1.2.4.202",
+    "htj2k-any": "1.2.840.10008.1.2.4.203",
 }
+#: Lossy encodings (compared with a tolerance).
+LOSSY = {"j2k-lossy", "jpeg-extended", "jpegls-near"}
 
 
 def breast_image(rows: int = 512, cols: int = 416, *, seed: int = 0, density: float = 0.5,
@@ -105,7 +113,11 @@ def encode(ds: Dataset, syntax: str) -> Dataset:
     ts = SYNTAXES.get(syntax, syntax)
     arr = np.frombuffer(ds.PixelData, dtype=np.uint16).reshape(ds.Rows, ds.Columns)
     bits = int(ds.BitsStored)
-    if ts in ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2"):
+    if ts in ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.1.99"):
+        ds.file_meta.TransferSyntaxUID = UID(ts)
+        return ds
+    if ts == SYNTAXES["bigendian"]:
+        ds.PixelData = arr.astype(">u2").tobytes()
         ds.file_meta.TransferSyntaxUID = UID(ts)
         return ds
     if ts == SYNTAXES["rle"]:
@@ -117,10 +129,14 @@ def encode(ds: Dataset, syntax: str) -> Dataset:
     elif ts == SYNTAXES["j2k-lossy"]:
         frame = imagecodecs.jpeg2k_encode(arr, level=40, codecformat="j2k", reversible=False,
                                           bitspersample=bits)
-    elif ts == SYNTAXES["htj2k"]:
+    elif ts in (SYNTAXES["htj2k"], SYNTAXES["htj2k-rpcl"], SYNTAXES["htj2k-any"]):
         frame = imagecodecs.htj2k_encode(arr, reversible=True)
     elif ts == SYNTAXES["jpegls"]:
         frame = imagecodecs.jpegls_encode(arr)
+    elif ts == SYNTAXES["jpegls-near"]:
+        frame = imagecodecs.jpegls_encode(arr, level=2)  # NEAR = 2
+    elif ts == SYNTAXES["jpeg-extended"]:
+        frame = imagecodecs.jpeg8_encode(arr, level=95, bitspersample=bits)
     elif ts in (SYNTAXES["ljpeg"], SYNTAXES["ljpeg57"]):
         frame = imagecodecs.ljpeg_encode(arr, bitspersample=bits)
     else:
@@ -136,8 +152,8 @@ def write(ds: Dataset, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     ts = ds.file_meta.TransferSyntaxUID
-    ds.save_as(path, implicit_vr=ts == "1.2.840.10008.1.2", little_endian=True,
-               enforce_file_format=True)
+    ds.save_as(path, implicit_vr=ts == "1.2.840.10008.1.2",
+               little_endian=ts != "1.2.840.10008.1.2.2", enforce_file_format=True)
     return path
 
 
