@@ -27,6 +27,7 @@ SYNTAXES = {
     "implicit": "1.2.840.10008.1.2",
     "j2k": "1.2.840.10008.1.2.4.90",
     "j2k-lossy": "1.2.840.10008.1.2.4.91",
+    "jp2": "1.2.840.10008.1.2.4.90",  # JP2-wrapped frames, as real Hologic files carry
     "htj2k": "1.2.840.10008.1.2.4.201",
     "jpegls": "1.2.840.10008.1.2.4.80",
     "ljpeg": "1.2.840.10008.1.2.4.70",
@@ -123,7 +124,10 @@ def encode(ds: Dataset, syntax: str) -> Dataset:
     if ts == SYNTAXES["rle"]:
         ds.compress(ts, arr, encoding_plugin="pydicom")
         return ds
-    if ts == SYNTAXES["j2k"]:
+    if syntax == "jp2":
+        frame = imagecodecs.jpeg2k_encode(arr, codecformat="jp2", reversible=True,
+                                          bitspersample=bits)
+    elif ts == SYNTAXES["j2k"]:
         frame = imagecodecs.jpeg2k_encode(arr, codecformat="j2k", reversible=True,
                                           bitspersample=bits)
     elif ts == SYNTAXES["j2k-lossy"]:

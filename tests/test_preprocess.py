@@ -110,7 +110,7 @@ def test_high_bits_above_bits_stored_are_ignored():
     assert np.array_equal(a, b)
 
 
-@pytest.mark.parametrize("syntax", ["j2k", "htj2k"])
+@pytest.mark.parametrize("syntax", ["j2k", "jp2", "htj2k"])
 def test_reduced_resolution_decode_within_tolerance(syntax, tmp_path):
     size = 128
     big = mg_dataset(breast_image(2048, 1664, seed=9, density=0.75))
