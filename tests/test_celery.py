@@ -240,3 +240,40 @@ def test_cpu_and_gpu_queues_on_separate_workers(tmp_path, redis_url, model_dir, 
     finally:
         stop_worker(cpu)
         stop_worker(gpu)
+
+
+def test_task_bodies_record_failures_instead_of_hanging(tmp_path, model_dir, records):
+    """A study never stays 'processing': model unavailable, inference failure on the
+    gpu host, all end as failed with the reason (the task bodies called directly)."""
+    data = tmp_path / "data"
+    settings = load_settings(data_dir=data, model_dir=tmp_path / "no-model")
+    jobs: list[StudyJob] = []
+    receive(settings, study_files(records[0]), jobs.append)
+    job_json = jobs[0].model_dump(mode="json")
+    db = StateDB(settings.state_db)
+    uid = records[0].study_instance_uid
+    tasks.configure(settings)
+    try:
+        out = tasks.preprocess(job_json)
+        assert out["skipped"] and "model unavailable" in out["failed"]
+        assert db.study(uid)["status"] == "failed"
+        # a good model, but the gpu side failed: report records it
+        tasks.configure(load_settings(data_dir=data, model_dir=model_dir))
+        with db.tx() as conn:  # the listener would queue the study again
+            conn.execute("UPDATE studies SET status='queued' WHERE study_uid=?", (uid,))
+        payload = tasks.preprocess(job_json)
+        assert "arrays" in payload and db.study(uid)["status"] == "processing"
+        meta = dict(payload, arrays={})
+        out = tasks.report({"prepared": meta, "inferred": None,
+                            "error": "inference failed: CUDA out of memory"}, job_json)
+        assert out["failed"] == "inference failed: CUDA out of memory"
+        row = db.study(uid)
+        assert row["status"] == "failed" and "CUDA out of memory" in row["last_error"]
+        # and the normal path through the same bodies
+        with db.tx() as conn:
+            conn.execute("UPDATE studies SET status='queued' WHERE study_uid=?", (uid,))
+        result = tasks.report(tasks.infer(tasks.preprocess(job_json)), job_json)
+        assert result["exam"]["category"] in "ABCD" and db.study(uid)["status"] == "done"
+        assert tasks.preprocess(job_json)["skipped"]  # done already: not redone
+    finally:
+        tasks.configure(settings)

@@ -26,6 +26,7 @@ import threading
 from typing import Any
 
 from celery import Celery, chain
+from celery.exceptions import SoftTimeLimitExceeded
 
 from mammo_density.config import Settings
 from mammo_density.job import StudyJob
@@ -99,8 +100,21 @@ def _skipped(job: StudyJob) -> dict[str, Any]:
             "revision": job.revision}
 
 
-def _model_failure(pipeline: Pipeline, job: StudyJob, err: ModelError) -> None:
-    pipeline._mark("mark_failed", job, f"model unavailable: {err}")
+def _failed(pipeline: Pipeline, job: StudyJob, reason: str) -> dict[str, Any]:
+    """Record a study as failed (poison, time limit, model unavailable): not retried."""
+    log.error("study %s revision %d failed: %s", uid_hash(job.study_instance_uid),
+              job.revision, reason)
+    pipeline._mark("mark_failed", job, reason)
+    return {"skipped": True, "failed": reason, "study_instance_uid": job.study_instance_uid,
+            "revision": job.revision}
+
+
+def _reason(stage: str, err: BaseException) -> str:
+    if isinstance(err, ModelError):
+        return f"model unavailable: {err}"
+    if isinstance(err, SoftTimeLimitExceeded):
+        return f"{stage}: time limit exceeded"
+    return f"{stage} failed: {type(err).__name__}: {err}"
 
 
 # --- task bodies (plain functions; tests may call them directly) --------------------------
@@ -113,20 +127,28 @@ def preprocess(job_json: dict[str, Any]) -> dict[str, Any]:
     pipeline._mark("mark_processing", job)
     try:
         prepared = pipeline.prepare(job)
-    except ModelError as err:
-        _model_failure(pipeline, job, err)
+    except TRANSIENT_ERRORS:
         raise
+    except Exception as err:
+        return _failed(pipeline, job, _reason("preprocessing", err))
     return prepared.to_payload()
 
 
 def infer(payload: dict[str, Any]) -> dict[str, Any]:
+    """GPU side: touches neither the spool nor the state (another host may run it); a
+    failure travels on to ``report``, which records it."""
     if payload.get("skipped"):
         return payload
-    pipeline = get_pipeline()
-    prepared = Prepared.from_payload(payload)
-    inferred = pipeline.infer(prepared)
     meta = dict(payload)
     meta["arrays"] = {}
+    try:
+        pipeline = get_pipeline()
+        inferred = pipeline.infer(Prepared.from_payload(payload))
+    except TRANSIENT_ERRORS:
+        raise
+    except Exception as err:
+        log.error("inference failed: %s", _reason("inference", err))
+        return {"prepared": meta, "inferred": None, "error": _reason("inference", err)}
     return {"prepared": meta, "inferred": inferred.to_payload()}
 
 
@@ -135,9 +157,16 @@ def report(data: dict[str, Any], job_json: dict[str, Any]) -> dict[str, Any]:
         return data
     job = StudyJob.model_validate(job_json)
     pipeline = get_pipeline()
-    prepared = Prepared.from_payload(data["prepared"])
-    inferred = Inferred.from_payload(data["inferred"])
-    result = pipeline.complete(job, prepared, inferred)
+    if data.get("error"):
+        return _failed(pipeline, job, str(data["error"]))
+    try:
+        prepared = Prepared.from_payload(data["prepared"])
+        inferred = Inferred.from_payload(data["inferred"])
+        result = pipeline.complete(job, prepared, inferred)
+    except TRANSIENT_ERRORS:
+        raise
+    except Exception as err:
+        return _failed(pipeline, job, _reason("report", err))
     log.info("study %s revision %d: %s", uid_hash(job.study_instance_uid), job.revision,
              result.exam.category if result.exam else "not assessable")
     return result.model_dump(mode="json")
@@ -148,7 +177,12 @@ def process_study(job_json: dict[str, Any]) -> dict[str, Any]:
     pipeline = get_pipeline()
     if _already_done(pipeline, job):
         return _skipped(job)
-    return pipeline.run(job).model_dump(mode="json")
+    try:
+        return pipeline.run(job).model_dump(mode="json")
+    except TRANSIENT_ERRORS:
+        raise
+    except Exception as err:
+        return _failed(pipeline, job, _reason("pipeline", err))
 
 
 def register(app: Celery, settings: Settings) -> None:
