@@ -467,7 +467,9 @@ class Pipeline:
             self._state = StateDB(self.settings.state_db)
         return self._state
 
-    def _mark(self, what: str, job: StudyJob, *args: Any) -> None:
+    def record_state(self, what: str, job: StudyJob, *args: Any) -> None:
+        """Call ``StateDB.<what>(study_uid, revision, *args)``; a failure is logged, never
+        raised (the result and the SR must not be lost to a state hiccup)."""
         try:
             getattr(self.state, what)(job.study_instance_uid, job.revision, *args)
         except Exception:
@@ -514,9 +516,9 @@ class Pipeline:
             result.warnings.append(f"hooks not dispatched: {type(err).__name__}")
         result.timings_ms["report"] = round((time.perf_counter() - t0) * 1000.0, 2)
         if result.assessable:
-            self._mark("mark_done", job, result.model_dump_json())
+            self.record_state("mark_done", job, result.model_dump_json())
         else:
-            self._mark("mark_failed", job, "; ".join(
+            self.record_state("mark_failed", job, "; ".join(
                 w for w in result.warnings if w.startswith("not assessable")) or
                 "not assessable")
         return result
@@ -536,16 +538,16 @@ class Pipeline:
     def run(self, job: StudyJob) -> StudyResult:
         """Assess the study and report it; never raises for a bad study."""
         uid = uid_hash(job.study_instance_uid)
-        self._mark("mark_processing", job)
+        self.record_state("mark_processing", job)
         try:
             result, sources = self.assess_with_sources(job)
         except ModelError as err:
-            self._mark("mark_failed", job, f"model unavailable: {err}")
+            self.record_state("mark_failed", job, f"model unavailable: {err}")
             raise
         except Exception as err:  # the study broke something unexpected: record, go on
             log.exception("study %s: assessment failed", uid)
             reason = f"assessment failed: {type(err).__name__}: {err}"
-            self._mark("mark_failed", job, reason)
+            self.record_state("mark_failed", job, reason)
             return StudyResult(study_instance_uid=job.study_instance_uid,
                                revision=job.revision, assessable=False, partial=job.partial,
                                missing_views=list(job.missing_views), warnings=[reason])

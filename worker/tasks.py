@@ -104,7 +104,7 @@ def _failed(pipeline: Pipeline, job: StudyJob, reason: str) -> dict[str, Any]:
     """Record a study as failed (poison, time limit, model unavailable): not retried."""
     log.error("study %s revision %d failed: %s", uid_hash(job.study_instance_uid),
               job.revision, reason)
-    pipeline._mark("mark_failed", job, reason)
+    pipeline.record_state("mark_failed", job, reason)
     return {"skipped": True, "failed": reason, "study_instance_uid": job.study_instance_uid,
             "revision": job.revision}
 
@@ -124,7 +124,7 @@ def preprocess(job_json: dict[str, Any]) -> dict[str, Any]:
     pipeline = get_pipeline()
     if _already_done(pipeline, job):
         return _skipped(job)
-    pipeline._mark("mark_processing", job)
+    pipeline.record_state("mark_processing", job)
     try:
         prepared = pipeline.prepare(job)
     except TRANSIENT_ERRORS:
