@@ -163,8 +163,12 @@ class Listener:
             req = event.request
             requestor = event.assoc.requestor
             try:
-                path = Path(event.dataset_path)
-            except AttributeError:  # chunked receiving switched off by someone else
+                received = event.dataset_path
+            except AttributeError:
+                received = None
+            if received:
+                path = Path(received)
+            else:  # chunked receiving switched off by someone else: the data set is in memory
                 path, own_copy = self._write_in_memory(event), True
             incoming = Incoming(
                 path=path,

@@ -481,3 +481,17 @@ def test_our_own_sr_coming_back_is_stored_and_changes_nothing(node):
     time.sleep(1.5)  # past the stable time
     assert node.db.study(uid)["status"] == "done" and len(node.jobs) == 1
     assert any(r.kind == "sr" for r in node.db.instances(uid))
+
+
+def test_in_memory_receiving_fallback(node, monkeypatch):
+    """Should something switch pynetdicom's chunked receiving off, data sets arrive in
+    memory: they are written to a file and stored just the same."""
+    from pynetdicom import _config
+
+    monkeypatch.setattr(_config, "STORE_RECV_CHUNKED_DATASET", False)
+    sent = study()
+    assert send(node, sent) == [0] * 4
+    node.wait(lambda: len(node.jobs) == 1)
+    for im in node.jobs[0].images:
+        assert pydicom.dcmread(im.path).PixelData == next(
+            ds.PixelData for ds in sent if ds.SOPInstanceUID == im.sop_instance_uid)
