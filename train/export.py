@@ -172,6 +172,12 @@ def export_run(run_dir: Path, out_dir: Path, *, name: str, version: str,
     if len(keys) != 1:
         raise ValueError(f"the views' checkpoints disagree on task/size/width/normalisation: "
                          f"{sorted(keys)}")
+    stale = {slot: c.get("preprocessing_version") for slot, (_, c) in models.items()
+             if c.get("preprocessing_version") != PREPROCESSING_VERSION}
+    if stale:
+        raise ValueError(f"checkpoints were trained on preprocessing {stale}, the installed "
+                         f"preprocessing is {PREPROCESSING_VERSION}: retrain (a model only "
+                         "works on the inputs it was trained on)")
     first = next(iter(models.values()))[1]
     a = first["args"]
     model0 = next(iter(models.values()))[0]

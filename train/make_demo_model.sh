@@ -6,6 +6,7 @@
 #   WORK=/data/demo OUT=/tmp/entry train/make_demo_model.sh
 #
 # About 20-30 min on a 2-core VM (most of it training; the four views two at a time).
+# Steps whose output already exists in WORK are skipped (delete WORK to start over).
 set -euo pipefail
 
 MD=${MD:-mammo-density}
@@ -17,8 +18,10 @@ TRAIN_STUDIES=400
 TEST_STUDIES=150
 
 # 1. Data: training studies (seed 1) and a held-out test set made with another seed (2).
-$MD synth "$WORK/train" --studies $TRAIN_STUDIES --seed $TRAIN_SEED --size small --jobs 2 --no-progress
-$MD synth "$WORK/test" --studies $TEST_STUDIES --seed $TEST_SEED --size small --jobs 2 --no-progress
+[ -f "$WORK/train/manifest.csv" ] || \
+  $MD synth "$WORK/train" --studies $TRAIN_STUDIES --seed $TRAIN_SEED --size small --jobs 2 --no-progress
+[ -f "$WORK/test/manifest.csv" ] || \
+  $MD synth "$WORK/test" --studies $TEST_STUDIES --seed $TEST_SEED --size small --jobs 2 --no-progress
 
 # 2. Train the four per-view networks (the method's ResNet, 41 conv layers, width 8,
 #    128 px). 15% of the training women are held out for validation / model selection.
@@ -27,7 +30,7 @@ TRAIN_CMD=(train --manifest "$WORK/train/manifest.csv" --view all --task birads4
   --batch-size 16 --epochs 30 --lr-patience 4 --val-fraction 0.15 --test-fraction 0
   --split-seed 1 --seed 1 --parallel 2 --threads 1 --no-progress
   --cache-dir "$WORK/cache" --out "$WORK/run")
-$MD "${TRAIN_CMD[@]}"
+[ "$(ls "$WORK"/run/*/summary.json 2>/dev/null | wc -l)" -eq 4 ] || $MD "${TRAIN_CMD[@]}"
 
 # 3. Evaluate on the held-out set against its ground truth (true_density).
 EVAL_CMD=(evaluate --manifest "$WORK/test/manifest.csv" --run "$WORK/run"

@@ -284,6 +284,7 @@ def train_view(args: argparse.Namespace, slot: str, dist_info: DistInfo) -> dict
                      "lr_scheduler": scheduler.state_dict(), "epoch": epoch, "args": args_dict,
                      "best_acc": best_acc, "best_epoch": best_epoch, "history": history,
                      "normalisation": normalisation, "slot": slot,
+                     "preprocessing_version": cache.version,
                      "scaler": scaler.state_dict() if scaler is not None else None}
             if improved:
                 torch.save(state, out / "best.pth")
@@ -305,6 +306,7 @@ def train_view(args: argparse.Namespace, slot: str, dist_info: DistInfo) -> dict
                "epochs": args.epochs, "normalisation": normalisation,
                "train_images": len(train_recs), "val_images": len(val_recs),
                "seconds": round(elapsed, 1), "world_size": dist_info.world_size,
+               "preprocessing_version": cache.version,
                "rank_weight_digests": digests, "args": args_dict}
     if dist_info.is_main:
         if writer is not None:
