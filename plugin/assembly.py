@@ -183,7 +183,8 @@ class StudyAssembler:
     Decisions are taken inside one SQLite ``BEGIN IMMEDIATE`` transaction per event, so
     concurrent associations (and a restarted process) queue each revision exactly once.
     ``submit`` is called after the commit; if it raises, the study stays queued and is
-    submitted again by :meth:`resume` (at the next start).
+    submitted again by :meth:`retry_submissions` (run by :class:`StableTimer`) and by
+    :meth:`resume` at the next start.
 
     Parameters
     ----------
@@ -330,13 +331,31 @@ class StudyAssembler:
         self.db.log_error(conn, study["study_uid"], revision, reason, now)
         log.warning("study %s: %s", uid_hash(study["study_uid"]), reason)
 
-    def _submit(self, job: StudyJob) -> None:
+    def _submit(self, job: StudyJob) -> bool:
         try:
             self.submit(job)
-        except Exception as err:  # the study stays queued; resume() retries at start-up
+        except Exception as err:  # the study stays queued; retried by retry_submissions()
             log.error("study %s: submit of revision %d failed: %s",
                       uid_hash(job.study_instance_uid), job.revision, err)
-            self.db.record_error(job.study_instance_uid, f"submit failed: {err}", job.revision)
+            self.db.set_submit_failed(job.study_instance_uid, job.revision, str(err) or
+                                      type(err).__name__)
+            return False
+        return True
+
+    def retry_submissions(self, now: float | None = None) -> int:
+        """Submit again queued studies whose hand-over failed (e.g. the broker was down),
+        at most once per ``min(stable_seconds, 30)`` each; return how many went through."""
+        now = self.clock() if now is None else now
+        done = 0
+        for study_uid, job_json in self.db.submit_retries_due(now - min(self.stable_seconds,
+                                                                        30.0)):
+            job = StudyJob.model_validate_json(job_json)
+            if self._submit(job):
+                self.db.set_submit_failed(study_uid, job.revision, None)
+                log.info("study %s: revision %d submitted on retry", uid_hash(study_uid),
+                         job.revision)
+                done += 1
+        return done
 
 
 def _revision_of(job_json: str) -> int:
@@ -363,6 +382,7 @@ class StableTimer:
         while not self._stop.wait(self.interval):
             try:
                 self.assembler.check_stable()
+                self.assembler.retry_submissions()
             except Exception:  # keep the timer alive; the next pass retries
                 log.exception("stable-timeout check failed")
 

@@ -46,6 +46,7 @@ CREATE TABLE IF NOT EXISTS studies (
     missing_views    TEXT NOT NULL DEFAULT '[]',
     job_json         TEXT,
     submissions      INTEGER NOT NULL DEFAULT 0,
+    submit_failed_at REAL,
     result_json      TEXT,
     result_revision  INTEGER NOT NULL DEFAULT 0,
     last_error       TEXT NOT NULL DEFAULT ''
@@ -266,6 +267,23 @@ class StateDB:
             "SELECT study_uid FROM studies WHERE status='collecting' AND last_instance_at<? "
             "ORDER BY last_instance_at", (cutoff,))
         return [r[0] for r in rows]
+
+    def set_submit_failed(self, study_uid: str, revision: int, reason: str | None) -> None:
+        """Note that handing ``revision`` to the pipeline failed (None: it succeeded)."""
+        now = time.time()
+        with self.tx() as conn:
+            conn.execute("UPDATE studies SET submit_failed_at=? WHERE study_uid=? AND revision=?",
+                         (now if reason else None, study_uid, revision))
+            if reason:
+                self.log_error(conn, study_uid, revision, f"submit failed: {reason}", now)
+
+    def submit_retries_due(self, cutoff: float) -> list[tuple[str, str]]:
+        """(study UID, job JSON) of queued studies whose submission failed before ``cutoff``."""
+        rows = self._all(
+            "SELECT study_uid, job_json FROM studies WHERE status='queued' AND job_json IS NOT "
+            "NULL AND submit_failed_at IS NOT NULL AND submit_failed_at<? ORDER BY queued_at",
+            (cutoff,))
+        return [(r[0], r[1]) for r in rows]
 
     def pending_jobs(self) -> list[tuple[str, str]]:
         """(study UID, job JSON) of every study queued or processing (to resubmit)."""

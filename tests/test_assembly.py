@@ -235,18 +235,29 @@ def test_resume_resubmits_queued_and_processing(tmp_path):
     db2.close()
 
 
-def test_submit_failure_keeps_study_queued(tmp_path):
+def test_submit_failure_keeps_study_queued_and_is_retried(tmp_path):
     db = StateDB(tmp_path / "s.sqlite3")
+    broker_up = [False]
+    jobs: list = []
 
-    def broken(job):
-        raise ConnectionError("broker down")
+    def submit(job):
+        if not broker_up[0]:
+            raise ConnectionError("broker down")
+        jobs.append(job)
 
-    asm = StudyAssembler(db, broken, stable_seconds=60)
+    clock = Clock()
+    asm = StudyAssembler(db, submit, stable_seconds=60, clock=clock)
     study = generate_uid()
     for slot in FOUR:
         asm.add(inst(study, slot))
     assert db.study(study)["status"] == "queued"
     assert "broker down" in db.last_errors(1)[0]["reason"]
+    clock.now = 2e9  # the failure happened long ago (wall clock of the db row)
+    assert asm.retry_submissions() == 0  # still down
+    broker_up[0] = True
+    assert asm.retry_submissions() == 1
+    assert [j.study_instance_uid for j in jobs] == [study]
+    assert asm.retry_submissions() == 0  # submitted once
     db.close()
 
 
