@@ -21,6 +21,8 @@ from mammo_density.job import StudyJob
 
 log = logging.getLogger(__name__)
 
+OUTBOX_POLL_S = 0.1
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="run the DICOM listener and the pipeline")
@@ -55,7 +57,11 @@ def _start_loops(settings: Settings, stop: threading.Event) -> list[threading.Th
     loops: list[tuple[str, Callable[[], Any]]] = []
     from mammo_density.plugin.outbox import Outbox
 
-    loops.append(("sr-outbox", Outbox(settings).run_forever))
+    # The SR is enqueued by the pipeline (possibly in a Celery worker process): look for
+    # due deliveries often, a 1 s tick added ~0.5 s to the end-to-end latency
+    # (benchmarks/e2e_latency.py); an empty poll is one SQLite query.
+    outbox = Outbox(settings)
+    loops.append(("sr-outbox", lambda stop: outbox.run_forever(stop, interval=OUTBOX_POLL_S)))
     from mammo_density.worker.hooks import HookQueue
 
     loops.append(("hook-queue", HookQueue(settings).run_forever))
