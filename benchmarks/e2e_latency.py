@@ -1,0 +1,191 @@
+"""End-to-end latency: last image stored in Orthanc -> density SR stored in Orthanc.
+
+    .venv/bin/python -m benchmarks.e2e_latency [--studies 20] [--cores 2] [--broker]
+        [--model-dir DIR] [--data DIR] [--json]
+
+Real processes on loopback: Orthanc 1.10 with the routing plugin
+(plugin/orthanc/mammo_density_orthanc.py), ``mammo-density serve`` (embedded pipeline by
+default; ``--broker`` = a real redis-server plus one ``mammo-density worker``), the
+bundled demo model unless ``--model-dir`` names another registry entry. Each study is a
+synthetic 4-view full-field screening study in JPEG 2000 lossless (``mammo_density.synth``,
+cached under ``--data``). For each study the four images go to Orthanc over one pynetdicom
+association; the clock starts when the last C-STORE response arrives and stops when
+Orthanc's change log shows the SR's NewInstance (polled every 5 ms). Hops included:
+Orthanc -> plugin -> C-STORE to the node -> assembly -> decode/preprocess/infer -> SR
+build -> outbox C-STORE -> Orthanc. One warm-up study is not counted. ``--cores 2``
+pins every process to two CPUs (``sched_setaffinity``), like the 2-core target machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pydicom
+import requests
+from pynetdicom import AE
+
+from mammo_density.synth import generate
+from tests.e2e_nodes import (
+    SCRIPT,
+    NodeProcess,
+    node_env,
+    routing_config,
+    serve,
+    worker,
+)
+from tests.services import OrthancServer, RedisServer, free_port
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def studies(data: Path, count: int, seed: int) -> list[list[Path]]:
+    """``count`` full-field JPEG 2000 lossless studies (generated once, then reused)."""
+    marker = data / f"done-{count}-{seed}.json"
+    if marker.exists():
+        return [[Path(p) for p in s] for s in json.loads(marker.read_text())]
+    records = generate(data / f"studies-{seed}", studies=count, seed=seed, size="full",
+                       transfer_syntax="jpeg2000", jobs=2)
+    out = [[im.path.resolve() for im in rec.standard_images()] for rec in records]
+    marker.write_text(json.dumps([[str(p) for p in s] for s in out]))
+    return out
+
+
+def send(paths: list[Path], port: int) -> float:
+    """C-STORE the study into Orthanc over one association; time of the last response."""
+    datasets = [pydicom.dcmread(p) for p in paths]
+    ae = AE(ae_title="MODALITY")
+    ae.maximum_pdu_size = 0
+    for ds in datasets:
+        ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", port, ae_title="ORTHANC")
+    if not assoc.is_established:
+        raise RuntimeError("Orthanc refused the association")
+    try:
+        for ds in datasets:
+            status = assoc.send_c_store(ds)
+            if getattr(status, "Status", None) != 0:
+                raise RuntimeError(f"C-STORE into Orthanc failed: {status}")
+        return time.perf_counter()
+    finally:
+        assoc.release()
+
+
+def last_change(server: OrthancServer) -> int:
+    return int(requests.get(server.url + "/changes?last", timeout=10).json()["Last"])
+
+
+def wait_for_sr(server: OrthancServer, since: int, timeout: float = 120.0) -> float:
+    """Poll Orthanc's change log until a new SR instance appears; time of detection."""
+    deadline = time.perf_counter() + timeout
+    session = requests.Session()
+    while time.perf_counter() < deadline:
+        data = session.get(server.url + f"/changes?since={since}&limit=100", timeout=10).json()
+        now = time.perf_counter()
+        for change in data["Changes"]:
+            since = max(since, int(change["Seq"]))
+            if change["ChangeType"] != "NewInstance":
+                continue
+            tags = session.get(server.url + f"/instances/{change['ID']}/simplified-tags",
+                               timeout=10).json()
+            if tags.get("Modality") == "SR":
+                return now
+        time.sleep(0.005)
+    raise TimeoutError("no SR arrived in Orthanc")
+
+
+def forward_seconds(log: Path) -> list[float]:
+    """The plugin's own timing of each forward (from Orthanc's log)."""
+    text = log.read_text(errors="replace") if log.exists() else ""
+    return [float(x) for x in re.findall(r"sent to \S+ \(four-views\) in ([0-9.]+) s", text)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--studies", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=2024)
+    parser.add_argument("--cores", type=int, default=2, help="pin to this many CPUs (0 = all)")
+    parser.add_argument("--broker", action="store_true",
+                        help="Celery worker over a real Redis instead of the embedded pipeline")
+    parser.add_argument("--model-dir", type=Path, default=None,
+                        help="model registry entry (default: the bundled demo model)")
+    parser.add_argument("--data", type=Path,
+                        default=Path(tempfile.gettempdir()) / "mammo-density-e2e-bench")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+
+    if args.cores:
+        cpus = sorted(os.sched_getaffinity(0))[: args.cores]
+        os.sched_setaffinity(0, cpus)  # inherited by every process started below
+    args.data.mkdir(parents=True, exist_ok=True)
+    all_studies = studies(args.data, args.studies + 1, args.seed)
+
+    work = Path(tempfile.mkdtemp(prefix="e2e-bench-"))
+    node_port = free_port()
+    server = OrthancServer(work / "orthanc", SCRIPT,
+                           {**routing_config(node_port), "StableAge": 60})
+    redis = RedisServer(work / "redis").start() if args.broker else None
+    data_dir = work / "node" / "data"
+    env = node_env(data_dir, orthanc_dicom_port=0, model_dir=args.model_dir,
+                   broker_url=redis.url if redis else "",
+                   extra={"MAMMO_DENSITY_STABLE_SECONDS": "60"})
+    env.pop("OMP_NUM_THREADS", None)
+    processes: list[NodeProcess] = []
+    latencies: list[float] = []
+    try:
+        server.start()
+        env["MAMMO_DENSITY_SR_DESTINATIONS"] = f"ORTHANC@127.0.0.1:{server.dicom_port}"
+        processes.append(serve(data_dir, env, port=node_port))
+        if args.broker:
+            processes.append(worker(data_dir, env))
+        for proc in processes:
+            proc.start()
+        for i, paths in enumerate(all_studies):
+            since = last_change(server)
+            t0 = send(paths, server.dicom_port)
+            t1 = wait_for_sr(server, since)
+            if i > 0:
+                latencies.append(t1 - t0)
+            print(f"study {i:2d}: {t1 - t0:6.3f} s{' (warm-up)' if i == 0 else ''}",
+                  file=sys.stderr)
+    finally:
+        for proc in reversed(processes):
+            proc.stop()
+        server.stop()
+        if redis:
+            redis.stop()
+    forwards = forward_seconds(server.log_path)[1:]
+    result = {
+        "studies": len(latencies),
+        "pipeline": "celery+redis" if args.broker else "embedded",
+        "cores": len(os.sched_getaffinity(0)),
+        "median_s": round(statistics.median(latencies), 3),
+        "p95_s": round(percentile(latencies, 0.95), 3),
+        "min_s": round(min(latencies), 3),
+        "max_s": round(max(latencies), 3),
+        "plugin_forward_median_s": round(statistics.median(forwards), 3) if forwards else None,
+        "model_dir": str(args.model_dir) if args.model_dir else "bundled demo model",
+        "image_bytes_per_study": sum(p.stat().st_size for p in all_studies[1]),
+    }
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        for key, value in result.items():
+            print(f"{key:28s} {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
