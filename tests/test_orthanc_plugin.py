@@ -183,7 +183,7 @@ def test_ai_node_down_retries_survive_restart_and_give_up(orthanc_factory,
                                                             tmp_path: Path) -> None:
     node = AINode()  # not listening yet
     server = orthanc_factory(script=SCRIPT, extra={
-        **modality_config(node.port, RetrySeconds=0.5, MaxRetrySeconds=1, MaxRetries=3),
+        **modality_config(node.port, RetrySeconds=0.5, MaxRetrySeconds=1, MaxRetries=5),
         "StableAge": 2})
     images = srdata.mg_study()
     study_uid = str(images[0].StudyInstanceUID)
