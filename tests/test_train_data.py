@@ -116,3 +116,14 @@ def test_check_patient_disjoint_raises():
     recs[0].split, recs[1].split = "train", "test"
     with pytest.raises(ValueError, match="patient-level"):
         mdata.check_patient_disjoint(recs)
+
+
+def test_cli_reports_a_bad_manifest(tmp_path, capsys):
+    from mammo_density.cli import main
+
+    assert main(["train", "--manifest", str(tmp_path / "missing.csv"), "--out",
+                 str(tmp_path / "o")]) == 2
+    bad = write(tmp_path, "exam_id,patient_id,laterality,view,path,density\nE,P,R,CC,a,Q\n")
+    assert main(["train", "--manifest", str(bad), "--out", str(tmp_path / "o")]) == 2
+    assert "m.csv:2" in capsys.readouterr().err
+    assert main(["evaluate", "--manifest", str(bad), "--run", str(tmp_path)]) == 2

@@ -14,7 +14,7 @@ from mammo_density.config import Settings
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from mammo_density.train.train import get_args_parser
+    from mammo_density.train.args import get_args_parser
 
     p = sub.add_parser("train", help="train the per-view density networks (PyTorch)",
                        description="Train the method's per-view residual networks.")
@@ -31,11 +31,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    import sys
+
     from mammo_density.train import experiments
+    from mammo_density.train.data import read_manifest_csv
     from mammo_density.train.train import main
 
-    if args.sweep_sizes:
-        return experiments.input_size_sweep(args, experiments.parse_range(args.sweep_sizes))
-    if args.cv:
-        return experiments.cross_validate(args, args.cv)
-    return main(args)
+    try:
+        read_manifest_csv(args.manifest)  # fail early, with the row and column at fault
+        if args.sweep_sizes:
+            return experiments.input_size_sweep(args,
+                                                experiments.parse_range(args.sweep_sizes))
+        if args.cv:
+            return experiments.cross_validate(args, args.cv)
+        return main(args)
+    except (OSError, ValueError) as err:
+        print(f"mammo-density train: {err}", file=sys.stderr)
+        return 2
