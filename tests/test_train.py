@@ -90,3 +90,31 @@ def test_ddp_two_processes_same_weights(manifest, tmp_path):
     # and the weights moved: training happened
     ckpt = torch.load(out / "R-CC" / "checkpoint.pth", map_location="cpu", weights_only=False)
     assert ckpt["epoch"] == 1 and ckpt["optimizer"]["state"]
+
+
+def test_readers_and_soft_labels_train(tmp_path, manifest):
+    """A manifest with three readers' labels trains on soft labels and reports agreement."""
+    import csv
+
+    with open(manifest, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    out_csv = tmp_path / "readers.csv"
+    with open(out_csv, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["exam_id", "patient_id", "laterality", "view", "path", "reader1",
+                    "reader2", "reader3"])
+        for i, r in enumerate(rows):
+            if r["extra"]:
+                continue
+            other = "ABCD"[min(3, "ABCD".index(r["density"]) + 1)]
+            w.writerow([r["exam_id"], r["patient_id"], r["laterality"], r["view"],
+                        str(manifest.parent / r["path"]), r["density"], r["density"],
+                        other if i % 3 == 0 else r["density"]])
+    out = tmp_path / "run"
+    argv = train_argv(out_csv, out, "--view", "L-MLO", "--epochs", "1", "--soft-labels",
+                      "--no-tensorboard")
+    assert run(argv) == 0
+    summary = json.loads((out / "L-MLO" / "summary.json").read_text())
+    ag = summary["reader_agreement"]
+    assert ag["readers"] == 3 and 0 < ag["fleiss_kappa"] < 1
+    assert summary["patients"]["train"] and summary["patients"]["val"]

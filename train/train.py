@@ -242,7 +242,11 @@ def train_view(args: argparse.Namespace, slot: str, dist_info: DistInfo) -> dict
     digests = all_gather_object(state_digest(model))
     if len(set(digests)) > 1:
         log.error("%s: DDP ranks ended with different weights: %s", slot, digests)
+    agreement = mdata.reader_agreement(records)
     summary = {"view": slot, "best_val_acc": best_acc, "best_epoch": best_epoch,
+               "reader_agreement": agreement if agreement.get("readers", 0) > 1 else None,
+               "patients": {s: len({r.patient_id for r in records if r.split == s})
+                            for s in mdata.SPLITS},
                "epochs": args.epochs, "normalisation": normalisation,
                "train_images": len(train_recs), "val_images": len(val_recs),
                "seconds": round(elapsed, 1), "world_size": dist_info.world_size,
