@@ -61,5 +61,7 @@ def configure_logging(verbosity: int = 0, fmt: str = "text") -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
-    # pynetdicom is chatty at INFO (every PDU); keep it at WARNING unless debugging.
-    logging.getLogger("pynetdicom").setLevel(logging.DEBUG if verbosity > 1 else logging.WARNING)
+    # Libraries chatty at INFO: pynetdicom logs every PDU, highdicom every module it copies
+    # (with unhashed UIDs). Keep them at WARNING unless debugging with -vv.
+    for name in ("pynetdicom", "highdicom"):
+        logging.getLogger(name).setLevel(logging.DEBUG if verbosity > 1 else logging.WARNING)
