@@ -6,6 +6,7 @@ receives); the whole path with ``mammo-density serve`` is in tests/test_e2e.py.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import threading
@@ -155,6 +156,9 @@ def test_four_views_forwarded_once_sr_never_forwarded(routed: OrthancServer, ai_
     assert status["router_alive"] is True
     assert status["counters"]["forwarded_instances"] == 4
     assert status["pending"] == [] and status["failed"] == []
+    metrics = routed.get("/tools/metrics-prometheus").text
+    assert re.search(r"^mammo_density_forwarded_instances 4\b", metrics, re.M), metrics
+    assert re.search(r"^mammo_density_pending_studies 0\b", metrics, re.M), metrics
     assert routed.get("/mammo-density/studies/not-a-study").status_code == 404
     assert "routing mammography studies" in routed.log_path.read_text()
     check_explorer_extension(routed)

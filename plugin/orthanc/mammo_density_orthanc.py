@@ -58,6 +58,18 @@ def _error_text(exc):
     return f"{type(exc).__name__}: {exc}"
 
 
+def _set_metrics(counters, pending):
+    """Counters for Orthanc's Prometheus endpoint (/tools/metrics-prometheus)."""
+    try:
+        for name, value in counters.items():
+            orthanc.SetMetricsValue("mammo_density_" + name, float(value),
+                                    orthanc.MetricsType.DEFAULT)
+        orthanc.SetMetricsValue("mammo_density_pending_studies", float(pending),
+                                orthanc.MetricsType.DEFAULT)
+    except Exception as exc:  # metrics are a convenience, never a reason to fail
+        _log_info(f"metrics not updated: {exc}")
+
+
 def _is_not_found(exc):
     return (isinstance(exc, orthanc.OrthancException) and bool(exc.args)
             and exc.args[0] in NOT_FOUND_CODES)
@@ -128,6 +140,9 @@ class Router:
                 if event is not None:
                     self._handle(event)
                 self._run_due_timers()
+                with self.lock:
+                    counters = dict(self.counters)
+                _set_metrics(counters, len(self.read_lists()["pending"]))
             except Exception as exc:  # keep routing whatever one study does
                 self.last_error = _error_text(exc)
                 _log_error("unexpected error in the router: " + self.last_error)
@@ -205,6 +220,7 @@ class Router:
         if changed:
             orthanc.SetGlobalProperty(self.settings.global_property,
                                       json.dumps({"pending": pending, "failed": failed}))
+
 
     # --- events ----------------------------------------------------------------------
     def _on_instance(self, info):
