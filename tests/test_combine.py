@@ -59,6 +59,25 @@ def test_dense_from_birads4_with_threshold_tie():
     assert res.breasts["R"].p_dense == pytest.approx(0.1)
 
 
+def test_dense_from_birads4_follows_the_denser_breast():
+    """Right C, left clearly B: the mean of four views is non-dense, the exam is C.
+
+    The report must not say "C" and "non-dense" side by side: dense follows the exam
+    class and P(dense) is the denser breast's P(C) + P(D)."""
+    right = p(0.05, 0.40, 0.45, 0.10)
+    left = p(0.0, 0.9, 0.1, 0.0)
+    res = combine({"R-CC": right, "R-MLO": right, "L-CC": left, "L-MLO": left})
+    exam_mean_dense = (0.55 + 0.1) / 2
+    assert exam_mean_dense < 0.5
+    assert res.exam.category == "C" and res.breasts["L"].category == "B"
+    assert res.exam.dense is True
+    assert res.exam.p_dense == pytest.approx(0.55)
+    both_b = combine({"R-CC": left, "L-CC": p(0.1, 0.6, 0.3, 0.0)},
+                     expected_slots=("R-CC", "L-CC"))
+    assert both_b.exam.category == "B" and both_b.exam.dense is False
+    assert both_b.exam.p_dense == pytest.approx(0.3)
+
+
 def test_dense_from_dense2_set_when_present():
     views = {"R-CC": FATTY, "R-MLO": FATTY, "L-CC": FATTY, "L-MLO": FATTY}
     dense = {"R-CC": 0.9, "R-MLO": 0.7, "L-CC": 0.6, "L-MLO": 0.4}

@@ -4,8 +4,12 @@
 - Per breast: the mean of that breast's (one or two) views; its class is the argmax.
 - Exam class (BI-RADS): the denser of the two breasts' classes.
 - Dense / non-dense: from a dense2 model set when one ran (mean of the views' P(dense),
-  per breast the mean of its views), else P(C) + P(D) of the birads4 means;
-  ``dense_source`` says which. ``dense`` is ``p_dense >= 0.5``.
+  per breast the mean of its views; ``dense`` is ``p_dense >= 0.5``). Without one it is
+  derived from the four-class result so that the two never contradict each other in a
+  report: ``dense`` is "exam class is C or D", and ``p_dense`` is P(C) + P(D) of the
+  breast that gave the exam its class (the denser breast; of two breasts with the same
+  class, the higher). The mean of all four views could say "non-dense" beside an exam
+  class C when one breast is C and the other B. ``dense_source`` says which source.
 
 Tie rules (written down because they decide borderline exams):
 
@@ -126,10 +130,12 @@ def combine(view_probs: Mapping[str, Sequence[float]], *,
     category = max((b.category for b in breasts.values()), key=classes.index)
     if use_dense2:
         p_dense, source = float(np.mean([dense[s] for s in probs])), "dense2"
+        dense_flag = p_dense >= 0.5
     else:
-        p_dense, source = float(exam_mean[dense_idx].sum()), "birads4"
+        p_dense = max(b.p_dense or 0.0 for b in breasts.values() if b.category == category)
+        source, dense_flag = "birads4", category in DENSE_CLASSES
     exam = ExamResult(category=category, probabilities=_as_dict(exam_mean, classes),
-                      dense=p_dense >= 0.5, p_dense=p_dense, dense_source=source)
+                      dense=dense_flag, p_dense=p_dense, dense_source=source)
     return Combination(exam=exam, breasts=breasts, partial=bool(missing),
                        missing_views=missing)
 
