@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -32,9 +33,17 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 
+def _search_path() -> str:
+    """PATH without the virtual environment's bin folder: pynetdicom installs scripts
+    named ``storescu``/``echoscu`` there, which would shadow dcmtk's programs."""
+    venv_bin = (Path(sys.prefix) / "bin").resolve()
+    parts = os.environ.get("PATH", os.defpath).split(os.pathsep)
+    return os.pathsep.join(p for p in parts if p and Path(p).resolve() != venv_bin)
+
+
 def require_binary(name: str) -> str:
     """Path of a program the test needs; fail under CI, skip elsewhere, if it is missing."""
-    path = shutil.which(name)
+    path = shutil.which(name, path=_search_path())
     if path is None:
         message = f"{name} is not installed (run `make test`, which installs it)"
         if in_ci():

@@ -13,7 +13,15 @@ from pathlib import Path
 import pytest
 
 from tests.mgdata import study, write
-from tests.services import REPO, echoscu, free_port, stop_process, storescu, wait_for_port
+from tests.services import (
+    REPO,
+    echoscu,
+    free_port,
+    require_binary,
+    stop_process,
+    storescu,
+    wait_for_port,
+)
 
 pytestmark = pytest.mark.services
 
@@ -122,8 +130,9 @@ def test_sigkill_with_studies_half_received_then_restart(tmp_path):
             write(ds, tmp_path / ("first" if j < 2 else "second") / str(i))
     serve = Serve(data, "--receive-only").start()
     sender = subprocess.Popen(
-        ["storescu", "-aec", "MAMMODENSITY", "+sd", "+r", "127.0.0.1", str(serve.port),
-         str(tmp_path / "first")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [require_binary("storescu"), "-aec", "MAMMODENSITY", "+sd", "+r", "127.0.0.1",
+         str(serve.port), str(tmp_path / "first")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _wait(lambda: len(list((data / "spool").glob("*/*.dcm"))) >= 1, timeout=60)
     serve.kill()  # with an association (and maybe a data set) in flight
     sender.wait(60)
