@@ -53,6 +53,7 @@ from pydicom.dataset import Dataset
 from mammo_density.config import Destination, Settings, mask_url
 from mammo_density.logsetup import uid_hash
 from mammo_density.plugin.send import DeliveryError, c_store, stow_rs
+from mammo_density.plugin.spool import durable_write, fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -109,32 +110,9 @@ class _Target:
     skip_reason: str = ""
 
 
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_durably(ds: Dataset, path: Path) -> Path:
     """Write ``ds`` as a DICOM file at ``path``: temporary file, fsync, rename, fsync."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            ds.save_as(fh, enforce_file_format=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    _fsync_dir(path.parent)
-    return path
+    return durable_write(path, lambda fh: ds.save_as(fh, enforce_file_format=True))
 
 
 class Outbox:
@@ -381,7 +359,7 @@ class Outbox:
             self.sent_dir.mkdir(parents=True, exist_ok=True)
             dst = self.sent_dir / src.name
             os.replace(src, dst)
-            _fsync_dir(self.sent_dir)
+            fsync_dir(self.sent_dir)
             db.execute("UPDATE srs SET path = ? WHERE sop_uid = ?", (str(dst), sop_uid))
 
 

@@ -16,7 +16,9 @@ import os
 import re
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 log = logging.getLogger(__name__)
 
@@ -98,28 +100,25 @@ def commit_file(received: Path, final: Path, *, move: bool) -> Path:
             return final
         except OSError as err:  # EXDEV (other file system) or the like: copy instead
             log.debug("rename into the spool failed (%s); copying", err.strerror)
-    part = directory / f".{final.name}.{uuid.uuid4().hex[:8]}{PART_SUFFIX}"
-    try:
-        with open(received, "rb") as src, open(part, "wb") as dst:
+
+    def copy(dst: BinaryIO) -> None:
+        with open(received, "rb") as src:
             shutil.copyfileobj(src, dst, CHUNK)
-            dst.flush()
-            os.fsync(dst.fileno())
-        os.replace(part, final)
-    except BaseException:
-        part.unlink(missing_ok=True)
-        raise
-    fsync_dir(directory)
-    return final
+
+    return durable_write(final, copy)
 
 
-def write_bytes(data: bytes, final: Path) -> Path:
-    """Write ``data`` durably at ``final`` (used when the data set arrived in memory)."""
+def durable_write(final: Path, fill: Callable[[BinaryIO], object]) -> Path:
+    """Write a file at ``final`` crash-safely: ``fill`` writes the bytes into a ``*.part``
+    file beside it, which is fsync'd and renamed over ``final``, then the directory is
+    fsync'd. A crash or an exception leaves ``final`` as it was (a ``*.part`` leftover at
+    worst, removed by :func:`clean_partials`)."""
     directory = final.parent
     _ensure_dir(directory)
     part = directory / f".{final.name}.{uuid.uuid4().hex[:8]}{PART_SUFFIX}"
     try:
         with open(part, "wb") as dst:
-            dst.write(data)
+            fill(dst)
             dst.flush()
             os.fsync(dst.fileno())
         os.replace(part, final)
@@ -157,10 +156,10 @@ def spooled_files(spool_dir: Path) -> list[Path]:
 __all__ = [
     "clean_partials",
     "commit_file",
+    "durable_write",
     "free_mb",
     "fsync_dir",
     "instance_path",
     "safe_name",
     "spooled_files",
-    "write_bytes",
 ]
