@@ -4,7 +4,8 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-APT_PACKAGES := redis-server orthanc orthanc-python dcmtk dicom3tools
+# libopenjp2-7: glymur's reduced-resolution JPEG 2000 decode (DECODE.md).
+APT_PACKAGES := redis-server orthanc orthanc-python dcmtk dicom3tools libopenjp2-7
 # Debian package -> a file it installs, to tell whether it is there.
 APT_PROBES := /usr/bin/redis-server /usr/sbin/Orthanc /usr/share/orthanc/plugins/libOrthancPython.so /usr/bin/storescu /usr/bin/dciodvfy
 
@@ -25,9 +26,10 @@ $(VENV)/.installed: pyproject.toml
 
 system-deps:
 	@missing=0; for f in $(APT_PROBES); do [ -e $$f ] || missing=1; done; \
+	ldconfig -p | grep -q libopenjp2 || missing=1; \
 	if [ $$missing = 1 ]; then \
 	  echo "installing Debian packages: $(APT_PACKAGES)"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PACKAGES); \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES); \
 	fi
 
 # The main job on its embedded default: DICOM listener + in-process pipeline, no Redis,
