@@ -1,4 +1,7 @@
-"""The Orthanc plugin's plain functions, without Orthanc (plugin/orthanc/logic.py)."""
+"""The Orthanc plugin's plain functions, without Orthanc.
+
+Module under test: plugin/orthanc/mammo_density_routing.py.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
-from mammo_density.plugin.orthanc import logic
+from mammo_density.plugin.orthanc import mammo_density_routing as logic
 from mammo_density.views import SLOTS, view_info
 from mammo_density.worker.sr import build_density_sr, read_density_sr
 from tests import mgdata, srdata
@@ -26,12 +29,12 @@ def settings(**section) -> logic.PluginSettings:
 # --- the plugin folder stays stdlib + orthanc ----------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["logic.py", "mammo_density_orthanc.py"])
+@pytest.mark.parametrize("name", ["mammo_density_routing.py", "mammo_density_orthanc.py"])
 def test_plugin_files_import_only_stdlib_and_orthanc(name: str) -> None:
     import sys
 
     tree = ast.parse((PLUGIN_DIR / name).read_text())
-    allowed = set(sys.stdlib_module_names) | {"orthanc", "logic", "__future__"}
+    allowed = set(sys.stdlib_module_names) | {"orthanc", "mammo_density_routing", "__future__"}
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             roots = [alias.name.split(".")[0] for alias in node.names]

@@ -23,7 +23,7 @@ from pynetdicom.sop_class import (
     Verification,
 )
 
-from mammo_density.plugin.orthanc import logic
+from mammo_density.plugin.orthanc import mammo_density_routing as logic
 from mammo_density.worker.sr import build_density_sr
 from tests import srdata
 from tests.services import OrthancServer, free_port, storescu

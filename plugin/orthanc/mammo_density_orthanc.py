@@ -2,8 +2,9 @@
 
 Loaded by Orthanc's Python plugin (``"PythonScript"`` in the configuration); runs on the
 system's Python inside the Orthanc process with the standard library and ``orthanc`` only.
-The decisions live in :mod:`logic` (same folder, on ``sys.path`` because Orthanc puts the
-script's folder there); this module is the thin adapter to Orthanc's callbacks and REST API.
+The decisions live in :mod:`mammo_density_routing` (same folder, on ``sys.path`` because
+Orthanc puts the script's folder there; a name of its own so that no other module on that
+path can shadow it); this module is the thin adapter to Orthanc's callbacks and REST API.
 
 Flow
 ----
@@ -29,7 +30,7 @@ import queue
 import threading
 import time
 
-import logic
+import mammo_density_routing as logic
 import orthanc
 
 PREFIX = "/mammo-density"

@@ -1,9 +1,10 @@
 """Plain functions of the Orthanc plugin: what to forward, when, and what the SR says.
 
 Runs inside Orthanc on Debian's Python 3.11 (imported by ``mammo_density_orthanc.py`` from
-the script's folder) and in the tests as ``mammo_density.plugin.orthanc.logic``: standard
-library only, no ``orthanc``, no project imports. Tags arrive in Orthanc's "simplified"
-JSON form (``/instances/{id}/simplified-tags``, ``DicomInstance.GetInstanceSimplifiedJson``):
+the script's folder) and in the tests as
+``mammo_density.plugin.orthanc.mammo_density_routing``: standard library only, no
+``orthanc``, no project imports. Tags arrive in Orthanc's "simplified" JSON form
+(``/instances/{id}/simplified-tags``, ``DicomInstance.GetInstanceSimplifiedJson``):
 keyword -> string, sequences as lists of dicts.
 
 The laterality / view rules mirror :mod:`mammo_density.views` (tests check they agree).
