@@ -26,12 +26,13 @@ from pynetdicom.sop_class import (
 from mammo_density.plugin.orthanc import mammo_density_routing as logic
 from mammo_density.worker.sr import build_density_sr
 from tests import srdata
+from tests.e2e_nodes import NODE_AET, routing_config
 from tests.services import OrthancServer, free_port, storescu
 
 pytestmark = pytest.mark.services
 
 SCRIPT = Path(logic.__file__).resolve().parent / "mammo_density_orthanc.py"
-AI_AET = "MAMMODENSITY"
+AI_AET = NODE_AET  # the stand-in AI node answers as the node routing_config names
 
 
 class AINode:
@@ -71,15 +72,6 @@ class AINode:
             return [str(ds.SOPInstanceUID) for ds in self.received]
 
 
-def modality_config(port: int, **section) -> dict:
-    return {
-        "DicomModalities": {"mammo-density": {"AET": AI_AET, "Host": "127.0.0.1",
-                                              "Port": port}},
-        "UserMetadata": {"MammoDensity": 4242},
-        "MammoDensity": {"Modality": "mammo-density", **section},
-    }
-
-
 def wait_for(predicate: Callable[[], object], timeout: float = 30.0,
              what: str = "condition") -> object:
     deadline = time.monotonic() + timeout
@@ -113,7 +105,7 @@ def ai_node() -> Iterator[AINode]:
 @pytest.fixture
 def routed(orthanc_factory, ai_node: AINode) -> OrthancServer:
     # StableAge 3 s: long enough to see that four views do not wait for it.
-    return orthanc_factory(script=SCRIPT, extra={**modality_config(ai_node.port),
+    return orthanc_factory(script=SCRIPT, extra={**routing_config(ai_node.port),
                                                  "StableAge": 3})
 
 
@@ -187,7 +179,7 @@ def test_ai_node_down_retries_survive_restart_and_give_up(orthanc_factory,
                                                             tmp_path: Path) -> None:
     node = AINode()  # not listening yet
     server = orthanc_factory(script=SCRIPT, extra={
-        **modality_config(node.port, RetrySeconds=0.5, MaxRetrySeconds=1, MaxRetries=5),
+        **routing_config(node.port, RetrySeconds=0.5, MaxRetrySeconds=1, MaxRetries=5),
         "StableAge": 2})
     images = srdata.mg_study()
     study_uid = str(images[0].StudyInstanceUID)
@@ -227,7 +219,7 @@ def test_restart_before_forward_resumes(orthanc_factory, tmp_path: Path) -> None
     """Images stored, Orthanc stops before the node is reachable: forwarded after start."""
     node = AINode()
     server = orthanc_factory(script=SCRIPT, extra={
-        **modality_config(node.port, RetrySeconds=0.5, MaxRetrySeconds=1, MaxRetries=100),
+        **routing_config(node.port, RetrySeconds=0.5, MaxRetrySeconds=1, MaxRetries=100),
         "StableAge": 2})
     images = srdata.mg_study()
     send(images, tmp_path / "study", server.dicom_port)
