@@ -30,6 +30,52 @@ def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tens
     return nn.functional.cross_entropy(logits, target)
 
 
+class DensityLoss(nn.Module):
+    """Cross-entropy against class-probability targets, optionally class-weighted and
+    ordinal-aware.
+
+    ``ordinal_weight`` > 0 adds the squared distance between the predicted and the target
+    cumulative distributions (the squared earth mover's distance over ordered classes):
+    predicting D for an A costs more than predicting B. The network still outputs one
+    logit per class, so inference and export are unchanged. ``class_weights`` (one per
+    class) weight each image by its target class (inverse class frequency = "balanced").
+    """
+
+    def __init__(self, *, class_weights: torch.Tensor | None = None,
+                 ordinal_weight: float = 0.0) -> None:
+        super().__init__()
+        self.register_buffer("class_weights", class_weights.float() if class_weights
+                             is not None else None)
+        self.ordinal_weight = float(ordinal_weight)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logp = torch.log_softmax(logits, dim=1)
+        per = -(target * logp).sum(1)
+        if self.ordinal_weight > 0:
+            cdf_p = torch.cumsum(logp.exp(), dim=1)[:, :-1]
+            cdf_t = torch.cumsum(target, dim=1)[:, :-1]
+            per = per + self.ordinal_weight * ((cdf_p - cdf_t) ** 2).sum(1)
+        if self.class_weights is None:
+            return per.mean()
+        w = (target * self.class_weights).sum(1)
+        return (w * per).sum() / w.sum().clamp_min(1e-12)
+
+
+def balanced_class_weights(targets: list[int], n_classes: int) -> torch.Tensor:
+    """Inverse class frequencies scaled to mean 1 over the images (absent classes: 0)."""
+    counts = np.bincount(np.asarray(targets, dtype=int), minlength=n_classes).astype(float)
+    w = np.where(counts > 0, len(targets) / (n_classes * np.maximum(counts, 1)), 0.0)
+    return torch.tensor(w, dtype=torch.float32)
+
+
+def make_loss(kind: str = "ce", *, class_weights: torch.Tensor | None = None) -> nn.Module:
+    """``ce`` or ``ordinal`` (cross-entropy + squared cumulative distance)."""
+    if kind not in ("ce", "ordinal"):
+        raise ValueError(f"unknown loss {kind!r}")
+    return DensityLoss(class_weights=class_weights,
+                       ordinal_weight=1.0 if kind == "ordinal" else 0.0)
+
+
 def _autocast(device: torch.device, amp: bool):
     if amp and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.float16)
@@ -42,7 +88,8 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
                     device: torch.device, *, scaler: torch.amp.GradScaler | None = None,
                     amp: bool = False, channels_last: bool = False,
                     progress: bool = False, desc: str = "train",
-                    max_steps: int | None = None) -> EpochStats:
+                    max_steps: int | None = None,
+                    loss_fn: nn.Module | None = None) -> EpochStats:
     """Train for one pass over ``loader``; loss/accuracy summed over all processes."""
     import time
 
@@ -61,7 +108,8 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
         y = y.to(device, non_blocking=True)
         with _autocast(device, amp):
             logits = model(x)
-            loss = soft_cross_entropy(logits.float(), y)
+            loss = (loss_fn(logits.float(), y) if loss_fn is not None
+                    else soft_cross_entropy(logits.float(), y))
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
