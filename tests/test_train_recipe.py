@@ -16,7 +16,11 @@ from mammo_density.train.calibration import (
     fit_temperature,
 )
 from mammo_density.train.dataset import Augment, intensity
-from mammo_density.train.engine import balanced_class_weights, make_loss
+from mammo_density.train.engine import (
+    balanced_class_weights,
+    make_loss,
+    recalibrate_batchnorm,
+)
 from mammo_density.train.model import DensityResNet, ResNet18, load_init_weights
 from mammo_density.train.recipes import RECIPES, apply_recipe
 from mammo_density.train.train import main
@@ -89,6 +93,19 @@ def test_augmentation_never_mirrors_and_keeps_background():
     assert np.array_equal(a1, aug(img, np.random.default_rng(3)))  # repeatable
     g = intensity(img, gamma=2.0)
     assert (g[img == 0] == 0).all() and g[10, 0] == pytest.approx(0.81, abs=1e-5)
+
+
+def test_batchnorm_recalibration_uses_the_exact_data_statistics():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 1), torch.nn.BatchNorm2d(2)).eval()
+    model[1].running_mean.fill_(50.0)  # stale statistics
+    x = torch.randn(12, 1, 4, 4) * 3 + 1
+    batches = [(x[:6], None, None), (x[6:], None, None)]  # equal batches: exact mean
+    assert recalibrate_batchnorm(model, batches, torch.device("cpu")) == 12
+    with torch.no_grad():
+        h = model[0](x)
+    assert torch.allclose(model[1].running_mean, h.mean((0, 2, 3)), atol=1e-5)
+    assert not model.training and model[1].momentum == 0.1
 
 
 def test_temperature_scaling_recovers_a_known_temperature():
@@ -196,3 +213,17 @@ def check_cv_entry(cv_dir, entry):
     got = ort.InferenceSession(str(entry / "shared.onnx")).run(None, {"image": x})[0]
     assert np.abs(got - expected).max() < 1e-4
     assert ModelSet.load(entry).predict("L-MLO", x).shape == (3, 4)
+
+
+@pytest.mark.slow
+def test_size_sweep_on_mlo_only_manifest(mlo_manifest, tmp_path):
+    from mammo_density.cli import main as cli_main
+
+    out = tmp_path / "sweep"
+    argv = train_argv(mlo_manifest, out, "--epochs", "1", "--no-tensorboard",
+                      "--max-steps-per-epoch", "1", "--sweep-sizes", "32", "--network",
+                      "shared")
+    argv[argv.index("--test-fraction") + 1] = "0.34"
+    assert cli_main(["train", *argv]) == 0
+    assert (out / "sweep.md").read_text().splitlines()[0] == "| input | 32 |"
+    assert (out / "size-32" / "shared" / "best.pth").exists()

@@ -78,6 +78,9 @@ def get_args_parser(add_help: bool = True,
     g.add_argument("--early-stop", type=int, default=None,
                    help="stop after this many epochs without a better selection metric "
                    "(0: never)")
+    g.add_argument("--bn-recalibrate", type=int, default=None, metavar="N",
+                   help="before each validation, recompute the batch-norm statistics on N "
+                   "training images without augmentation (0: off; single process only)")
     g.add_argument("--calibrate", action=argparse.BooleanOptionalAction, default=None,
                    help="temperature scaling on the validation images (reported as ECE)")
     g = p.add_argument_group("augmentation (no left/right flips: orientation is normalised)")

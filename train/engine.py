@@ -129,6 +129,39 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
 
 
 @torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, loader: DataLoader, device: torch.device, *,
+                          channels_last: bool = False) -> int:
+    """Recompute every BatchNorm's running mean / variance from ``loader`` (the average
+    of its batches' statistics, weights unchanged); returns the number of images used.
+
+    On a small set trained with a high learning rate the running statistics lag behind the
+    weights, and eval-mode outputs collapse onto one class; recomputing them before each
+    validation ("precise BN") makes validation, model selection and the saved weights
+    agree with what the network learnt.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return 0
+    was_training = model.training
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    model.train()
+    count = 0
+    for x, _, _ in loader:
+        x = x.to(device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        model(x)
+        count += x.shape[0]
+    for m, mom in zip(bns, momenta, strict=True):
+        m.momentum = mom
+    model.train(was_training)
+    return count
+
+
+@torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, *,
              amp: bool = False, channels_last: bool = False, progress: bool = False,
              desc: str = "val") -> tuple[EpochStats, np.ndarray, np.ndarray]:

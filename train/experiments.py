@@ -22,7 +22,7 @@ TABLE_LEVELS = (("right breast", "breast:R"), ("left breast", "breast:L"),
 
 def parse_range(text: str) -> list[int]:
     """``"250:850:100"`` -> [250, 350, ..., 850] (stop included); ``"250,650"`` -> list."""
-    if "," in text:
+    if "," in text or ":" not in text:
         return [int(x) for x in text.split(",") if x.strip()]
     parts = [int(x) for x in text.split(":")]
     if len(parts) != 3 or parts[2] <= 0 or parts[0] > parts[1]:

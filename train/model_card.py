@@ -19,8 +19,10 @@ def render(manifest: ModelManifest, evaluation: dict | None = None,
     m = manifest
     lines = [f"# {m.name} {m.version}", ""]
     if m.not_for_clinical_use:
-        lines += ["**NOT FOR CLINICAL USE.** Trained on synthetic images only; its outputs "
-                  "say nothing about real patients.", ""]
+        lines += ["**NOT FOR CLINICAL USE.** " + (
+            "Trained on synthetic images only; its outputs say nothing about real patients."
+            if _synthetic(m) else "A research model from a small development set; not "
+            "validated for any clinical decision."), ""]
     lines += [
         "## What it is",
         f"- Task: `{m.task}` (classes {', '.join(m.classes)}); {_networks(m)}, "
@@ -105,10 +107,14 @@ def render(manifest: ModelManifest, evaluation: dict | None = None,
     lines += [f"| {f} | `{h}` |" for f, h in m.files_sha256.items()]
     lines += ["", "## Limitations",
               "- Synthetic phantoms are far simpler than mammograms; accuracy here is no "
-              "estimate of clinical accuracy." if m.not_for_clinical_use else
+              "estimate of clinical accuracy." if _synthetic(m) else
               "- See the training data description for the population it was trained on.",
               "- Validate on local data (`mammo-density evaluate`) before any use.", ""]
     return "\n".join(lines)
+
+
+def _synthetic(m: ModelManifest) -> bool:
+    return "synthetic" in m.training_data.lower()
 
 
 def _networks(m: ModelManifest) -> str:

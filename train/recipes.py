@@ -11,7 +11,10 @@
     ordinal-aware loss; mammography augmentation (gamma, contrast, small rotation /
     scale / shift, never a left-right flip); patient-level inner validation of 20 % of the
     training women with model selection on validation linear kappa and early stopping;
-    temperature scaling on the validation images.
+    temperature scaling on the validation images; batch-norm statistics recomputed on
+    128 training images before each validation (with AdamW at lr 1e-3 on a few hundred
+    images the running statistics lag the weights and eval-mode outputs collapse onto one
+    class: measured on INbreast, validation accuracy 0.29-0.40 before, 0.34-0.67 after).
 
 A recipe only fills the options the command line leaves unset: ``--recipe small-real
 --epochs 60`` is the recipe with 60 epochs.
@@ -28,7 +31,7 @@ RECIPES: dict[str, dict[str, object]] = {
         "lr_factor": 0.1, "lr_patience": 15, "rotation": 20.0, "scale": 0.0,
         "translate": 0.0, "gamma": 0.0, "contrast": 0.0, "loss": "ce",
         "class_weights": "none", "sampler": "random", "select": "acc", "early_stop": 0,
-        "val_fraction": 0.1, "calibrate": False, "width": 16,
+        "val_fraction": 0.1, "calibrate": False, "width": 16, "bn_recalibrate": 0,
     },
     "small-real": {
         "network": "shared", "arch": "density-resnet", "optimizer": "adamw", "lr": 1e-3,
@@ -37,6 +40,7 @@ RECIPES: dict[str, dict[str, object]] = {
         "translate": 0.05, "gamma": 0.25, "contrast": 0.15, "loss": "ordinal",
         "class_weights": "balanced", "sampler": "random", "select": "kappa",
         "early_stop": 10, "val_fraction": 0.2, "calibrate": True, "width": 8,
+        "bn_recalibrate": 128,
     },
 }
 DEFAULT_RECIPE = "method"

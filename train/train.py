@@ -59,6 +59,7 @@ from mammo_density.train.engine import (
     balanced_class_weights,
     evaluate,
     make_loss,
+    recalibrate_batchnorm,
     train_one_epoch,
 )
 from mammo_density.train.model import build_network, load_init_weights
@@ -256,6 +257,13 @@ def train_view(args: argparse.Namespace, slot: str, dist_info: DistInfo,
                               drop_last=len(train_sampler) > args.batch_size, **loader_kw)
     val_loader = DataLoader(val_ds, batch_size=max(args.batch_size, 32), sampler=val_sampler,
                             **loader_kw)
+    bn_loader = None
+    if args.bn_recalibrate and not dist_info.enabled:
+        # A fixed, evenly spread subset of the training images, without augmentation.
+        step = max(1, len(train_recs) // args.bn_recalibrate)
+        bn_ds = DensityDataset(train_recs[::step][:args.bn_recalibrate], cache,
+                               task=args.task, mean=mean, std=std)
+        bn_loader = DataLoader(bn_ds, batch_size=max(args.batch_size, 16), **loader_kw)
 
     model = build_model(args)
     if args.init_from and not args.resume:
@@ -321,6 +329,8 @@ def train_view(args: argparse.Namespace, slot: str, dist_info: DistInfo,
                              channels_last=channels_last, progress=progress,
                              desc=f"{slot} {epoch + 1}/{args.epochs}",
                              max_steps=args.max_steps_per_epoch, loss_fn=loss_fn)
+        if bn_loader is not None:
+            recalibrate_batchnorm(model, bn_loader, device, channels_last=channels_last)
         va, vprobs, vidx = evaluate(model, val_loader, device, amp=amp,
                                     channels_last=channels_last)
         vkappa = _kappa([val_targets[i] for i in vidx], vprobs, n_classes)
