@@ -118,24 +118,35 @@ def write_durably(ds: Dataset, path: Path) -> Path:
 class Outbox:
     """Durable, retrying delivery of SRs to ``settings.sr_destinations``."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, readonly: bool = False) -> None:
         self.settings = settings
         self.dir = Path(settings.outbox_dir)
         self.sent_dir = self.dir / SENT_DIR
         self.db_path = Path(settings.data_dir) / DB_NAME
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.readonly = readonly  # `status`: queries only, nothing created or written
         self._lock = threading.Lock()  # one deliver_due at a time per instance
+        if readonly:
+            if not self.db_path.exists():
+                raise FileNotFoundError(f"no SR outbox database: {self.db_path}")
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
         with self._connect() as db:
             db.executescript(_SCHEMA)
 
     # --- database -------------------------------------------------------------------
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None)
+        if self.readonly:
+            from mammo_density.datadir import connect_readonly
+
+            db = connect_readonly(self.db_path)
+        else:
+            db = sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None)
         try:
             db.row_factory = sqlite3.Row
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
+            if not self.readonly:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=FULL")
             db.execute("PRAGMA busy_timeout=30000")
             yield db
         finally:
