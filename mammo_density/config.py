@@ -206,7 +206,10 @@ class Settings(BaseSettings):
         description="comma-separated AET@host:port, DICOMweb URLs, or @caller",
     )
     sr_calling_aet: str = Field("MAMMODENSITY", description="AE title used to send SRs")
-    sr_retry_max_seconds: float = Field(600.0, gt=0, description="longest wait between retries")
+    sr_retry_max_seconds: float = Field(
+        60.0, gt=0, description="longest wait between SR delivery retries, s (a PACS that "
+        "accepts one SR makes the others waiting for it due at once)"
+    )
     sr_retry_base_seconds: float = Field(
         5.0, gt=0, description="first wait after a failed SR delivery; doubles per attempt"
     )

@@ -31,6 +31,17 @@ Rules:
   unknown caller) the row is recorded as ``skipped`` with the reason, shown by ``status``.
 - A row is claimed (its ``next_try`` pushed forward) in a transaction before sending,
   so two outbox loops on the same data directory never send the same row at once.
+- Restart: when ``serve``'s loop starts (it holds the data directory's lock, so it is the
+  only sender) every pending row is due at once: rows claimed by a process that crashed
+  mid-send and rows waiting out a backoff are tried straight away. A PACS that accepts a
+  delivery makes that destination's other waiting rows due at once too, so an outage does
+  not leave SRs behind for the rest of their backoff. ``mammo-density retry`` makes rows
+  due now from the command line.
+- An SR being sent when ``serve`` was killed may have reached the PACS before its row was
+  marked delivered; it is sent again after the restart. C-STORE and STOW-RS offer no
+  "did you get it?" to ask first, and the copy is harmless: it is the same object with the
+  same SOP Instance UID, which a PACS stores once (Orthanc keeps the first copy and answers
+  success; tests/test_outbox_restart.py checks it).
 """
 
 from __future__ import annotations
@@ -260,9 +271,28 @@ class Outbox:
                     delivered += 1
             return delivered
 
+    def retry_now(self, destination: str | None = None) -> int:
+        """Make pending deliveries (of one destination, as ``status`` shows it, or all) due
+        now, claims of a crashed process included; return how many."""
+        sql = "UPDATE deliveries SET next_try = ? WHERE status = ?"
+        params: tuple = (time.time(), PENDING)
+        if destination:
+            sql += " AND destination = ?"
+            params += (destination,)
+        with self._transaction() as db:
+            return db.execute(sql, params).rowcount
+
     def run_forever(self, stop: threading.Event, interval: float = 1.0) -> None:
-        """Deliver due SRs every ``interval`` seconds until ``stop`` is set."""
+        """Deliver due SRs every ``interval`` seconds until ``stop`` is set (after making
+        every pending delivery due: see the restart rule above)."""
         log.info("SR outbox running (%d destination(s))", len(self.settings.sr_destinations))
+        try:
+            due = self.retry_now()
+        except sqlite3.Error:
+            log.exception("SR outbox: pending deliveries not rescheduled at start")
+            due = 0
+        if due:
+            log.info("SR outbox: %d undelivered SR deliveries due now (start-up)", due)
         while not stop.is_set():
             try:
                 self.deliver_due()
@@ -343,10 +373,16 @@ class Outbox:
             log.warning("SR delivery to %s failed (attempt %d): %s", self._shown(row),
                         attempts, error, extra=extra)
             return False
+        now = time.time()
         with self._transaction() as db:
             db.execute("UPDATE deliveries SET status = ?, attempts = attempts + 1,"
                        " last_error = '', delivered_at = ? WHERE id = ?",
-                       (DELIVERED, time.time(), row["id"]))
+                       (DELIVERED, now, row["id"]))
+            # The destination works again: what waits for it need not sit out its backoff.
+            # (Rows of the batch being sent are among them: this loop sends them next anyway.)
+            db.execute("UPDATE deliveries SET next_try = ? WHERE destination = ? AND"
+                       " status = ? AND next_try > ?",
+                       (now, row["destination"], PENDING, now))
         log.info("SR delivered to %s (%s)", self._shown(row), note, extra=extra)
         self._maybe_retire(row["sop_uid"])
         return True
