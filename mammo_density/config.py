@@ -36,6 +36,8 @@ CONFIG_ENV = ENV_PREFIX + "CONFIG"
 # Variables of the test suite and the benchmarks, not settings of the node.
 _ENV_RESERVED = (ENV_PREFIX + "TEST_", ENV_PREFIX + "BENCH_")
 
+# Passwords shipped in templates: refused, so that no node runs with a published secret.
+_PLACEHOLDER_RE = re.compile(r"^(replace|change-?me)", re.IGNORECASE)
 _AET_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # DICOM AE: 16 chars, no backslash
 
 
@@ -310,6 +312,18 @@ class Settings(BaseSettings):
         value = value.strip()
         if value and urlsplit(value).scheme not in {"redis", "rediss", "memory", "sentinel"}:
             raise ValueError(f"broker URL must be redis://, rediss:// or sentinel://: {value!r}")
+        return value
+
+    @field_validator("broker_url", "result_backend", "registry_url", "webhook_url")
+    @classmethod
+    def _no_placeholder_password(cls, value: str) -> str:
+        try:
+            password = urlsplit(value).password
+        except ValueError:
+            return value
+        if password and _PLACEHOLDER_RE.match(password):
+            raise ValueError("the URL's password is still the template's placeholder "
+                             f"({mask_url(value)}): set the real one")
         return value
 
     @property
