@@ -63,7 +63,7 @@ from pydicom.dataset import Dataset
 
 from mammo_density.config import Destination, Settings, mask_url
 from mammo_density.logsetup import uid_hash
-from mammo_density.plugin.send import DeliveryError, c_store, stow_rs
+from mammo_density.plugin.send import DeliveryError, c_store, client_tls_context, stow_rs
 from mammo_density.plugin.spool import durable_write, fsync_dir
 
 log = logging.getLogger(__name__)
@@ -105,6 +105,7 @@ CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(status, next_try);
 """
 
 PENDING, DELIVERED, SKIPPED, SUPERSEDED = "pending", "delivered", "skipped", "superseded"
+DIMSE_TLS = "dimse-tls"  # the ``kind`` of a tls:AET@host:port delivery
 _CLAIM_SECONDS = 300.0  # a claimed row is not picked up again for this long (crash guard)
 
 
@@ -183,7 +184,8 @@ class Outbox:
 
     def _resolve(self, dest: Destination, calling_aet: str, peer_host: str) -> _Target:
         if dest.kind == "dimse":
-            return _Target(str(dest), "dimse", dest.ae_title, dest.host, dest.port)
+            return _Target(str(dest), DIMSE_TLS if dest.tls else "dimse", dest.ae_title,
+                           dest.host, dest.port)
         if dest.kind == "dicomweb":
             return _Target(dest.url, "dicomweb", url=dest.url)
         port = int(self.settings.caller_port or 0)
@@ -356,11 +358,15 @@ class Outbox:
         extra = {"study": uid_hash(row["study_uid"]), "sr": uid_hash(row["sop_uid"])}
         try:
             ds = pydicom.dcmread(row["path"])
+            s = self.settings
             if row["kind"] == "dicomweb":
-                note = stow_rs(ds, url=row["url"], timeout=timeout)
+                note = stow_rs(ds, url=row["url"], timeout=timeout, ca=s.sr_tls_ca,
+                               cert=s.sr_tls_cert, key=s.sr_tls_key)
             else:
+                tls = (client_tls_context(s.sr_tls_ca, s.sr_tls_cert, s.sr_tls_key)
+                       if row["kind"] == DIMSE_TLS else None)
                 note = c_store(ds, ae_title=row["ae_title"], host=row["host"], port=row["port"],
-                               calling_aet=self.settings.sr_calling_aet, timeout=timeout)
+                               calling_aet=s.sr_calling_aet, timeout=timeout, tls=tls)
         except Exception as exc:  # any failure is recorded and retried; the loop goes on
             error = str(exc) if isinstance(exc, DeliveryError) else \
                 f"{type(exc).__name__}: {exc}"
