@@ -83,7 +83,8 @@ class Destination:
         m = re.fullmatch(r"([^@]+)@(\[[^\]]+\]|[^:@]+):(\d+)", text)
         if not m:
             raise ValueError(
-                f"destination {text!r} is neither AET@host:port, an http(s) URL nor @caller"
+                f"destination {mask_url(text)!r} is neither AET@host:port, "
+                "tls:AET@host:port, an http(s) URL nor @caller"
             )
         port = int(m.group(3))
         if not 1 <= port <= 65535:
@@ -311,7 +312,8 @@ class Settings(BaseSettings):
     def _check_broker(cls, value: str) -> str:
         value = value.strip()
         if value and urlsplit(value).scheme not in {"redis", "rediss", "memory", "sentinel"}:
-            raise ValueError(f"broker URL must be redis://, rediss:// or sentinel://: {value!r}")
+            raise ValueError("broker URL must be redis://, rediss:// or sentinel://: "
+                             f"{mask_url(value)!r}")
         return value
 
     @field_validator("broker_url", "result_backend", "registry_url", "webhook_url")

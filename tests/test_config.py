@@ -162,3 +162,15 @@ def test_tls_destination_syntax() -> None:
     assert str(d) == "tls:PACS@pacs.local:2762"
     assert not Destination.parse("PACS@pacs.local:104").tls
     assert Destination.parse("https://pacs/dicom-web").tls
+
+
+def test_errors_mask_passwords(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MAMMO_DENSITY_BROKER_URL", "amqp://guest:hunter2@mq:5672//")
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    assert "hunter2" not in str(err.value) and "broker_url" in str(err.value)
+    monkeypatch.delenv("MAMMO_DENSITY_BROKER_URL")
+    monkeypatch.setenv("MAMMO_DENSITY_SR_DESTINATIONS", "htps://u:hunter2@pacs/dicom-web")
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    assert "hunter2" not in str(err.value) and "sr_destinations" in str(err.value)
