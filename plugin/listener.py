@@ -228,12 +228,13 @@ class Listener:
         ae = AE(ae_title=self.settings.ae_title)
         ae.maximum_pdu_size = MAX_PDU
         # The association limit and the AE checks are ours (:meth:`_on_requested`): they
-        # count requested associations only and log every refusal. pynetdicom's own limit
-        # (which counts bare connections too) stays as a backstop above ours.
+        # count requested associations only and log every refusal. pynetdicom's own
+        # checks stay as a backstop behind ours (its limit above ours: it counts bare
+        # connections too).
         ae.maximum_associations = (self.settings.max_associations
                                    + self.settings.max_pending_connections)
-        ae.require_calling_aet = []
-        ae.require_called_aet = False
+        ae.require_calling_aet = list(self.settings.allowed_aets)
+        ae.require_called_aet = self.settings.require_called_aet
         ae.acse_timeout = self.settings.acse_timeout
         ae.network_timeout = self.settings.network_timeout
         ae.dimse_timeout = self.settings.dimse_timeout
@@ -338,8 +339,17 @@ class Listener:
 
     def _on_requested(self, event: evt.Event) -> None:
         """EVT_REQUESTED (A-ASSOCIATE-RQ received): AE checks and the association limit;
-        a refusal is answered with A-ASSOCIATE-RJ and logged."""
-        assoc = event.assoc
+        a refusal is answered with A-ASSOCIATE-RJ and logged. Fails closed: pynetdicom
+        swallows a handler's exception and would go on to accept."""
+        try:
+            self._admit(event.assoc)
+        except Exception:
+            log.exception("association refused: admission check failed")
+            with contextlib.suppress(Exception):
+                event.assoc.acse.send_reject(0x02, 0x01, 0x01)
+                event.assoc.kill()
+
+    def _admit(self, assoc) -> None:
         rq = assoc.requestor.primitive
         calling = _shown_aet(rq.calling_ae_title)
         called = _shown_aet(rq.called_ae_title)
@@ -368,11 +378,13 @@ class Listener:
 
     @staticmethod
     def _on_rejected(event: evt.Event) -> None:
-        """EVT_REJECTED: only pynetdicom's own backstop limit rejects (ours do not fire
-        this event)."""
-        rq = event.assoc.requestor
-        log.warning("association from AE %r at %s:%d refused by pynetdicom (too many "
-                    "connections)", _shown_aet(rq.ae_title), *_peer((rq.address, rq.port)))
+        """EVT_REJECTED: only pynetdicom's own backstop checks reject this way (ours do
+        not fire this event)."""
+        rq, rj = event.assoc.requestor, event.assoc.acceptor.primitive
+        reason = (f"result {rj.result}, source {rj.result_source}, diagnostic "
+                  f"{rj.diagnostic}" if rj is not None else "no reason")
+        log.warning("association from AE %r at %s:%d refused by pynetdicom (%s)",
+                    _shown_aet(rq.ae_title), *_peer((rq.address, rq.port)), reason)
 
     def stop(self, grace: float = 30.0) -> None:
         """Stop accepting; let running associations finish for up to ``grace`` seconds
