@@ -317,14 +317,20 @@ class Listener:
         assert self._ssl is not None
         with self._door_lock:
             self._handshaking += 1
+        limit = self.settings.tls_handshake_timeout
+        # A deadline for the whole handshake, not only per read: a peer that trickles a
+        # byte at a time is cut off too (shutdown wakes the blocked read).
+        deadline = threading.Timer(limit, self._cut, args=(request,))
+        deadline.daemon = True
+        started = time.monotonic()
         try:
-            request.settimeout(self.settings.tls_handshake_timeout)
+            request.settimeout(limit)
+            deadline.start()
             try:
                 tls = self._ssl.wrap_socket(request, server_side=True)
             except (OSError, ValueError) as err:  # ssl.SSLError and TimeoutError are OSErrors
-                reason = ("no TLS handshake within "
-                          f"{self.settings.tls_handshake_timeout:g} s"
-                          if isinstance(err, TimeoutError)
+                late = isinstance(err, TimeoutError) or time.monotonic() - started >= limit
+                reason = (f"no TLS handshake within {limit:g} s" if late
                           else getattr(err, "reason", None) or type(err).__name__)
                 log.warning("connection from %s:%d refused: TLS handshake failed (%s)",
                             host, port, reason)
@@ -333,9 +339,15 @@ class Listener:
                 return
             tls.settimeout(None)
         finally:
+            deadline.cancel()
             with self._door_lock:
                 self._handshaking -= 1
         finish(tls, client_address)
+
+    @staticmethod
+    def _cut(sock: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
     def _on_requested(self, event: evt.Event) -> None:
         """EVT_REQUESTED (A-ASSOCIATE-RQ received): AE checks and the association limit;

@@ -111,6 +111,37 @@ def test_silent_tls_client_does_not_block_the_door(node_factory, tmp_path, caplo
             sock.close()
 
 
+def test_tls_handshake_has_a_total_deadline(node_factory, tmp_path, caplog):
+    """A client that trickles its handshake a byte at a time is cut off after
+    tls_handshake_timeout in all, not per read."""
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    key, cert = _self_signed(tmp_path)
+    node = node_factory(tls_cert=cert, tls_key=key, tls_handshake_timeout=2.0)
+    hello = bytes.fromhex("16030100a5010000a10303") + bytes(200)  # a ClientHello's start
+    (sock,) = _idle(node.port, 1)
+    with sock:
+        started = time.monotonic()
+        closed = False
+        for byte in hello:
+            try:
+                sock.sendall(bytes([byte]))
+            except OSError:
+                closed = True
+                break
+            sock.settimeout(0.5)
+            try:
+                if sock.recv(1) == b"":
+                    closed = True
+                    break
+            except TimeoutError:
+                pass
+            if time.monotonic() - started > 10:
+                break
+        assert closed, "the trickling handshake was never cut off"
+        assert time.monotonic() - started < 6
+    _wait_for(lambda: any("no TLS handshake within 2 s" in m for m in _refusals(caplog)))
+
+
 def test_plain_client_to_tls_listener_is_logged(node_factory, tmp_path, caplog):
     caplog.set_level(logging.WARNING, logger=LOGGER)
     key, cert = _self_signed(tmp_path)
