@@ -306,6 +306,9 @@ def _check_first_fragment(path: Path, value_tell: int, transfer_syntax: UID,
 def _codestream_size(data: bytes) -> tuple[int, int, int, int] | None:
     """(height, width, components, precision) from a JPEG 2000 SIZ or a JPEG / JPEG-LS
     frame header at the start of ``data``; None when not found in these bytes."""
+    if data.startswith(b"\x00\x00\x00\x0cjP  "):  # JP2: the codestream is in a box
+        at = data.find(b"\xff\x4f\xff\x51")
+        data = data[at:] if at >= 0 else b""
     if data.startswith(b"\xff\x4f\xff\x51") and len(data) >= 43:
         x, y = int.from_bytes(data[8:12], "big"), int.from_bytes(data[12:16], "big")
         x0, y0 = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
@@ -343,14 +346,20 @@ def _digest_from(path: Path, offset: int) -> Iterator[bytes]:
             yield chunk
 
 
+_NATIVE_LITTLE_ENDIAN = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1")
+
+
 def instance_content(path: Path) -> tuple[Identity, str, str, str]:
     """(identity, study UID, transfer syntax, content digest) of a stored or received
-    file: the digest covers the pixel data element to the end of the file, or, for an
-    object without pixel data, the data set without its file meta."""
+    file: the digest covers the pixel data value to the end of the file, or, for an
+    object without pixel data, the data set without its file meta. Implicit and explicit
+    VR little endian count as one transfer syntax (their pixel bytes are the same)."""
     ds, elem = read_header(path)
     ts = _text(ds.file_meta, "TransferSyntaxUID")
+    if ts in _NATIVE_LITTLE_ENDIAN:  # the same pixel bytes: a transcoded re-send is equal
+        ts = "native little endian"
     if elem is not None:
-        digest = content_digest(ts, _digest_from(path, elem.offset))
+        digest = content_digest(ts, _digest_from(path, elem.value_offset))
     else:
         full = pydicom.dcmread(path)
         full.file_meta = pydicom.dataset.FileMetaDataset()
@@ -534,7 +543,9 @@ class Ingestor:
         if differ:
             raise Rejected(DUPLICATE_CONFLICT, "SOP Instance UID already received for another "
                            f"patient ({', '.join(differ)} differ); first copy kept")
-        if old_ts != inst.transfer_syntax:
+        new_ts = "native little endian" if inst.transfer_syntax in _NATIVE_LITTLE_ENDIAN \
+            else inst.transfer_syntax
+        if old_ts != new_ts:
             raise Rejected(DUPLICATE_CONFLICT, "SOP Instance UID already received in transfer "
                            f"syntax {old_ts}, now {inst.transfer_syntax}: cannot verify it is "
                            "the same image; first copy kept")
