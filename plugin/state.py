@@ -200,14 +200,15 @@ class StateDB:
 
     # --- called by the pipeline ---------------------------------------------------------
     def mark_processing(self, study_uid: str, revision: int, *,
-                        stale_after: float = 90.0) -> bool:
+                        stale_after: float = 60.0) -> bool:
         """The pipeline starts on ``revision`` of the study: claim it.
 
         Returns True when this caller holds the claim: the revision was queued, or was
-        claimed more than ``stale_after`` seconds ago by a worker presumed dead (its
-        message redelivered). False: another copy of the same task (a re-submission by
-        the sweep while the first message still existed) is on it, or the revision is
-        finished or superseded; the caller should skip it.
+        claimed more than ``stale_after`` seconds ago (the claiming task's hard time
+        limit) by a task presumed dead (its message redelivered). False: another copy
+        of the same task (a re-submission by the sweep while the first message still
+        existed) is on it, or the revision is finished or superseded; the caller should
+        skip it.
         """
         now = time.time()
         with self.tx() as conn:

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import json
 import time
-from copy import deepcopy
 from collections.abc import Callable
+from copy import deepcopy
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -464,7 +464,7 @@ def test_malformed_case(node, name, tmp_path, monkeypatch):
 
 def test_dcmtk_peer_gets_the_same_refusals(node, tmp_path):
     """dcmtk's storescu (another toolkit's encoder) on three cases: the refusal holds."""
-    settings, db, listener, _jobs, _root = node
+    _settings, db, listener, _jobs, _root = node
     port = listener.address[1]
     folder = tmp_path / "dcmtk"
     base = image(generate_uid())
@@ -493,7 +493,7 @@ def test_accepted_corpus_studies_give_valid_srs(node, tmp_path):
     from mammo_density.worker.pipeline import Pipeline
     from tests.models import cached_registry_entry
 
-    settings, db, listener, jobs, root = node
+    settings, db, listener, jobs, _root = node
     listener.assembler.check_stable(now=time.time() + 10**6)  # queue what is left
     held = {s["study_uid"] for s in db.studies("conflicting")}
     assert held, "the corpus holds conflicting studies"

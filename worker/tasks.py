@@ -99,7 +99,9 @@ def _claim(pipeline: Pipeline, job: StudyJob) -> bool:
     try:
         return bool(pipeline.state.mark_processing(
             job.study_instance_uid, job.revision,
-            stale_after=_settings.visibility_timeout if _settings else 90.0))
+            # a claim older than the task's hard time limit is held by a dead task: its
+            # message is the one redelivered now (after the visibility timeout)
+            stale_after=_settings.task_time_limit if _settings else 60.0))
     except sqlite3.OperationalError:
         raise
     except Exception:
