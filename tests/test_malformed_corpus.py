@@ -515,3 +515,44 @@ def test_accepted_corpus_studies_give_valid_srs(node, tmp_path):
     for uid in held:
         assert db.study(uid)["status"] == "conflicting"
     print(json.dumps({"jobs": len(jobs), "srs": len(srs), "held": len(held)}))
+
+
+@pytest.mark.parametrize("valid", [True, False])
+def test_large_compressed_image_checked_without_loading_it(tmp_path, valid):
+    """A 40 MB JPEG 2000 image: the first-fragment check reads only its first bytes from
+    the file (peak Python memory stays far under the image's size), and random bytes are
+    refused."""
+    import tracemalloc
+
+    from mammo_density.plugin.assembly import StudyAssembler
+    from mammo_density.plugin.ingest import Incoming, Ingestor
+
+    rows, cols = 4096, 3328
+    ds = mg(generate_uid(), "R", "CC", rows=rows, cols=cols)
+    if valid:
+        head = imagecodecs.jpeg2k_encode(np.zeros((rows, cols), np.uint16), level=0,
+                                         codecformat="J2K")
+    else:
+        head = b""
+    filler = np.random.default_rng(1).integers(0, 256, 40 * 2**20, dtype=np.uint8).tobytes()
+    ds.PixelData = encapsulate([head + filler])
+    ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True
+    ds.file_meta.TransferSyntaxUID = JPEG2000Lossless
+    path = write(ds, tmp_path / "in")
+    del ds, filler
+    db = StateDB(tmp_path / "state.sqlite3")
+    ingestor = Ingestor(tmp_path / "spool", StudyAssembler(db, lambda job: None,
+                                                           stable_seconds=60), move=False)
+    tracemalloc.start()
+    try:
+        status = ingestor.store(Incoming(path=path, sop_class_uid=MG_PRES,
+                                         sop_instance_uid=pydicom.dcmread(
+                                             path, stop_before_pixels=True).SOPInstanceUID,
+                                         transfer_syntax=JPEG2000Lossless))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        db.close()
+    assert status == (0x0000 if valid else 0xA900)
+    assert peak < 8 * 2**20, f"peak {peak / 2**20:.1f} MiB"

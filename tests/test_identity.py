@@ -1,0 +1,93 @@
+"""The patient identity rule (mammo_density/study/identity.py) and its use by the assembler."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+
+from mammo_density.plugin.assembly import (
+    KIND_IMAGE,
+    MG_FOR_PRESENTATION,
+    NewInstance,
+    StudyAssembler,
+)
+from mammo_density.plugin.state import StateDB
+from mammo_density.study.identity import Identity, conflict, differences, same_patient
+from tests.mgdata import mg, write
+
+
+def ident(**values: str) -> Identity:
+    ds = Dataset()
+    for keyword, value in values.items():
+        setattr(ds, keyword, value)
+    return Identity.of(ds)
+
+
+def test_normalised_values_agree():
+    a = ident(PatientID="123 ", PatientName="doe^jane^^", PatientBirthDate="19700101")
+    b = ident(PatientID="123", PatientName="DOE^JANE", PatientBirthDate="19700101")
+    assert same_patient(a, b) and a == b
+
+
+@pytest.mark.parametrize("keyword,other", [("PatientID", "124"),
+                                           ("IssuerOfPatientID", "OTHER"),
+                                           ("PatientName", "Roe^Mary"),
+                                           ("PatientBirthDate", "19800101")])
+def test_a_different_value_is_another_patient(keyword, other):
+    base = {"PatientID": "123", "IssuerOfPatientID": "HOSP", "PatientName": "Doe^Jane",
+            "PatientBirthDate": "19700101"}
+    a = ident(**base)
+    b = ident(**{**base, keyword: other})
+    assert differences(a, b) == [keyword]
+
+
+def test_empty_values_are_unknown():
+    full = ident(PatientID="123", IssuerOfPatientID="HOSP", PatientName="Doe^Jane",
+                 PatientBirthDate="19700101")
+    assert same_patient(full, ident(PatientID="123"))
+    assert same_patient(full, ident())
+    # not transitive: one image without a name, two with different names -> conflict
+    assert conflict([ident(PatientID="1", PatientName="A^B"), ident(PatientID="1"),
+                     ident(PatientID="1", PatientName="C^D")]) != ""
+
+
+def test_identities_hold_no_identifiers():
+    text = ident(PatientID="PAT-SECRET", PatientName="Secret^Name").to_json()
+    assert "SECRET" not in text.upper() and "Secret" not in text
+    assert Identity.from_json(text) == ident(PatientID="PAT-SECRET", PatientName="Secret^Name")
+
+
+def test_unconvertible_value_is_compared_raw():
+    ds = Dataset()
+    ds.add_new(0x00100030, "DA", "garbage-date")
+    assert Identity.of(ds).birth_date
+
+
+def test_queue_time_check_reads_old_rows_from_the_spool(tmp_path: Path):
+    """Rows recorded before identities were kept (identity NULL) are read from their
+    files when the study is queued: two patients -> held, never queued."""
+    db = StateDB(tmp_path / "state.sqlite3")
+    jobs: list = []
+    asm = StudyAssembler(db, jobs.append, stable_seconds=60)
+    uid = generate_uid()
+    for i, (lat, view) in enumerate((("R", "CC"), ("L", "CC"), ("R", "MLO"), ("L", "MLO"))):
+        ds = mg(uid, lat, view, patient_id="PAT-A" if i < 2 else "PAT-B")
+        path = write(ds, tmp_path / "spool")
+        asm.add(NewInstance(sop_uid=ds.SOPInstanceUID, study_uid=uid,
+                            sop_class_uid=MG_FOR_PRESENTATION, path=str(path),
+                            kind=KIND_IMAGE, slot=f"{lat}-{view}", for_presentation=True))
+    assert jobs == []
+    row = db.study(uid)
+    assert row["status"] == "conflicting" and "PatientID" in row["last_error"]
+    assert row["result"]["conflicting"] is True
+    more = mg(uid, "R", "CC", patient_id="PAT-A", acquired="20991231000000")
+    asm.add(NewInstance(sop_uid=more.SOPInstanceUID, study_uid=uid,
+                        sop_class_uid=MG_FOR_PRESENTATION, path="/x", kind=KIND_IMAGE,
+                        slot="R-CC", for_presentation=True,
+                        identity=Identity.of(more).to_json()))
+    assert asm.check_stable(now=2e10) == 0 and jobs == []
+    assert db.study(uid)["status"] == "conflicting"
+    db.close()
