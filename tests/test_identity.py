@@ -91,3 +91,34 @@ def test_queue_time_check_reads_old_rows_from_the_spool(tmp_path: Path):
     assert asm.check_stable(now=2e10) == 0 and jobs == []
     assert db.study(uid)["status"] == "conflicting"
     db.close()
+
+
+def test_status_shows_the_held_study_and_why(tmp_path: Path, capsys):
+    import argparse
+
+    from mammo_density.commands import status
+    from mammo_density.config import load_settings
+
+    settings = load_settings(None, data_dir=tmp_path)
+    db = StateDB(settings.state_db)
+    asm = StudyAssembler(db, lambda job: None, stable_seconds=60)
+    uid = generate_uid()
+    a = mg(uid, "R", "CC", patient_id="PAT-A")
+    asm.add(NewInstance(sop_uid=a.SOPInstanceUID, study_uid=uid,
+                        sop_class_uid=MG_FOR_PRESENTATION, path="/a", kind=KIND_IMAGE,
+                        slot="R-CC", for_presentation=True, identity=Identity.of(a).to_json()))
+    b = mg(uid, "L", "CC", patient_id="PAT-B")
+    reason = asm.patient_conflict(NewInstance(
+        sop_uid=b.SOPInstanceUID, study_uid=uid, sop_class_uid=MG_FOR_PRESENTATION, path="/b",
+        kind=KIND_IMAGE, slot="L-CC", for_presentation=True, identity=Identity.of(b).to_json()))
+    assert "PatientID" in reason
+    asm.hold_conflicting(uid, reason)
+    db.close()
+    data = status.collect(settings)
+    assert data["counts"]["conflicting"] == 1
+    held = data["studies"]["conflicting"][0]
+    assert held["result"]["conflicting"] is True and "PatientID" in held["last_error"]
+    status.run(argparse.Namespace(json=False, errors=5), settings)
+    text = capsys.readouterr().out
+    assert "conflicting 1" in text and "different patients" in text
+    assert "PAT-A" not in text and "PAT-B" not in text
