@@ -270,6 +270,11 @@ class StudyAssembler:
                         "updated_at=?, calling_aet=?, peer_host=? WHERE study_uid=?",
                         (now, now, calling_aet or study["calling_aet"],
                          peer_host or study["peer_host"], inst.study_uid))
+            if study is not None and status != "conflicting" and inst.identity and \
+                    self._identity_conflict(conn, self.db.get_study(conn, inst.study_uid),
+                                            now):
+                # another patient slipped past the door (two associations at once)
+                status = "conflicting"
             first_time = study is None or int(study["revision"]) == 0
             if status == "collecting" and first_time:
                 # Only a never-submitted study goes at once; a re-opened one waits for

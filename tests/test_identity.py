@@ -122,3 +122,20 @@ def test_status_shows_the_held_study_and_why(tmp_path: Path, capsys):
     text = capsys.readouterr().out
     assert "conflicting 1" in text and "different patients" in text
     assert "PAT-A" not in text and "PAT-B" not in text
+
+
+def test_two_patients_recorded_at_once_are_held_when_recorded(tmp_path: Path):
+    """Two associations store images of different patients at the same moment: both pass
+    the door's look at the study, but recording the second holds the study at once."""
+    db = StateDB(tmp_path / "state.sqlite3")
+    jobs: list = []
+    asm = StudyAssembler(db, jobs.append, stable_seconds=60)
+    uid = generate_uid()
+    for lat, pid in (("R", "PAT-A"), ("L", "PAT-B")):
+        ds = mg(uid, lat, "CC", patient_id=pid)
+        asm.add(NewInstance(sop_uid=ds.SOPInstanceUID, study_uid=uid,
+                            sop_class_uid=MG_FOR_PRESENTATION, path="/x", kind=KIND_IMAGE,
+                            slot=f"{lat}-CC", for_presentation=True,
+                            identity=Identity.of(ds).to_json()))
+    assert db.study(uid)["status"] == "conflicting" and jobs == []
+    db.close()
