@@ -309,6 +309,8 @@ class StudyAssembler:
 
     def _hold(self, conn, study, reason: str, now: float) -> None:
         study_uid = study["study_uid"]
+        if study["status"] == "conflicting":  # held already: the first reason stands
+            return
         # A new revision, with the hold as its result: a result of an older revision still
         # in a worker can no longer replace it (StateDB.mark_done).
         revision = int(study["revision"]) + 1
@@ -323,9 +325,8 @@ class StudyAssembler:
             "last_error=?, result_json=?, result_revision=?, job_json=NULL "
             "WHERE study_uid=?",
             (revision, now, reason, json.dumps(result), revision, study_uid))
-        if study["status"] != "conflicting":
-            self.db.log_error(conn, study_uid, revision, f"held as conflicting: {reason}", now)
-            log.warning("study %s held as conflicting: %s", uid_hash(study_uid), reason)
+        self.db.log_error(conn, study_uid, revision, f"held as conflicting: {reason}", now)
+        log.warning("study %s held as conflicting: %s", uid_hash(study_uid), reason)
 
     def check_stable(self, now: float | None = None) -> int:
         """Assess every collecting study quiet for ``stable_seconds``; return how many."""

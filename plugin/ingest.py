@@ -72,6 +72,7 @@ MISSING_IDENTIFIERS = 0xC001
 UID_MISMATCH = 0xC002
 DUPLICATE_CONFLICT = 0xC003
 INVALID_UID = 0xC004
+INVALID_VALUE = INVALID_UID  # the same status for an over-long patient attribute
 PATIENT_CONFLICT = 0xC005
 
 MAX_DIMENSION = 20000
@@ -125,10 +126,9 @@ _PATIENT_LIMITS = (("PatientID", 64), ("IssuerOfPatientID", 64), ("PatientName",
 def check_uid(keyword: str, value: str) -> None:
     """Raise :class:`Rejected` (0xC004) unless ``value`` is a valid UID (digits and dots,
     no empty component, at most 64 characters)."""
-    if len(value) > 64 or not _UID_RE.match(value):
-        shown = "".join(ch if ch.isprintable() else "?" for ch in value[:24])
-        raise Rejected(INVALID_UID, f"invalid {keyword} ({len(value)} characters, "
-                       f"starting {shown!r}): a UID is digits and dots, at most 64")
+    if len(value) > 64 or not _UID_RE.match(value):  # (its value is not logged)
+        raise Rejected(INVALID_UID, f"invalid {keyword} ({len(value)} characters): a UID "
+                       "is digits and dots, at most 64")
 
 
 def _check_patient_values(ds: Dataset) -> None:
@@ -137,8 +137,8 @@ def _check_patient_values(ds: Dataset) -> None:
         groups = text.split("=") if keyword == "PatientName" else [text]
         longest = max((len(g) for g in groups), default=0)
         if longest > limit:
-            raise Rejected(INVALID_UID, f"{keyword} of {longest} characters: its VR allows "
-                           f"{limit}")
+            raise Rejected(INVALID_VALUE, f"{keyword} of {longest} characters: its VR "
+                           f"allows {limit}")
 
 
 @dataclass(frozen=True)
@@ -590,6 +590,7 @@ __all__ = [
     "CANNOT_UNDERSTAND",
     "DUPLICATE_CONFLICT",
     "INVALID_UID",
+    "INVALID_VALUE",
     "MISSING_IDENTIFIERS",
     "OUT_OF_RESOURCES",
     "PATIENT_CONFLICT",

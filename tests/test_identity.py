@@ -139,3 +139,16 @@ def test_two_patients_recorded_at_once_are_held_when_recorded(tmp_path: Path):
                             identity=Identity.of(ds).to_json()))
     assert db.study(uid)["status"] == "conflicting" and jobs == []
     db.close()
+
+
+def test_repeated_refusals_do_not_move_the_held_study(tmp_path: Path):
+    db = StateDB(tmp_path / "state.sqlite3")
+    asm = StudyAssembler(db, lambda job: None, stable_seconds=60)
+    uid = generate_uid()
+    asm.hold_conflicting(uid, "first reason")
+    revision = db.study(uid)["revision"]
+    for _ in range(3):  # the sender re-sends the refused image
+        asm.hold_conflicting(uid, "again")
+    row = db.study(uid)
+    assert row["revision"] == revision and row["last_error"] == "first reason"
+    db.close()
