@@ -11,6 +11,7 @@ import pytest
 
 from mammo_density.cli import main
 from mammo_density.commands.classify import collect_jobs
+from mammo_density.logsetup import uid_hash
 from mammo_density.result import StudyResult
 from tests.models import cached_registry_entry
 from tests.services import REPO
@@ -44,8 +45,11 @@ def test_collect_groups_studies_and_picks_latest_retake(folder):
         expected = {im.sop_instance_uid for im in rec.images if not im.extra}
         assert used == expected  # the superseded retake is not used
         assert job.missing_views == list(rec.missing) and job.partial == bool(rec.missing)
-        superseded = [str(im.path) for im in rec.images if im.extra == "retake-superseded"]
-        assert all(str(Path(p).resolve()) in job.other_paths for p in superseded)
+        superseded = [im for im in rec.images if im.extra == "retake-superseded"]
+        assert all(str(Path(im.path).resolve()) in job.other_paths for im in superseded)
+        # each image not used says why
+        assert {(u.image, u.reason.value) for u in job.unused_images} == {
+            (uid_hash(im.sop_instance_uid), "retake_superseded") for im in superseded}
 
 
 def test_classify_json_and_sr_out(folder, model_dir, tmp_path, capsys):
@@ -78,8 +82,14 @@ def test_classify_table_of_a_file_list(folder, model_dir, capsys):
     assert rc == 0
     lines = captured.out.strip().splitlines()
     assert lines[0].split()[:3] == ["study", "exam", "dense"]
-    assert len(lines) == 2 and records[0].study_instance_uid in lines[1]
+    assert records[0].study_instance_uid in lines[1]
     assert "partial, missing" in lines[1]
+    superseded = [im for im in records[0].images if im.extra == "retake-superseded"]
+    assert superseded and f"{len(superseded)} not used" in lines[1]
+    assert lines[2:4] == ["", "images not used:"]
+    assert len(lines) == 4 + len(superseded)
+    for im, line in zip(superseded, lines[4:], strict=True):
+        assert uid_hash(im.sop_instance_uid) in line and "retake_superseded: an earlier" in line
     assert "skipped" in captured.err and "broken.dcm" in captured.err
 
 
