@@ -469,7 +469,14 @@ class Pipeline:
         prepared = self.prepare(job)
         inferred = self.infer(prepared)
         result = self.finish(job, prepared, inferred, started=started)
-        return result, [prepared.headers[s] for s in SLOTS if s in prepared.headers]
+        sources = [prepared.headers[s] for s in SLOTS if s in prepared.headers]
+        if not sources and result.unused_images:
+            # nothing used: the SR's evidence is the images looked at and not used, so the
+            # radiologist sees why the study was not assessable
+            sources = [ds for ds in read_headers(job.other_paths)
+                       if str(ds.get("Modality", "")).upper() == "MG"
+                       and not sop.is_structured_report(str(ds.get("SOPClassUID", "")))]
+        return result, sources
 
     # --- reporting ----------------------------------------------------------------------
     @property

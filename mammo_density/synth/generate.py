@@ -342,7 +342,7 @@ def generate(outdir: str | os.PathLike, studies: int = 10, seed: int = 0,
         each listed extra with probability ``extras_rate``.
     for_processing : write every image as For Processing instead of For Presentation.
     codes_only : omit ViewPosition, leave the view to ViewCodeSequence.
-    legacy_codes : SRT codes (R-10242, R-10226) instead of SCT.
+    legacy_codes : the legacy SNOMED RT (SRT) view codes instead of SNOMED CT.
     class_mix : shares of A, B, C, D (normalised).
     label_noise : chance that a breast's reader label is one class off.
     breast_differ : chance that one breast is one class less dense than the other.
