@@ -108,3 +108,60 @@ def test_classify_nothing_found(tmp_path, model_dir, capsys):
     rc = main(["-q", "classify", str(tmp_path / "empty"), "--model-dir", str(model_dir)])
     assert rc == 1
     assert "no DICOM studies" in capsys.readouterr().err
+
+
+def test_classify_says_why_images_are_not_used(model_dir, tmp_path, capsys, monkeypatch):
+    """Real vendor stubs and a biopsy image are not used, with reasons in the JSON, the
+    table and the SR; digitised film is assessed only with the setting."""
+    import shutil
+
+    from mammo_density.worker.sr import read_density_sr
+    from tests import mgdata
+    from tests.services import require_testdata
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    names = {"fo-dicom/OutOfBoundsOverlay.dcm": "stereotactic",
+             "openrem/MG-Im-GE-SenDS-scaled.dcm": "too_small",
+             "openrem/MG-Im-GE_Seno_2_ForPresentation.dcm": "stereotactic"}
+    for name in names:
+        shutil.copy(require_testdata("real-mg", *name.split("/")), folder / Path(name).name)
+    film = mgdata.mg(pydicom.uid.generate_uid(), "L", "CC", sop_class=mgdata.SECONDARY_CAPTURE,
+                     rows=256, cols=208)
+    mgdata.write(film, folder, "film.dcm")
+    srs = tmp_path / "srs"
+
+    main(["-q", "classify", str(folder), "--json", "--model-dir", str(model_dir),
+          "--sr-out", str(srs)])
+    results = {r.study_instance_uid: r for r in map(
+        StudyResult.model_validate_json, capsys.readouterr().out.splitlines())}
+    assert len(results) == 4
+    reasons = {}
+    for name, reason in names.items():
+        ds = pydicom.dcmread(folder / Path(name).name, stop_before_pixels=True)
+        r = results[str(ds.StudyInstanceUID)]
+        assert not r.assessable and r.exam is None
+        assert [(u.image, u.slot, u.reason.value) for u in r.unused_images] == [
+            (uid_hash(str(ds.SOPInstanceUID)), "L-CC", reason)]
+        assert any(w.startswith("not assessable") for w in r.warnings)
+        reasons[str(ds.StudyInstanceUID)] = reason
+    film_result = results[str(film.StudyInstanceUID)]
+    assert [u.reason.value for u in film_result.unused_images] == ["digitised_film_off"]
+    # the SR of a study with nothing usable still says why
+    for r in results.values():
+        assert r.sr is not None, r.warnings
+        text = read_density_sr(pydicom.dcmread(r.sr.path))["text"]
+        assert "not assessable" in text
+        assert r.unused_images[0].reason.value in text
+
+    main(["-q", "classify", str(folder), "--model-dir", str(model_dir)])
+    table = capsys.readouterr().out
+    assert "images not used:" in table
+    for reason in names.values():
+        assert f"L-CC  {reason}: " in table
+
+    monkeypatch.setenv("MAMMO_DENSITY_DIGITISED_FILM", "true")
+    main(["-q", "classify", str(folder / "film.dcm"), "--json", "--model-dir", str(model_dir)])
+    (film_result,) = map(StudyResult.model_validate_json, capsys.readouterr().out.splitlines())
+    assert film_result.assessable and [v.view for v in film_result.views] == ["CC"]
+    assert film_result.unused_images == []

@@ -46,7 +46,7 @@ from mammo_density.result import ModelRef, SRRef, StudyResult, ViewResult
 from mammo_density.study import gate, sop
 from mammo_density.study.reasons import Reason
 from mammo_density.study.slots import SLOTS
-from mammo_density.study.unused import describe, unused_image
+from mammo_density.study.unused import unused_image
 from mammo_density.study.views import view_info
 from mammo_density.worker.combine import combine
 from mammo_density.worker.decode import DecodeError
@@ -397,8 +397,6 @@ class Pipeline:
                             "of implant-bearing breasts is less reliable")
         if not comb.assessable:
             reasons = "; ".join(f"{s}: {r}" for s, r in prepared.failed.items())
-            if not reasons and unused:
-                reasons = "no screening image; not used: " + describe(unused)
             warnings.append("not assessable: " + (reasons or "no screening image (R/L CC/MLO)"))
         views = []
         header_by_slot = dict(prepared.headers)

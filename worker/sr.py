@@ -236,7 +236,9 @@ def _class_measurements(probabilities: dict[str, float]) -> list[Measurement]:
 
 
 def _slot_names(result: StudyResult, sources: Sequence[Dataset]) -> list[str]:
-    slots = {v.slot for v in map(view_info, sources) if v.slot}
+    unused = {u.image for u in result.unused_images}
+    slots = {v.slot for v in map(view_info, (ds for ds in sources if uid_hash(
+        str(ds.get("SOPInstanceUID", ""))) not in unused)) if v.slot}
     slots |= {f"{v.laterality}-{v.view}" for v in result.views}
     return [s for s in SLOTS if s in slots]
 
