@@ -7,6 +7,7 @@ import logging
 from collections.abc import Iterable
 from pathlib import Path
 
+from mammo_density.study.slots import SCREENING_VIEWS
 from mammo_density.train.data import ImageRecord, normalise_density, write_manifest_csv
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ def finish(records: Iterable[ImageRecord], out_csv: Path, *, name: str,
     """Keep labelled screening images (CC/MLO), write the manifest, log a summary."""
     kept, skipped = [], 0
     for r in records:
-        if r.density is None or r.view not in ("CC", "MLO"):
+        if r.density is None or r.view not in SCREENING_VIEWS:
             skipped += 1
             continue
         kept.append(r)
