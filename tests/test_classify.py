@@ -165,3 +165,23 @@ def test_classify_says_why_images_are_not_used(model_dir, tmp_path, capsys, monk
     (film_result,) = map(StudyResult.model_validate_json, capsys.readouterr().out.splitlines())
     assert film_result.assessable and [v.view for v in film_result.views] == ["CC"]
     assert film_result.unused_images == []
+
+
+def test_classify_flags_implants_and_leaves_out_implant_displaced_views(model_dir, tmp_path,
+                                                                         capsys):
+    from tests import mgdata
+
+    images = mgdata.study(rows=256, cols=208)
+    for ds in images:
+        ds.BreastImplantPresent = "YES"
+    displaced = mgdata.mg(images[0].StudyInstanceUID, "R", "CC", rows=256, cols=208,
+                          modifier=mgdata.IMPLANT_DISPLACED, instance_number=9)
+    displaced.BreastImplantPresent = "YES"
+    for ds in [*images, displaced]:
+        mgdata.write(ds, tmp_path / "in")
+    main(["-q", "classify", str(tmp_path / "in"), "--json", "--model-dir", str(model_dir)])
+    (result,) = map(StudyResult.model_validate_json, capsys.readouterr().out.splitlines())
+    assert result.assessable and len(result.views) == 4 and result.implant_present
+    assert any("implants present" in w for w in result.warnings)
+    assert [(u.image, u.slot, u.reason.value) for u in result.unused_images] == [
+        (uid_hash(displaced.SOPInstanceUID), "R-CC", "implant_displaced")]
