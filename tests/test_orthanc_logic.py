@@ -140,8 +140,9 @@ def test_tables_equal_the_study_package() -> None:
     assert (logic.SLOTS, logic.SIDES, logic.SCREENING_VIEWS) == \
         (slots.SLOTS, slots.SIDES, slots.SCREENING_VIEWS)
     assert (logic.MG_FOR_PRESENTATION, logic.MG_FOR_PROCESSING, logic.BREAST_TOMOSYNTHESIS,
-            logic.XRAY_DOSE_SR) == (sop.MG_FOR_PRESENTATION, sop.MG_FOR_PROCESSING,
-                                    sop.BREAST_TOMOSYNTHESIS, sop.XRAY_RADIATION_DOSE_SR)
+            logic.XRAY_DOSE_SR, logic.SECONDARY_CAPTURE) == (
+        sop.MG_FOR_PRESENTATION, sop.MG_FOR_PROCESSING, sop.BREAST_TOMOSYNTHESIS,
+        sop.XRAY_RADIATION_DOSE_SR, sop.SECONDARY_CAPTURE)
     assert logic.MAMMO_IMAGE_CLASSES == sop.MAMMO_IMAGE_CLASSES
     assert {c: k for c, k in logic.CLASS_CODES.items()} == codes.DENSITY_BY_CODE
     assert {c: s for c, s in logic.SIDE_CODES.items()} == {
@@ -211,6 +212,12 @@ def test_forwardable_instances() -> None:
     assert not logic.is_forwardable(mgdata.TOMO, "MG", plain)
     assert not logic.is_forwardable("1.2.840.10008.5.1.4.1.1.2", "CT", plain)
     assert not logic.is_forwardable(mgdata.MG_PRES, "CT", plain)
+    assert logic.is_forwardable(mgdata.MG_PRES, "", plain)  # Modality stripped
+    assert not logic.is_forwardable(mgdata.SECONDARY_CAPTURE, "MG", plain)
+    film = settings(ForwardDigitisedFilm=True)
+    assert logic.is_forwardable(mgdata.SECONDARY_CAPTURE, "MG", film)
+    assert not logic.is_forwardable(mgdata.SECONDARY_CAPTURE, "OT", film)
+    assert not logic.is_forwardable(mgdata.SECONDARY_CAPTURE, "", film)
     extra = settings(ForwardDoseReports=True, ForwardTomosynthesis=True)
     assert logic.is_forwardable(mgdata.RDSR, "SR", extra)
     assert logic.is_forwardable(mgdata.TOMO, "MG", extra)

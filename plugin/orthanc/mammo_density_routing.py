@@ -35,6 +35,7 @@ MG_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.2"
 MG_FOR_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.2.1"
 BREAST_TOMOSYNTHESIS = "1.2.840.10008.5.1.4.1.1.13.1.3"
 XRAY_DOSE_SR = "1.2.840.10008.5.1.4.1.1.88.67"
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 MAMMO_IMAGE_CLASSES = frozenset({MG_FOR_PRESENTATION, MG_FOR_PROCESSING})
 
 # View codes of CID 4014 (SNOMED CT and legacy SNOMED RT) -> the view's short name.
@@ -110,6 +111,9 @@ class PluginSettings:
         ``max_retry_seconds``; give up (state ``failed``) after ``max_retries`` failures.
     forward_tomosynthesis, forward_dose_reports
         Also send Breast Tomosynthesis images / X-Ray Radiation Dose SRs of the study.
+    forward_digitised_film
+        Also send Secondary Capture images with Modality MG (digitised film; the node
+        assesses them only with its ``digitised_film`` setting).
     metadata
         Name (declared in ``UserMetadata``) or index (>= 1024) of the study metadata
         holding the forward state; by default ``"MammoDensity"`` where ``UserMetadata``
@@ -129,6 +133,7 @@ class PluginSettings:
     max_retries: int = 30
     forward_tomosynthesis: bool = False
     forward_dose_reports: bool = False
+    forward_digitised_film: bool = False
     metadata: str = "MammoDensity"
     global_property: int = 9301
     recovery_delay_seconds: float = 60.0
@@ -144,6 +149,7 @@ class PluginSettings:
             "MaxRetries": self.max_retries,
             "ForwardTomosynthesis": self.forward_tomosynthesis,
             "ForwardDoseReports": self.forward_dose_reports,
+            "ForwardDigitisedFilm": self.forward_digitised_film,
             "Metadata": self.metadata,
             "GlobalProperty": self.global_property,
             "RecoveryDelaySeconds": self.recovery_delay_seconds,
@@ -160,6 +166,7 @@ _KEYS = {
     "MaxRetries": ("max_retries", int),
     "ForwardTomosynthesis": ("forward_tomosynthesis", bool),
     "ForwardDoseReports": ("forward_dose_reports", bool),
+    "ForwardDigitisedFilm": ("forward_digitised_film", bool),
     "Metadata": ("metadata", str),
     "GlobalProperty": ("global_property", int),
     "RecoveryDelaySeconds": ("recovery_delay_seconds", float),
@@ -385,22 +392,28 @@ def forwardable_classes(settings: PluginSettings) -> frozenset[str]:
         classes.add(BREAST_TOMOSYNTHESIS)
     if settings.forward_dose_reports:
         classes.add(XRAY_DOSE_SR)
+    if settings.forward_digitised_film:
+        classes.add(SECONDARY_CAPTURE)
     return frozenset(classes)
 
 
 def is_forwardable(sop_class_uid: str, modality: str, settings: PluginSettings) -> bool:
     """Whether an instance goes to the AI node.
 
-    Mammography images (Modality MG, a mammography SOP class) do; the density SR coming
-    back (Comprehensive SR, Modality SR) never does, which is what keeps the routing free
-    of loops. Dose SRs only with ``ForwardDoseReports``.
+    Mammography images (a mammography SOP class, Modality MG or empty: anonymisation
+    often strips it) do; the density SR coming back (Comprehensive SR, Modality SR) never
+    does, which is what keeps the routing free of loops. Dose SRs only with
+    ``ForwardDoseReports``; Secondary Capture only with ``ForwardDigitisedFilm`` and
+    Modality MG.
     """
     sop_class_uid = sop_class_uid.strip()
     if sop_class_uid not in forwardable_classes(settings):
         return False
     if sop_class_uid == XRAY_DOSE_SR:
         return True
-    return modality.strip().upper() == "MG"
+    if sop_class_uid == SECONDARY_CAPTURE:
+        return modality.strip().upper() == "MG"
+    return modality.strip().upper() in ("MG", "")
 
 
 @dataclass(frozen=True)
