@@ -10,8 +10,10 @@ Rules (DESIGN.md, "Study assembly rules"):
 - A study is queued as soon as it is complete (:mod:`mammo_density.study.slots`: all four
   slots hold a For Presentation image); otherwise,
   once ``stable_seconds`` pass without a new instance, it is queued from what it has
-  (``partial=True`` with ``missing_views`` when a slot is empty, but at least one is
-  filled) or marked failed as not assessable (no slot filled).
+  (``partial=True`` with ``missing_views`` when a slot is empty). With no slot filled it
+  is still queued when it holds a patient's image (the result and the SR then say that
+  it is not assessable and why each image was not used); otherwise (nothing, or only
+  quality-control images) it is marked failed as not assessable.
 - The same SOP Instance UID again changes nothing (the file is replaced atomically).
 - A new screening image or dose report for a study already queued or finished re-opens
   it: after ``stable_seconds`` without more, it is queued again as revision + 1, whose
@@ -34,6 +36,7 @@ from mammo_density.job import JobImage, StudyJob
 from mammo_density.logsetup import uid_hash
 from mammo_density.plugin.state import InstanceRow, StateDB
 from mammo_density.result import UnusedImage
+from mammo_density.study.reasons import Reason
 from mammo_density.study.selection import acquisition_key, choose
 from mammo_density.study.slots import SLOTS
 from mammo_density.study.sop import (
@@ -46,7 +49,7 @@ from mammo_density.study.sop import (
     MG_FOR_PROCESSING,
     SOP_KINDS,
 )
-from mammo_density.study.unused import from_note, unused_image
+from mammo_density.study.unused import from_note, unused_image, worth_a_report
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +81,8 @@ def select(rows: Iterable[InstanceRow]) -> Selection:
         if r.sop_uid in passed:
             unused.append(unused_image(r.sop_uid, passed[r.sop_uid], slot=r.slot))
         else:
-            unused.append(from_note(r.sop_uid, r.note))
+            unused.append(from_note(r.sop_uid, r.note, default=Reason.TOMOSYNTHESIS
+                                    if r.kind == KIND_TOMO else Reason.NON_STANDARD_VIEW))
     others = [r for r in rows if r.sop_uid not in used and r.kind != KIND_SR]
     return Selection(images=choice.images, others=others, unused=unused,
                      complete=choice.complete)
@@ -214,7 +218,9 @@ class StudyAssembler:
                         study["last_instance_at"] >= cutoff:
                     continue
                 selection = select(self.db.instances_of(conn, study_uid))
-                if selection.images:
+                if selection.images or worth_a_report(selection.unused):
+                    # nothing usable but a patient's images: the pipeline still reports
+                    # the study as not assessable, with every image's reason, in an SR
                     job = self._queue(conn, study_uid, selection, now)
                 else:
                     self._not_assessable(conn, study, now, selection.unused)

@@ -190,11 +190,25 @@ def test_retake_extra_views_rdsr_and_partial(node):
 
 def test_not_assessable_after_stable_time(node):
     uid = generate_uid()
-    assert send(node, [mg(uid, "L", "XCCL"), rdsr(uid)]) == [0, 0]
+    flat_field = mg(uid, None, None)
+    flat_field.ViewPosition, flat_field.SeriesDescription = "FLATFIELD", "Flat Field Tomo"
+    assert send(node, [flat_field, rdsr(uid)]) == [0, 0]
     node.wait(lambda: node.db.study(uid)["status"] == "failed")
     assert "not assessable" in node.db.study(uid)["last_error"]
-    assert "non_standard_view" in node.db.study(uid)["last_error"]
+    assert "quality_control" in node.db.study(uid)["last_error"]
     assert node.jobs == []
+
+
+def test_no_usable_image_still_goes_to_the_pipeline_with_reasons(node):
+    uid = generate_uid()
+    xccl, stub = mg(uid, "L", "XCCL"), mg(uid, "R", "CC", rows=4, cols=4)
+    assert send(node, [xccl, stub, rdsr(uid)]) == [0, 0, 0]
+    node.wait(lambda: len(node.jobs) == 1)
+    (job,) = node.jobs
+    assert job.images == [] and len(job.other_paths) == 3
+    assert {(u.image, u.reason.value) for u in job.unused_images} == {
+        (uid_hash(xccl.SOPInstanceUID), "non_standard_view"),
+        (uid_hash(stub.SOPInstanceUID), "too_small")}
 
 
 def test_new_image_for_done_study_is_reassessed(node):

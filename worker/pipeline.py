@@ -46,7 +46,7 @@ from mammo_density.result import ModelRef, SRRef, StudyResult, ViewResult
 from mammo_density.study import gate, sop
 from mammo_density.study.reasons import Reason
 from mammo_density.study.slots import SLOTS
-from mammo_density.study.unused import unused_image
+from mammo_density.study.unused import describe, unused_image
 from mammo_density.study.views import view_info
 from mammo_density.worker.combine import combine
 from mammo_density.worker.decode import DecodeError
@@ -397,6 +397,9 @@ class Pipeline:
                             "of implant-bearing breasts is less reliable")
         if not comb.assessable:
             reasons = "; ".join(f"{s}: {r}" for s, r in prepared.failed.items())
+            gated = [u for u in unused if u.reason is not Reason.UNREADABLE]
+            if gated:
+                reasons += ("; " if reasons else "") + "images not used: " + describe(gated)
             warnings.append("not assessable: " + (reasons or "no screening image (R/L CC/MLO)"))
         views = []
         header_by_slot = dict(prepared.headers)

@@ -252,8 +252,6 @@ def summary_text(result: StudyResult, sources: Sequence[Dataset], *,
     views = f"; views used: {', '.join(used) or 'none'}"
     if missing:
         views += f"; missing: {', '.join(missing)}"
-    if result.unused_images:
-        views += f"; images not used: {describe(result.unused_images)}"
     if result.exam is None or not result.assessable:
         reason = "; ".join(result.warnings) if result.warnings else "no usable views"
         text = f"Breast density (AI): not assessable ({reason}){views}"
@@ -266,6 +264,8 @@ def summary_text(result: StudyResult, sources: Sequence[Dataset], *,
                          f"{SIDE_NAMES[side]} not assessed")
         text = (f"Breast density (AI): {exam.category} - {CLASS_TEXT[exam.category]} "
                 f"({', '.join(sides)}); dense: {'yes' if exam.dense else 'no'}")
+        if result.unused_images:  # (a not-assessable result says why in its warnings)
+            views += f"; images not used: {describe(result.unused_images)}"
         if result.partial or missing:
             text += f" (partial study{views})"
         elif result.unused_images:

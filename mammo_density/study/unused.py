@@ -20,14 +20,25 @@ def unused_image(sop_uid: str, reason: Reason, detail: str = "", *, slot: str | 
                        reason=reason, text=sentence(reason, detail))
 
 
-def from_note(sop_uid: str, stored_note: str) -> UnusedImage:
+def from_note(sop_uid: str, stored_note: str, *,
+              default: Reason = Reason.NON_STANDARD_VIEW) -> UnusedImage:
     """The record of an image the gate kept out, from the note the listener stored
     (:func:`mammo_density.study.reasons.note`). Notes written before the reasons were
-    coded read as ``non_standard_view`` with their old text."""
+    coded read as ``default`` with their old text."""
     reason, laterality, view, detail = parse_note(stored_note)
     if reason is None:
-        return unused_image(sop_uid, Reason.NON_STANDARD_VIEW, detail)
+        return unused_image(sop_uid, default, detail)
     return unused_image(sop_uid, reason, detail, laterality=laterality, view=view)
+
+
+#: Images that are no patient's exposure: a study made only of these gets no report.
+NOT_PATIENT_IMAGES = frozenset({Reason.QUALITY_CONTROL})
+
+
+def worth_a_report(images: list[UnusedImage]) -> bool:
+    """Whether a study none of whose images is usable still gets a (not assessable) result
+    and SR: yes when it holds an image of a patient, so that the radiologist sees why."""
+    return any(u.reason not in NOT_PATIENT_IMAGES for u in images)
 
 
 def describe(images: list[UnusedImage]) -> str:
@@ -36,4 +47,4 @@ def describe(images: list[UnusedImage]) -> str:
                      f"{u.reason.value}" for u in images)
 
 
-__all__ = ["describe", "from_note", "unused_image"]
+__all__ = ["NOT_PATIENT_IMAGES", "describe", "from_note", "unused_image", "worth_a_report"]
