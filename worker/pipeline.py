@@ -470,14 +470,7 @@ class Pipeline:
         prepared = self.prepare(job)
         inferred = self.infer(prepared)
         result = self.finish(job, prepared, inferred, started=started)
-        sources = [prepared.headers[s] for s in SLOTS if s in prepared.headers]
-        if not sources and result.unused_images:
-            # nothing used: the SR's evidence is the images looked at and not used, so the
-            # radiologist sees why the study was not assessable
-            sources = [ds for ds in read_headers(job.other_paths)
-                       if str(ds.get("Modality", "")).upper() == "MG"
-                       and not sop.is_structured_report(str(ds.get("SOPClassUID", "")))]
-        return result, sources
+        return result, [prepared.headers[s] for s in SLOTS if s in prepared.headers]
 
     # --- reporting ----------------------------------------------------------------------
     @property
@@ -496,6 +489,17 @@ class Pipeline:
         except Exception:
             log.exception("study %s: state %s failed", uid_hash(job.study_instance_uid), what)
 
+    @staticmethod
+    def sr_sources(job: StudyJob, result: StudyResult,
+                   sources: Sequence[Dataset]) -> list[Dataset]:
+        """The SR's evidence: the images used; with none used, the images looked at and
+        not used, so that the radiologist sees why the study was not assessable."""
+        if sources or not result.unused_images:
+            return list(sources)
+        return [ds for ds in read_headers(job.other_paths)
+                if str(ds.get("Modality", "")).upper() == "MG"
+                and not sop.is_structured_report(str(ds.get("SOPClassUID", "")))]
+
     def report(self, job: StudyJob, result: StudyResult, *,
                sources: Sequence[Dataset] | None = None) -> StudyResult:
         """Screening rules, SR into the outbox, hooks, state: each step on its own."""
@@ -503,6 +507,7 @@ class Pipeline:
         uid = uid_hash(job.study_instance_uid)
         if sources is None:
             sources = read_headers([im.path for im in job.images])
+        sources = self.sr_sources(job, result, sources)
         sources = [ds for ds in sources
                    if str(ds.get("SOPInstanceUID", "")) in {v.sop_instance_uid
                                                             for v in result.views}] or \

@@ -230,7 +230,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             failures += 1
             continue
         if args.sr_out:
-            _write_sr(pipeline, result, sources, args.sr_out)
+            _write_sr(pipeline, result, pipeline.sr_sources(job, result, sources),
+                      args.sr_out)
         result.timings_ms.setdefault("total", (time.perf_counter() - t0) * 1000.0)
         if args.json:
             print(result.model_dump_json(), flush=True)
