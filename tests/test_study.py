@@ -182,3 +182,26 @@ def test_selection_prefers_presentation_then_latest_and_says_why() -> None:
         "proc-new": Reason.FOR_PROCESSING_SUPERSEDED, "pres-old": Reason.RETAKE_SUPERSEDED,
         "same-time-1": Reason.RETAKE_SUPERSEDED}
     assert choice.missing == ["L-MLO"] and not choice.complete
+
+
+def test_training_adapters_can_gate_their_files(tmp_path) -> None:
+    from mammo_density.train.adapters.common import gate_records
+    from mammo_density.train.data import ImageRecord
+
+    records = []
+    for name, (ds, _) in mgdata.gate_cases().items():
+        path = mgdata.write(ds, tmp_path, f"{len(records)}.dcm")
+        records.append(ImageRecord(exam_id="e", patient_id="p", laterality="R", view="CC",
+                                   path=path, density="B", fields={"case": name}))
+    png = ImageRecord(exam_id="e", patient_id="p", laterality="R", view="CC",
+                      path=tmp_path / "x.png", density="B")
+    (tmp_path / "junk.dcm").write_text("junk")
+    junk = ImageRecord(exam_id="e", patient_id="p", laterality="R", view="CC",
+                       path=tmp_path / "junk.dcm", density="B")
+    kept, dropped = gate_records([*records, png, junk])
+    assert [r.fields.get("case") for r in kept] == ["screening", "implants in place", None]
+    expected: dict[str, int] = {"unreadable": 1}
+    for _, reason in mgdata.gate_cases().values():
+        if reason:
+            expected[reason] = expected.get(reason, 0) + 1
+    assert dropped == expected

@@ -6,13 +6,13 @@ true density). Levels (METHOD.md, "Combining the four views"):
 - ``view:<slot>``: each view's network alone.
 - ``breast:R`` / ``breast:L`` / ``breast``: mean of the breast's views' probabilities
   (the method's "right breast" / "left breast" rows); ground truth = the breast's label.
-- ``exam``: the method's "all views" row, by the deployed rule
-  (:mod:`mammo_density.study.exam`, the same functions worker/combine.py uses). Four-class:
-  the denser of the two breasts' classes, P(dense) of the breast that gave the exam its
-  class; dense/non-dense: the mean of the views' P(dense), dense from 0.5.
-  Ground truth = the exam's label (the denser breast).
+- ``exam``: the method's "all views" row, by the deployed exam rule: the functions of
+  :mod:`mammo_density.study.exam`, which worker/combine.py calls too (class and P(dense)
+  per task; ``tests/test_exam_rule.py`` checks both agree). Ground truth = the exam's
+  label (the denser breast).
 
-Class predictions at every level break ties towards the denser class, as deployed.
+Class predictions at every level break ties as the deployed rule does
+(:func:`mammo_density.study.exam.denser_argmax`).
 
 Per level: accuracy, linear-weighted Cohen's kappa, confusion matrix, per-class recall,
 dense/non-dense accuracy and ROC AUC of P(dense), each with a bootstrap 95% interval

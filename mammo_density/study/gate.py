@@ -54,7 +54,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
+import pydicom
 from pydicom.dataset import Dataset
 
 from mammo_density.study import sop
@@ -269,7 +271,18 @@ def screen(ds: Dataset, *, digitised_film: bool = False) -> Verdict:
     return Verdict(kind=kind, slot=info.slot, **common)
 
 
+def screen_file(path: str | Path, *, digitised_film: bool = False) -> Verdict:
+    """:func:`screen` of a DICOM file's header (pixel data not read), for callers that
+    hold files rather than data sets (training adapters). An unreadable file is kept out
+    as ``unreadable``."""
+    try:
+        ds = pydicom.dcmread(str(path), stop_before_pixels=True)
+    except Exception as err:
+        return Verdict(kind=None, reason=Reason.UNREADABLE, detail=type(err).__name__)
+    return screen(ds, digitised_film=digitised_film)
+
+
 __all__ = ["HINT_FIELDS", "MIN_FIELD_MM", "MIN_MATRIX_PX", "MODIFIER_REASONS", "QC_WORDS",
            "SPECIMEN_WORDS", "STEREO_WORDS",
            "SYNTHETIC_2D_WORDS", "Verdict", "implant_present", "is_quality_control",
-           "quality_control_hint", "screen", "size_problem", "spacing_mm"]
+           "quality_control_hint", "screen", "screen_file", "size_problem", "spacing_mm"]

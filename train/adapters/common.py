@@ -53,6 +53,32 @@ def density(value: str) -> str | None:
         return None
 
 
+def gate_records(records: Iterable[ImageRecord], *, digitised_film: bool = False,
+                 ) -> tuple[list[ImageRecord], dict[str, int]]:
+    """The records whose DICOM file passes the screening-image gate
+    (:func:`mammo_density.study.gate.screen_file`: no QA, stereotactic, specimen, stub,
+    spot or magnification images), and how many were dropped per reason code. Files that
+    are not DICOM (``.dcm`` / ``.dicom``) are kept as they are."""
+    from mammo_density.study.gate import screen_file
+
+    kept: list[ImageRecord] = []
+    dropped: dict[str, int] = {}
+    for r in records:
+        if Path(r.path).suffix.lower() not in (".dcm", ".dicom"):
+            kept.append(r)
+            continue
+        verdict = screen_file(r.path, digitised_film=digitised_film)
+        if verdict.slot is None:
+            code = verdict.reason.value if verdict.reason else "not_an_image"
+            dropped[code] = dropped.get(code, 0) + 1
+        else:
+            kept.append(r)
+    if dropped:
+        log.info("screening-image gate dropped %s", ", ".join(
+            f"{n} {code}" for code, n in sorted(dropped.items())))
+    return kept, dropped
+
+
 def finish(records: Iterable[ImageRecord], out_csv: Path, *, name: str,
            extra_columns: tuple[str, ...] = ()) -> list[ImageRecord]:
     """Keep labelled screening images (CC/MLO), write the manifest, log a summary."""
