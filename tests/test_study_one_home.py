@@ -27,6 +27,8 @@ SOP_UIDS = sorted({v for k, v in vars(sop).items()
                    if k.isupper() and isinstance(v, str) and v.startswith("1.2.840.10008.")
                    and not v.endswith(".")})
 VIEW_CODE_VALUES = sorted({v for c in codes.VIEWS.values() for v in c.values})
+OTHER_CODE_VALUES = sorted({v for table in (codes.MODIFIERS, codes.DENSITY, codes.LATERALITY)
+                            for c in table.values() for v in c.values})
 
 
 def _files_with(literal: str) -> list[str]:
@@ -42,6 +44,12 @@ def test_each_sop_class_uid_in_one_place(uid: str) -> None:
 
 @pytest.mark.parametrize("code", VIEW_CODE_VALUES)
 def test_each_view_code_in_one_place(code: str) -> None:
+    found = [f for f in _files_with(code) if f != ORTHANC_COPY]
+    assert found == ["mammo_density/study/codes.py"]
+
+
+@pytest.mark.parametrize("code", OTHER_CODE_VALUES)
+def test_each_modifier_density_and_laterality_code_in_one_place(code: str) -> None:
     found = [f for f in _files_with(code) if f != ORTHANC_COPY]
     assert found == ["mammo_density/study/codes.py"]
 
