@@ -160,11 +160,15 @@ def test_classify_says_why_images_are_not_used(model_dir, tmp_path, capsys, monk
     for reason in names.values():
         assert f"L-CC  {reason}: " in table
 
-    monkeypatch.setenv("MAMMO_DENSITY_DIGITISED_FILM", "true")
-    main(["-q", "classify", str(folder / "film.dcm"), "--json", "--model-dir", str(model_dir)])
+    main(["-q", "classify", str(folder / "film.dcm"), "--json", "--model-dir", str(model_dir),
+          "--digitised-film"])
     (film_result,) = map(StudyResult.model_validate_json, capsys.readouterr().out.splitlines())
     assert film_result.assessable and [v.view for v in film_result.views] == ["CC"]
     assert film_result.unused_images == []
+    monkeypatch.setenv("MAMMO_DENSITY_DIGITISED_FILM", "true")  # the setting does the same
+    main(["-q", "classify", str(folder / "film.dcm"), "--json", "--model-dir", str(model_dir)])
+    (film_result,) = map(StudyResult.model_validate_json, capsys.readouterr().out.splitlines())
+    assert film_result.assessable and film_result.unused_images == []
 
 
 def test_classify_flags_implants_and_leaves_out_implant_displaced_views(model_dir, tmp_path,

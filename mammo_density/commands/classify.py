@@ -45,6 +45,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="write each study's density SR (DICOM) into DIR")
     p.add_argument("--model-dir", metavar="DIR", help="model registry entry to use "
                    "(default: settings.model_dir, else the bundled demo model)")
+    p.add_argument("--digitised-film", action="store_true",
+                   help="assess digitised film (Secondary Capture, Modality MG) too; "
+                   "default: the digitised_film setting (off)")
     p.set_defaults(func=run)
 
 
@@ -203,7 +206,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     from mammo_density.worker.models import ModelError
     from mammo_density.worker.pipeline import Pipeline
 
-    collected = collect_jobs(args.paths, digitised_film=settings.digitised_film)
+    collected = collect_jobs(args.paths, digitised_film=settings.digitised_film
+                             or getattr(args, "digitised_film", False))
     for path, reason in collected.unreadable:
         print(f"mammo-density classify: skipped {path}: {reason}", file=sys.stderr)
     if not collected.jobs:

@@ -13,6 +13,7 @@ module             the rule
 ``reasons``        the coded reasons an image is not used, with their sentences
 ``selection``      which image fills each slot, and the retake order
 ``exam``           the exam combination rule (denser breast; P(dense))
+``unused``         the record of an image not used, the same wherever it is decided
 =================  =====================================================================
 
 The listener, ``classify``, the pipeline, the SR, the dose code, preprocessing and the
