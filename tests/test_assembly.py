@@ -314,3 +314,23 @@ def test_late_dose_report_reopens_own_sr_does_not(env):
     clock.now += 61
     asm.check_stable()
     assert jobs[-1].revision == 2 and dose.path in jobs[-1].other_paths
+
+
+def test_status_says_why_a_study_was_not_assessable(tmp_path, capsys):
+    """`status` shows the reasons of a study whose images were all kept out."""
+    from mammo_density.cli import main
+
+    db = StateDB(tmp_path / "data" / "state.sqlite3")
+    clock = Clock()
+    asm = StudyAssembler(db, [].append, stable_seconds=60, clock=clock)
+    study = generate_uid()
+    qa = inst(study, None)
+    asm.add(NewInstance(**{**qa.__dict__, "note": note(Reason.QUALITY_CONTROL,
+                                                       "header says FLATFIELD")}))
+    clock.now += 61
+    asm.check_stable()
+    db.close()
+    assert main(["-q", "status", "--data-dir", str(tmp_path / "data")]) == 0
+    out = capsys.readouterr().out
+    assert f"failed     {study}" in out
+    assert f"image {uid_hash(qa.sop_uid)} - quality_control: a quality-control image" in out
