@@ -49,7 +49,7 @@ UID_BAD = {0xC004}
 RESEND = {0xC003}
 PATIENT = {0xC005}
 MISSING = {0xC001}
-ROWS, COLS = 64, 48
+ROWS, COLS = 160, 128  # the gate keeps images under 128 px out of the slots
 
 
 def image(study_uid: str, lat: str | None = "R", view: str | None = "CC", **kw) -> Dataset:
