@@ -361,7 +361,8 @@ def _instance(row: sqlite3.Row) -> InstanceRow:
         for_presentation=bool(row["for_presentation"]), acquired=row["acquired"],
         instance_number=row["instance_number"], note=row["note"],
         received_at=row["received_at"], times_received=row["times_received"],
-        identity=row["identity"])
+        # (absent from an older database opened read-only, where nothing is migrated)
+        identity=row["identity"] if "identity" in row.keys() else None)  # noqa: SIM118
 
 
 def _study_dict(row: sqlite3.Row) -> dict[str, Any]:
