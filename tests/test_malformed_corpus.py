@@ -176,6 +176,22 @@ def _rdsr(uid: str) -> Dataset:
     return rdsr(uid)
 
 
+def case_same_uid_dose_report_changed() -> Case:
+    uid = generate_uid()
+    dose = _rdsr(uid)
+    dose.PatientID = "PAT-SECRET-1"
+    changed = copy(dose)
+    changed.ValueType = "TEXT"
+    return Case([image(uid), dose], changed, RESEND)
+
+
+def case_identical_dose_report_resend() -> Case:
+    """Control: an object without pixel data sent again unchanged is fine."""
+    uid = generate_uid()
+    dose = _rdsr(uid)
+    return Case([image(uid), dose], copy(dose), SUCCESS)
+
+
 def case_bits_allocated_8_holding_16() -> Case:
     ds = image(generate_uid())
     ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
