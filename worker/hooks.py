@@ -20,7 +20,8 @@ processes never deliver the same row at the same time; a process killed mid-deli
 leaves the row to be retried after the lease, which is why receivers de-duplicate on the
 event id.
 
-The payload is the result JSON (density, dose, recommendations, model, study UIDs) plus
+The payload is the result JSON (density, dose, recommendations, model, study UIDs), with
+the MQSA report sentence as ``mqsa_sentence`` beside each category (exam and breasts), plus
 ``event_id`` (sha256 of study UID, revision and model sha256: stable across retries and
 re-runs), ``event_time`` (UTC, when dispatched) and ``schema``. Patient identifiers are
 added under ``patient`` only when ``settings.hooks_include_patient_ids`` is true.
@@ -45,6 +46,7 @@ from typing import Any
 
 from mammo_density.logsetup import uid_hash
 from mammo_density.result import StudyResult
+from mammo_density.wording import payload_wording
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +86,7 @@ def event_id(result: StudyResult) -> str:
 def build_payload(result: StudyResult, settings: Any, *,
                   patient: dict | None = None) -> dict[str, Any]:
     """The JSON document every hook receives."""
-    payload: dict[str, Any] = result.model_dump(mode="json")
+    payload: dict[str, Any] = payload_wording(result.model_dump(mode="json"))
     payload["schema"] = PAYLOAD_SCHEMA
     payload["event_id"] = event_id(result)
     payload["event_time"] = datetime.now(UTC).isoformat(timespec="seconds")
