@@ -186,6 +186,9 @@ class Settings(BaseSettings):
         "address); 0 = not configured: @caller deliveries are recorded as skipped",
     )
     comprehensive_3d_sr: bool = Field(False, description="write Comprehensive 3D SR instead")
+    sr_summary_image: bool = Field(
+        True, description="also send a summary image (Secondary Capture) of the result to "
+        "the SR destinations, in the same study")
 
     # --- hooks ------------------------------------------------------------------------
     hooks: CommaList = Field(

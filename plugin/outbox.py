@@ -1,5 +1,9 @@
 """The persistent SR outbox: write the SR first, then deliver it, retrying until it lands.
 
+It carries every object the node writes back to the PACS: the density SR and the summary
+image (a Secondary Capture, docs/sr.md) go through the same rows, retries and rules; each
+object's kind is its Modality (``SR``, ``OT``), and supersession works per kind.
+
 Layout under the data directory::
 
     outbox/<SOPInstanceUID>.dcm       SRs not yet delivered everywhere (and, with no
@@ -22,10 +26,12 @@ Rules:
   shows them with their last error.
 - Supersession: an SR of a newer revision of the same study (a different
   SOPInstanceUID; the revision is the SR's InstanceNumber) supersedes the older SR's
-  *undelivered* rows: the older one is not sent any more, because it would put an
-  outdated result beside the current one in the PACS. SRs already delivered stay
-  delivered (an SR cannot be recalled). An SR that arrives after a newer one of the same
-  study is written to disk but recorded as superseded straight away.
+  *undelivered* rows (an object supersedes only objects of its own kind: the summary
+  image of a revision never stops that revision's SR): the older one is not sent any
+  more, because it would put an outdated result beside the current one in the PACS.
+  SRs already delivered stay delivered (an SR cannot be recalled). An SR that arrives
+  after a newer one of the same study is written to disk but recorded as superseded
+  straight away.
 - ``@caller`` sends back to the AE that sent the study: its AE title and peer address
   come with the job, the port from ``settings.caller_port``. Without a port (or an
   unknown caller) the row is recorded as ``skipped`` with the reason, shown by ``status``.
@@ -70,7 +76,8 @@ CREATE TABLE IF NOT EXISTS srs (
     path         TEXT NOT NULL,
     calling_aet  TEXT NOT NULL DEFAULT '',
     peer_host    TEXT NOT NULL DEFAULT '',
-    created_at   REAL NOT NULL
+    created_at   REAL NOT NULL,
+    kind         TEXT NOT NULL DEFAULT 'SR'
 );
 CREATE INDEX IF NOT EXISTS srs_study ON srs(study_uid);
 CREATE TABLE IF NOT EXISTS deliveries (
@@ -127,6 +134,9 @@ class Outbox:
         self._lock = threading.Lock()  # one deliver_due at a time per instance
         with self._connect() as db:
             db.executescript(_SCHEMA)
+            columns = {r["name"] for r in db.execute("PRAGMA table_info(srs)")}
+            if "kind" not in columns:  # an outbox written before the summary image
+                db.execute("ALTER TABLE srs ADD COLUMN kind TEXT NOT NULL DEFAULT 'SR'")
 
     # --- database -------------------------------------------------------------------
     @contextmanager
@@ -185,6 +195,7 @@ class Outbox:
         if str(sr.get("StudyInstanceUID", study_uid)) != study_uid:
             raise ValueError("enqueue: study_uid differs from the SR's StudyInstanceUID")
         revision = int(sr.get("InstanceNumber", 1) or 1)
+        kind = str(sr.get("Modality", "") or "SR").upper()
         with self._connect() as db:
             known = db.execute("SELECT path FROM srs WHERE sop_uid = ?", (sop_uid,)).fetchone()
         if known is not None:
@@ -202,14 +213,14 @@ class Outbox:
         with self._transaction() as db:
             db.execute(
                 "INSERT INTO srs (sop_uid, study_uid, series_uid, revision, path, calling_aet,"
-                " peer_host, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                " peer_host, created_at, kind) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT(sop_uid) DO UPDATE SET path = excluded.path",
                 (sop_uid, study_uid, str(sr.get("SeriesInstanceUID", "")), revision, str(path),
-                 calling_aet, peer_host, now),
+                 calling_aet, peer_host, now, kind),
             )
             newer = db.execute(
-                "SELECT 1 FROM srs WHERE study_uid = ? AND sop_uid != ? AND revision > ?"
-                " LIMIT 1", (study_uid, sop_uid, revision),
+                "SELECT 1 FROM srs WHERE study_uid = ? AND kind = ? AND sop_uid != ?"
+                " AND revision > ? LIMIT 1", (study_uid, kind, sop_uid, revision),
             ).fetchone()
             for t in targets:
                 status, error = PENDING, ""
@@ -227,10 +238,10 @@ class Outbox:
             if newer is None:
                 superseded = db.execute(
                     "UPDATE deliveries SET status = ?, last_error = ? WHERE status = ? AND"
-                    " sop_uid IN (SELECT sop_uid FROM srs WHERE study_uid = ? AND sop_uid != ?"
-                    " AND revision <= ?)",
+                    " sop_uid IN (SELECT sop_uid FROM srs WHERE study_uid = ? AND kind = ?"
+                    " AND sop_uid != ? AND revision <= ?)",
                     (SUPERSEDED, "superseded by a newer SR of the study", PENDING, study_uid,
-                     sop_uid, revision),
+                     kind, sop_uid, revision),
                 ).rowcount
                 if superseded:
                     log.info("superseded %d older SR deliveries", superseded,

@@ -222,6 +222,10 @@ def _header_copy(src: Dataset) -> Dataset:
     return hdr
 
 
+#: The header of a source image as the report objects copy it (SR and summary image).
+source_header = _header_copy
+
+
 def _library_copy(hdr: Dataset) -> Dataset:
     """The header as the image library sees it.
 
@@ -656,5 +660,14 @@ def read_density_sr(ds: Dataset) -> dict[str, Any]:
     return out
 
 
-__all__ = ["build_density_sr", "is_demo", "model_identity", "read_density_sr",
-           "series_description", "sr_uids", "summary_text", "warm_up"]
+__all__ = [
+    "build_density_sr",
+    "is_demo",
+    "model_identity",
+    "read_density_sr",
+    "series_description",
+    "source_header",
+    "sr_uids",
+    "summary_text",
+    "warm_up",
+]
