@@ -200,6 +200,11 @@ class Settings(BaseSettings):
     webhook_timeout: float = Field(10.0, gt=0)
     registry_url: str = Field("", description="dose registry database; empty = SQLite in data_dir")
     hooks_include_patient_ids: bool = False
+    fhir_url: str = Field(
+        "", description="FHIR server base URL: each result is POSTed there as a transaction "
+        "Bundle of Observations (hook 'fhir'); empty = off")
+    fhir_token: SecretStr = Field(SecretStr(""), description="bearer token for fhir_url")
+    fhir_timeout: float = Field(10.0, gt=0, description="network timeout of one FHIR POST, s")
     dose_reference_mgy: float = Field(
         2.5, gt=0, description="AGD reference level (mGy) at 45 mm compressed thickness"
     )
@@ -273,7 +278,7 @@ class Settings(BaseSettings):
             value = getattr(self, name)
             if isinstance(value, SecretStr):
                 value = "***" if value.get_secret_value() else ""
-            elif name in {"broker_url", "registry_url", "webhook_url"}:
+            elif name in {"broker_url", "registry_url", "webhook_url", "fhir_url"}:
                 value = mask_url(value)
             elif isinstance(value, Path):
                 value = str(value)

@@ -50,6 +50,20 @@ def views_note(used: Sequence[str], missing: Sequence[str]) -> str:
     return f"Views used: {', '.join(used) or 'none'}; missing: {', '.join(missing)}."
 
 
+def reasons(warnings: Iterable[str], *, assessable: bool) -> list[str]:
+    """Why a study (or some of its images) could not be assessed, from a result's
+    warnings: all of them for a study not assessable, else the images not used."""
+    out = []
+    for w in warnings:
+        if NOT_FOR_CLINICAL_USE.lower() in w.lower():
+            continue  # said once, at the end of the sentence
+        if w.startswith("not assessable: "):
+            w = w[len("not assessable: "):]
+        if not assessable or "not used" in w:
+            out.append(w)
+    return out
+
+
 def report_sentence(*, category: str | None, sides: dict[str, str | None], dense: bool | None,
                     used: Sequence[str] = (), missing: Sequence[str] = (),
                     reasons: Iterable[str] = (), not_for_clinical_use: bool = False) -> str:
@@ -108,5 +122,5 @@ def payload_wording(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 __all__ = ["CLASS_NAMES", "MQSA_SENTENCES", "NOT_FOR_CLINICAL_USE", "SIDE_NAMES",
-           "category_line", "payload_wording", "probability_label", "report_sentence",
-           "views_note"]
+           "category_line", "payload_wording", "probability_label", "reasons",
+           "report_sentence", "views_note"]

@@ -3,12 +3,13 @@
 A hook is a Python callable ``hook(payload: dict) -> None``. Hooks that also take a
 ``settings`` keyword (the built-ins do) get the node's settings. A hook is named
 
-- by an entry point in the group ``mammo_density.hooks`` (built in: ``webhook``,
+- by an entry point in the group ``mammo_density.hooks`` (built in: ``webhook``, ``fhir``,
   ``registry``; a site package can add its own), or
 - as ``module:callable`` in ``settings.hooks``.
 
 Active hooks: ``registry`` (unless ``settings.registry_enabled`` is false), ``webhook``
-(when ``settings.webhook_url`` is set), and every name in ``settings.hooks``.
+(when ``settings.webhook_url`` is set), ``fhir`` (FHIR Observations, when
+``settings.fhir_url`` is set) and every name in ``settings.hooks``.
 
 :func:`dispatch` writes one row per hook and event into an SQLite queue under
 ``data_dir`` (``hooks.sqlite3``, WAL) and returns at once: it never raises into the
@@ -106,6 +107,9 @@ def _builtin(name: str) -> Hook | None:
     if name == "registry":
         from mammo_density.worker.registry import registry_hook
         return registry_hook
+    if name == "fhir":
+        from mammo_density.worker.fhir import fhir_hook
+        return fhir_hook
     return None
 
 
@@ -139,6 +143,8 @@ def active_hooks(settings: Any) -> list[str]:
         names.append("registry")
     if getattr(settings, "webhook_url", ""):
         names.append("webhook")
+    if getattr(settings, "fhir_url", ""):
+        names.append("fhir")
     for name in getattr(settings, "hooks", []) or []:
         if name not in names:
             names.append(name)

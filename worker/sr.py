@@ -81,6 +81,7 @@ from mammo_density.wording import (
     CLASS_NAMES,
     NOT_FOR_CLINICAL_USE,
     probability_label,
+    reasons,
     report_sentence,
 )
 
@@ -280,19 +281,6 @@ def _slot_names(result: StudyResult, sources: Sequence[Dataset]) -> list[str]:
     return [s for s in SLOTS if s in slots]
 
 
-def _reasons(result: StudyResult) -> list[str]:
-    """Why a study (or some of its images) could not be assessed, from its warnings."""
-    out = []
-    for w in result.warnings:
-        if NOT_FOR_CLINICAL_USE.lower() in w.lower():
-            continue  # said once, at the end of the sentence
-        if w.startswith("not assessable: "):
-            w = w[len("not assessable: "):]
-        if not result.assessable or result.exam is None or "not used" in w:
-            out.append(w)
-    return out
-
-
 def summary_text(result: StudyResult, sources: Sequence[Dataset], *,
                  not_for_clinical_use: bool = False) -> str:
     """The readable sentence that opens the overall group (also on the summary image)."""
@@ -306,7 +294,8 @@ def summary_text(result: StudyResult, sources: Sequence[Dataset], *,
         sides={side: (b.category if (b := result.breasts.get(side)) else None)
                for side in ("R", "L")},
         dense=exam.dense if exam else None,
-        used=used, missing=missing, reasons=_reasons(result),
+        used=used, missing=missing,
+        reasons=reasons(result.warnings, assessable=assessable),
         not_for_clinical_use=not_for_clinical_use)
 
 
