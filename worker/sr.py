@@ -348,7 +348,7 @@ def _add_laterality_and_view(report: MeasurementReport, headers: dict[str, Datas
 
 def build_density_sr(result: StudyResult, sources: Sequence[Dataset], manifest: ModelManifest,
                      *, comprehensive_3d: bool = False) -> Dataset:
-    """Build the density SR of one study (SR.md).
+    """Build the density SR of one study (docs/sr.md).
 
     Parameters
     ----------

@@ -47,7 +47,7 @@ _VIEW_POSITIONS = frozenset({"CC", "MLO", "ML", "LM", "LMO", "XCCL", "XCCM", "XC
                              "SIO", "ISO", "RL", "RM", "AT", "CV"})
 _MODIFIED_POSITIONS = frozenset({"RL", "RM", "AT", "CV"})
 
-# SR codes (SR.md).
+# SR codes (docs/sr.md).
 CODE_REPORT = "126000"              # Imaging Measurement Report (DCM)
 CODE_BREAST_COMPOSITION = "129715009"  # SCT
 CODE_FINDING = "121071"             # DCM, TEXT summary line
