@@ -139,6 +139,21 @@ def test_not_assessable_and_partial_studies_render(tmp_path: Path) -> None:
         build_summary_image(partial, [], man)
 
 
+def test_thumbnails_travel_with_the_prepared_payload() -> None:
+    """CPU host -> GPU host -> report host: the summary image's thumbnails go along."""
+    from mammo_density.worker.pipeline import THUMBNAIL, Prepared, thumbnail
+
+    views = _views()
+    prepared = Prepared(study_instance_uid="1.2.3",
+                        thumbnails={s: thumbnail(a) for s, a in views.items()})
+    assert prepared.thumbnails["R-CC"].shape == (THUMBNAIL, THUMBNAIL)
+    payload = prepared.to_payload()
+    payload["arrays"] = {}  # what the inference task passes on
+    back = Prepared.from_payload(payload)
+    assert set(back.thumbnails) == set(views)
+    assert all(np.array_equal(back.thumbnails[s], prepared.thumbnails[s]) for s in views)
+
+
 def _settings(tmp_path: Path, destinations: list[str]):
     return load_settings(data_dir=tmp_path / "data", sr_destinations=destinations,
                          sr_retry_base_seconds=0.2, sr_retry_max_seconds=1.0,
