@@ -101,6 +101,10 @@ CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(status, next_try);
 """
 
 PENDING, DELIVERED, SKIPPED, SUPERSEDED = "pending", "delivered", "skipped", "superseded"
+#: Set by ``enqueue``: a delivery loop in the same process starts its next round at once
+#: instead of at its next tick (the SR and then the summary image go out as soon as each
+#: is written; enqueues from other processes are seen at the tick).
+_WORK = threading.Event()
 _CLAIM_SECONDS = 300.0  # a claimed row is not picked up again for this long (crash guard)
 
 
@@ -248,6 +252,7 @@ class Outbox:
                              extra={"study": uid_hash(study_uid)})
         log.info("SR enqueued for %d destination(s)", len(targets),
                  extra={"study": uid_hash(study_uid), "sr": uid_hash(sop_uid)})
+        _WORK.set()
         self._maybe_retire(sop_uid)
         return self._path_of(sop_uid) or path
 
@@ -261,14 +266,16 @@ class Outbox:
             return delivered
 
     def run_forever(self, stop: threading.Event, interval: float = 1.0) -> None:
-        """Deliver due SRs every ``interval`` seconds until ``stop`` is set."""
+        """Deliver due SRs every ``interval`` seconds, and at once after an ``enqueue`` in
+        this process, until ``stop`` is set (seen within ``interval``)."""
         log.info("SR outbox running (%d destination(s))", len(self.settings.sr_destinations))
         while not stop.is_set():
+            _WORK.clear()
             try:
                 self.deliver_due()
             except Exception:  # never let the loop die; the rows stay on disk
                 log.exception("SR outbox loop error")
-            stop.wait(interval)
+            _WORK.wait(interval)  # a tick, or sooner when something was enqueued
 
     def pending(self, limit: int = 200) -> list[dict[str, Any]]:
         """Undelivered SR deliveries (pending, or skipped with a reason), oldest first."""

@@ -7,6 +7,7 @@ network call has a timeout.
 
 from __future__ import annotations
 
+import copy
 import logging
 
 from pydicom.dataset import Dataset
@@ -42,6 +43,10 @@ def c_store(ds: Dataset, *, ae_title: str, host: str, port: int, calling_aet: st
     ae.dimse_timeout = timeout
     ae.network_timeout = timeout
     ae.connection_timeout = timeout
+    native = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    compressed = native is not None and native.is_compressed
+    if compressed:  # e.g. the JPEG summary image: as it is, else decompressed below
+        ae.add_requested_context(ds.SOPClassUID, [native])
     ae.add_requested_context(ds.SOPClassUID, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
     assoc = ae.associate(host, port, ae_title=ae_title)
     if not assoc.is_established:
@@ -54,6 +59,10 @@ def c_store(ds: Dataset, *, ae_title: str, host: str, port: int, calling_aet: st
         if not assoc.accepted_contexts:
             raise DeliveryError(f"{where} accepts no presentation context for SOP class "
                                 f"{ds.SOPClassUID}")
+        if compressed and not any(c.transfer_syntax[0] == native
+                                  for c in assoc.accepted_contexts):
+            ds = copy.deepcopy(ds)
+            ds.decompress()  # the peer takes only uncompressed data
         status = assoc.send_c_store(ds)
     finally:
         if assoc.is_established:

@@ -241,3 +241,22 @@ def test_sr_and_summary_image_land_once_in_orthanc_across_pacs_down_and_restart(
     assert _red_pixels(png) > 20000  # NOT FOR CLINICAL USE made it through
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "orthanc-preview.png").write_bytes(preview.content)
+
+
+def test_a_pacs_without_jpeg_gets_the_summary_image_uncompressed(tmp_path: Path,
+                                                                 orthanc_factory) -> None:
+    """The JPEG summary image is offered as it is and uncompressed; a PACS that takes only
+    uncompressed data gets it decompressed."""
+    from mammo_density.plugin.send import c_store
+
+    server = orthanc_factory(extra={"JpegTransferSyntaxAccepted": False}, name="nojpeg")
+    _, _, _, sc = _build()
+    assert sc.file_meta.TransferSyntaxUID.is_compressed
+    note = c_store(sc, ae_title=server.aet, host="127.0.0.1", port=server.dicom_port,
+                   calling_aet="MAMMODENSITY", timeout=10)
+    assert note == "0x0000"
+    oid = server.find_study(sc.StudyInstanceUID)
+    [inst] = server.get(f"/studies/{oid}/instances").json()
+    syntax = server.get(f"/instances/{inst['ID']}/metadata/TransferSyntax").text.strip()
+    assert syntax == "1.2.840.10008.1.2.1"  # Explicit VR Little Endian
+    assert sc.file_meta.TransferSyntaxUID.is_compressed  # the caller's object is untouched
