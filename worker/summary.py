@@ -193,7 +193,7 @@ def _watermark_mask(size: tuple[int, int]) -> Image.Image:
     probe = ImageDraw.Draw(Image.new("L", (1, 1)))
     w = int(probe.textlength(NOT_FOR_CLINICAL_USE, font=font))
     text = Image.new("L", (w + 40, 150), 0)
-    ImageDraw.Draw(text).text((20, 10), NOT_FOR_CLINICAL_USE, font=font, fill=150)
+    ImageDraw.Draw(text).text((20, 10), NOT_FOR_CLINICAL_USE, font=font, fill=120)
     text = text.rotate(28, expand=True, resample=Image.Resampling.BICUBIC)
     mask = Image.new("L", size, 0)
     mask.paste(text, ((size[0] - text.width) // 2, (size[1] - text.height) // 2))
