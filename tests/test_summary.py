@@ -135,6 +135,11 @@ def test_not_assessable_and_partial_studies_render(tmp_path: Path) -> None:
     assert not sc.SeriesDescription.startswith("NOT FOR CLINICAL USE")
     _, _, partial, sc2 = _build(demo=False, slots=("L-CC", "L-MLO"))
     assert "Partial study. Views used: L-CC, L-MLO; missing: R-CC, R-MLO." in sc2.ImageComments
+    from mammo_density.worker.summary import _view_notes
+
+    notes = _view_notes(partial, {"L-CC", "L-MLO"})
+    assert notes["R-CC"] == "missing from the study"
+    assert notes["L-CC"] == "used (no thumbnail at hand)"
     with pytest.raises(ValueError, match="sources"):
         build_summary_image(partial, [], man)
 

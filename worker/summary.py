@@ -326,8 +326,7 @@ def _view_notes(result: StudyResult, used: set[str]) -> dict[str, str]:
     for slot in result.missing_views:
         notes.setdefault(slot, "missing from the study")
     for slot in SLOTS:
-        if slot not in used:
-            notes.setdefault(slot, "not used")
+        notes.setdefault(slot, "used (no thumbnail at hand)" if slot in used else "not used")
     return notes
 
 
