@@ -43,11 +43,17 @@ def category_line(category: str) -> str:
     return f"BI-RADS {category}. {MQSA_SENTENCES[category]}"
 
 
-def views_note(used: Sequence[str], missing: Sequence[str]) -> str:
-    """``"Views used: R-CC, R-MLO; missing: L-CC, L-MLO."`` (empty when nothing is missing)."""
-    if not missing:
+def views_note(used: Sequence[str], missing: Sequence[str], not_used: str = "") -> str:
+    """``"Views used: R-CC, R-MLO; missing: L-CC, L-MLO."``, with ``; images not used:
+    <not_used>`` when some were left out; empty when nothing is missing or left out."""
+    if not missing and not not_used:
         return ""
-    return f"Views used: {', '.join(used) or 'none'}; missing: {', '.join(missing)}."
+    text = f"Views used: {', '.join(used) or 'none'}"
+    if missing:
+        text += f"; missing: {', '.join(missing)}"
+    if not_used:
+        text += f"; images not used: {not_used}"
+    return text + "."
 
 
 def reasons(warnings: Iterable[str], *, assessable: bool) -> list[str]:
@@ -66,7 +72,8 @@ def reasons(warnings: Iterable[str], *, assessable: bool) -> list[str]:
 
 def report_sentence(*, category: str | None, sides: dict[str, str | None], dense: bool | None,
                     used: Sequence[str] = (), missing: Sequence[str] = (),
-                    reasons: Iterable[str] = (), not_for_clinical_use: bool = False) -> str:
+                    not_used: str = "", reasons: Iterable[str] = (),
+                    not_for_clinical_use: bool = False) -> str:
     """The readable sentence of a result, category first.
 
     ``"BI-RADS breast density (AI): C. The breasts are heterogeneously dense, which may
@@ -84,6 +91,8 @@ def report_sentence(*, category: str | None, sides: dict[str, str | None], dense
         The dense flag (None when not assessable).
     used, missing
         Screening slots used and missing ("R-CC", ...).
+    not_used
+        Images left out and why, one line (``R-CC spot_compression; L-MLO too_small``).
     reasons
         Why the study (or a view) could not be assessed.
     """
@@ -102,9 +111,9 @@ def report_sentence(*, category: str | None, sides: dict[str, str | None], dense
         parts.append(", ".join(side_text) + ".")
         if dense is not None:
             parts.append(f"Dense: {'yes' if dense else 'no'}.")
-    note = views_note(used, missing)
+    note = views_note(used, missing, not_used)
     if note:
-        parts.append(("Partial study. " if category is not None else "") + note)
+        parts.append(("Partial study. " if category is not None and missing else "") + note)
     if not_for_clinical_use:
         parts.append(f"{NOT_FOR_CLINICAL_USE} (demo model).")
     return " ".join(parts)

@@ -14,7 +14,8 @@ and one for the exam:
 - ``derivedFrom`` = the ImagingStudy, by identifier (``urn:dicom:uid`` /
   ``urn:oid:<StudyInstanceUID>``); ``device`` = the model, a contained Device with its
   name and version; ``note`` = the readable sentence (with NOT FOR CLINICAL USE for
-  demo models); ``subject`` only when ``hooks_include_patient_ids`` gives a PatientID.
+  demo models). No ``subject``: hook payloads carry no patient identifiers; the receiver
+  finds the patient through the ImagingStudy.
 
 Each entry is a conditional create (``ifNoneExist`` on the Observation's identifier,
 built from the event id), so a delivery repeated after a crash creates nothing new on a
@@ -36,6 +37,7 @@ from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.observation import Observation
 
 from mammo_density import __version__
+from mammo_density.study import codes
 from mammo_density.wording import (
     MQSA_SENTENCES,
     NOT_FOR_CLINICAL_USE,
@@ -57,13 +59,8 @@ IDENTIFIER_SYSTEM = "urn:mammo-density:observation"
 _NAMESPACE = uuid.UUID("0e8f4a52-6c0b-4e53-9a0e-6d616d6d6f64")
 
 BREAST_COMPOSITION = {"system": SNOMED, "code": "129715009", "display": "Breast composition"}
-CLASS_CODINGS = {
-    "A": {"system": SNOMED, "code": "129716005", "display": "Almost entirely fat"},
-    "B": {"system": SNOMED, "code": "129717001",
-          "display": "Scattered fibroglandular densities"},
-    "C": {"system": SNOMED, "code": "129718006", "display": "Heterogeneously dense"},
-    "D": {"system": SNOMED, "code": "129719003", "display": "Extremely dense"},
-}
+CLASS_CODINGS = {cat: {"system": SNOMED, "code": c.sct, "display": c.meaning}
+                 for cat, c in codes.DENSITY.items()}  # CID 6000
 BODY_SITES = {
     "R": {"system": SNOMED, "code": "73056007", "display": "Right breast structure"},
     "L": {"system": SNOMED, "code": "80248007", "display": "Left breast structure"},
@@ -123,7 +120,6 @@ def observation_resources(payload: dict[str, Any]) -> list[dict[str, Any]]:
                                  "value": str(model["sha256"])}]
     if model.get("not_for_clinical_use"):
         device["note"] = [{"text": f"{NOT_FOR_CLINICAL_USE}: demo model"}]
-    patient = (payload.get("patient") or {}).get("PatientID")
     base: dict[str, Any] = {
         "resourceType": "Observation",
         "status": "preliminary",
@@ -139,8 +135,6 @@ def observation_resources(payload: dict[str, Any]) -> list[dict[str, Any]]:
                               f"{model.get('version') or ''}".strip()},
         "note": [{"text": sentence}],
     }
-    if patient:
-        base["subject"] = {"identifier": {"value": str(patient)}}
     if effective := _date(payload.get("study_date")):
         base["effectiveDateTime"] = effective
     if payload.get("event_time"):

@@ -1,7 +1,7 @@
 """The summary image: the density result as a picture any viewer shows (docs/sr.md).
 
-A DICOM Secondary Capture (``1.2.840.10008.5.1.4.1.1.7``, built with highdicom's
-``SCImage``) in the study of the mammograms, in its own series after the SR's:
+A DICOM Secondary Capture (:data:`mammo_density.study.sop.SECONDARY_CAPTURE`, built
+with highdicom's ``SCImage``) in the study of the mammograms, in its own series after the SR's:
 ConversionType WSD (workstation), Modality OT (never MG: the Orthanc plugin routes MG
 images to the AI node), BurnedInAnnotation YES, SourceImageSequence naming the images
 used, SeriesDate/SeriesTime and ContentDate/ContentTime set, and for a model that is not
@@ -41,7 +41,9 @@ from mammo_density import __version__
 from mammo_density.logsetup import uid_hash
 from mammo_density.manifest import ModelManifest
 from mammo_density.result import BIRADS, StudyResult
-from mammo_density.views import SLOTS, view_info
+from mammo_density.study import sop
+from mammo_density.study.slots import SLOTS
+from mammo_density.study.views import view_info
 from mammo_density.wording import (
     CLASS_NAMES,
     MQSA_SENTENCES,
@@ -59,7 +61,7 @@ from mammo_density.worker.sr import (
 
 log = logging.getLogger(__name__)
 
-SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+SECONDARY_CAPTURE = sop.SECONDARY_CAPTURE
 SERIES_NUMBER = 9902  # after the SR's 9901
 SERIES_DESCRIPTION = "AI breast density summary"
 WIDTH, HEIGHT = 1280, 960
@@ -428,7 +430,7 @@ def warm_up() -> float:
     start = time.perf_counter()
     study = generate_uid(entropy_srcs=[_UID_NAMESPACE, "warm-up"])
     ds = Dataset()
-    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1.2"
+    ds.SOPClassUID = sop.MG_FOR_PRESENTATION
     ds.SOPInstanceUID = generate_uid(entropy_srcs=[study, "R-CC"])
     ds.StudyInstanceUID = study
     ds.SeriesInstanceUID = generate_uid(entropy_srcs=[study, "series"])
