@@ -225,8 +225,9 @@ def make_studies(work: Path, count: int, seed: int) -> list[list[Path]]:
     return [sorted(Path(im.path) for im in rec.images) for rec in records]
 
 
-def pacs_srs(folder: Path) -> dict[str, list[tuple[str, float]]]:
-    """Study UID -> [(SR SOP Instance UID, file time)] of everything the PACS received."""
+def pacs_srs(folder: Path, modality: str = "SR") -> dict[str, list[tuple[str, float]]]:
+    """Study UID -> [(SOP Instance UID, file time)] of the objects of ``modality`` the PACS
+    received (SR: the density reports; OT: the summary images sent beside them)."""
     out: dict[str, list[tuple[str, float]]] = {}
     for path in folder.iterdir():
         if not path.is_file():
@@ -234,6 +235,8 @@ def pacs_srs(folder: Path) -> dict[str, list[tuple[str, float]]]:
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
         except Exception:
+            continue
+        if str(ds.get("Modality", "")) != modality:
             continue
         out.setdefault(str(ds.StudyInstanceUID), []).append(
             (str(ds.SOPInstanceUID), path.stat().st_mtime))
@@ -364,6 +367,14 @@ def run(args: argparse.Namespace) -> dict:
         node.stop_all()
 
     got = pacs_srs(node.pacs_dir)
+    others = {}
+    for path in node.pacs_dir.iterdir():
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except Exception:
+            continue
+        if str(ds.get("Modality", "")) != "SR":
+            others.setdefault(str(ds.StudyInstanceUID), []).append(str(ds.SOPInstanceUID))
     states = state_of(node)
     rows = []
     for s in studies:
@@ -375,7 +386,9 @@ def run(args: argparse.Namespace) -> dict:
         ok = (len(srs) == 1 and row.get("status") == "done" and row.get("revision") == 1
               and result.get("partial") is False and delay is not None and delay <= bound)
         rows.append({"phase": s.phase, "study": s.uid[-12:], "srs_at_pacs": len(srs),
-                     "distinct_srs": len({u for u, _ in srs}), "status": row.get("status"),
+                     "distinct_srs": len({u for u, _ in srs}),
+                     "other_objects_at_pacs": len(others.get(s.uid, [])),
+                     "status": row.get("status"),
                      "revision": row.get("revision"), "partial": result.get("partial"),
                      "sr_after_recovery_s": None if delay is None else round(delay, 1),
                      "ok": ok})
