@@ -13,7 +13,7 @@ from pydicom.uid import generate_uid
 from mammo_density.dicom_values import clean_dataset, clean_value, invalid_uids
 from mammo_density.result import BreastResult, ExamResult, StudyResult
 from mammo_density.views import view_info
-from mammo_density.worker.sr import build_density_sr
+from mammo_density.worker.sr import build_density_sr, read_density_sr
 from tests import srdata
 from tests.services import dciodvfy, dsrdump, require_testdata
 
@@ -126,6 +126,9 @@ def test_sr_from_an_adversarial_header(tmp_path):
     assert back.PatientAge == "732M" and back.StudyDate == "20260101"
     assert len(str(back.PatientName)) == 64 and back.StudyTime in (None, "")
     assert src.PatientAge == "732.0m"  # the caller's dataset is not changed
+    # a low-confidence exam says so in the SR's text line
+    text = read_density_sr(back)["text"]
+    assert "Low confidence, review the images: L-CC: tiny image (1x2 pixels)" in text
     # a source whose identity is not a UID gets no SR at all (and never a file name)
     bad = srdata.mg_image(study, "L-CC")
     bad.SOPInstanceUID = "../../../tmp/x"

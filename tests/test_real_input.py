@@ -231,3 +231,39 @@ def test_quality_flags():
     stub = mg_dataset(np.array([[100, 4000]], dtype=np.uint16))
     _, info = preprocess_dataset(stub, SIZE)
     assert any(f.startswith("tiny image (1x2") for f in info.flags)
+
+
+def test_mislabelled_stream_error_names_the_real_sizes(tmp_path):
+    """A frame labelled JPEG Lossless holding a JPEG 2000 image of another size: the
+    error quotes the image's and the header's full sizes, not the reduced ones."""
+    from pydicom.uid import UID
+
+    from mammo_density.worker.decode import DecodeError
+    from tests.mg_images import encode, write
+
+    ds = encode(mg_dataset(breast_image(512, 416, seed=23)), "j2k")
+    ds.Rows, ds.Columns = 287, 240
+    ds.file_meta.TransferSyntaxUID = UID("1.2.840.10008.1.2.4.70")
+    ds = pydicom.dcmread(write(ds, tmp_path / "mislabelled.dcm"))
+    with pytest.raises(DecodeError) as err:
+        preprocess_dataset(ds, 64)  # a reduced decode would be 128x104 / 72x60
+    assert "512x416" in str(err.value) and "287x240" in str(err.value)
+    assert "128x104" not in str(err.value) and "72x60" not in str(err.value)
+
+
+def test_third_party_warnings_go_to_the_log(capsys):
+    import logging
+    import warnings
+
+    from mammo_density.logsetup import configure_logging
+
+    try:
+        configure_logging(0)
+        warnings.warn("glymur-like box warning", UserWarning, stacklevel=1)
+        assert "glymur-like" not in capsys.readouterr().err
+        configure_logging(1)  # -v: as a DEBUG log line
+        warnings.warn("glymur-like box warning 2", UserWarning, stacklevel=1)
+        err = capsys.readouterr().err
+        assert "DEBUG" in err and "py.warnings" in err and "glymur-like box warning 2" in err
+    finally:
+        logging.captureWarnings(False)

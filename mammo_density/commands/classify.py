@@ -9,6 +9,11 @@ other study still gets its result.
 
 Output: a readable table, or with ``--json`` one StudyResult JSON object per line.
 ``--sr-out DIR`` also writes each study's density SR there.
+
+Exit status: 0 when at least one study was assessed (a density class given; studies not
+assessable are still listed, with the reason); 1 when nothing was assessable (no DICOM
+study found, or every study not assessable or failed); 2 when the model cannot be
+loaded or the command line is wrong.
 """
 
 from __future__ import annotations
@@ -144,7 +149,7 @@ def collect_jobs(paths: Iterable[str | Path]) -> Collected:
         missing = [s for s in SLOTS if s not in chosen]
         out.jobs.append(StudyJob(study_instance_uid=study_uid, images=images,
                                  other_paths=others, partial=bool(missing),
-                                 missing_views=missing))
+                                 missing_views=missing, source="files"))
     return out
 
 
@@ -162,7 +167,11 @@ def format_table(results: Sequence) -> str:
         if r.partial:
             notes.append("partial, missing " + ",".join(r.missing_views))
         if not r.assessable:
-            notes.append("NOT ASSESSABLE")
+            reason = next((w.split(":", 1)[1].strip() for w in r.warnings
+                           if w.startswith("not assessable:")), "")
+            notes.append("NOT ASSESSABLE" + (f" ({reason})" if reason else ""))
+        elif r.low_confidence:
+            notes.append("LOW CONFIDENCE (" + "; ".join(r.low_confidence_reasons) + ")")
         if r.sr is not None:
             notes.append("SR written")
         rows.append([
@@ -230,7 +239,11 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         results.append(result)
     if not args.json:
         print(format_table(results))
-    return 1 if failures and not results else 0
+    if not any(r.assessable and r.exam is not None for r in results):
+        print(f"mammo-density classify: nothing assessable ({len(results)} studies read, "
+              f"{failures} failed)", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _write_sr(pipeline, result, sources, folder: Path) -> None:
