@@ -17,11 +17,11 @@ Steps (``load_model_input``):
    then area average) used as the reference in benchmarks.
 2. **Stored values**: bits above BitsStored masked (sign-extended for signed data);
    Modality LUT (RescaleSlope / RescaleIntercept).
-3. **Intensity to [0, 1]**, higher = denser: For Presentation images with a VOI window
-   (first WindowCenter/WindowWidth; VOILUTFunction LINEAR, LINEAR_EXACT or SIGMOID per
-   PS3.3 C.11.2.1.2) or a VOI LUT use it; otherwise the data's own range (minimum to the
-   99.9th percentile of a 2x-subsampled grid), never a fixed 4095. MONOCHROME1 is
-   inverted (negated before the data range, or ``1 - y`` after a window).
+3. **Provisional intensity** (polarity only): MONOCHROME1 is negated, then the data's own
+   range (minimum to the 99.9th percentile of a 2x-subsampled grid) maps to [0, 1],
+   higher = denser. The VOI window / VOI LUT is display metadata and is NOT used: the
+   same stored pixels give the same model input with or without one, LINEAR or SIGMOID,
+   MONOCHROME1 or 2, at any bit depth (tests/test_real_input.py states the tolerances).
 4. **Orientation**: the chest wall on the LEFT of the array for both breasts, from
    PatientOrientation (0020,0020): row direction ``A`` -> as stored, ``P`` -> mirrored;
    when the *column* direction is ``A``/``P`` (an image stored rotated by 90 degrees) the
@@ -31,11 +31,18 @@ Steps (``load_model_input``):
    widest there; the laterality's display convention (R: chest wall right, L: left,
    reversed by FieldOfViewHorizontalFlip YES) is only cross-checked (a warning when it
    disagrees), because vendors write it differently.
-5. **Crop to the breast**: pixels brighter than the background level (the histogram's
-   mode in the lower half of [0, 1]) plus :data:`BACKGROUND_THRESHOLD`, opened with a
-   3x3 kernel; the largest 8-connected component is the breast;
-   other components (burned-in labels, markers, small blobs) are set to 0; the array is
-   cropped to the breast's bounding box.
+5. **The breast** (:func:`breast_mask`, decided on a copy of at most
+   :data:`MASK_SIDE` px): pixels brighter than the background level (the histogram's
+   mode in the lower half of [0, 1]) plus :data:`BACKGROUND_THRESHOLD`, less bright
+   bands along the image sides (:func:`film_edges`: the clear edge of digitised film),
+   opened with a 3x3 kernel; the largest component after cutting narrow necks (an arm, a
+   marker on a bridge) and body parts joined along the chest wall (a valley in the
+   breast's depth per row: the abdomen below a CC view); holes filled. Labels, markers
+   and other blobs are set to 0 and the array is cropped to the breast's bounding box.
+   **Intensity** (:func:`normalise_to_breast`): the breast's 5th and 99.5th percentiles
+   go to 0.15 and 0.95 (clipped to [0, 1]): set on breast tissue, not on a window.
+   **Quality** (:func:`assess_quality`): flags for a tiny matrix, no breast, a small
+   breast area, heavy cropping, out-of-distribution intensity.
 6. **Resize** keeping the aspect ratio (``cv2.INTER_AREA`` when shrinking, linear when
    enlarging) into a ``size x size`` float32 canvas of zeros: chest wall at the left
    edge, centred vertically.
