@@ -39,6 +39,7 @@ def base_preprocess(rev: str):
                             capture_output=True, text=True, check=True).stdout
     spec = importlib.util.spec_from_loader("md_preprocess_base", loader=None)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
     exec(compile(source, f"{rev}:worker/preprocess.py", "exec"), module.__dict__)
 
     def preprocess_dataset(ds, size, **kwargs):
