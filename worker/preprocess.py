@@ -63,7 +63,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 
-from mammo_density.views import laterality_of
+from mammo_density.study.views import laterality_of
 from mammo_density.worker.decode import Decoded, DecodeError, decode_frame, reduced_shape
 
 log = logging.getLogger(__name__)
