@@ -268,3 +268,36 @@ def test_third_party_warnings_go_to_the_log(capsys):
         assert "DEBUG" in err and "py.warnings" in err and "glymur-like box warning 2" in err
     finally:
         logging.captureWarnings(False)
+
+
+def test_exam_confidence_rule():
+    from mammo_density.result import (
+        BreastResult,
+        ExamResult,
+        StudyResult,
+        ViewQuality,
+        ViewResult,
+    )
+    from mammo_density.worker.quality import exam_confidence
+
+    sure = {"A": 0.02, "B": 0.08, "C": 0.8, "D": 0.1}
+    unsure = {"A": 0.3, "B": 0.1, "C": 0.29, "D": 0.31}
+    mean = {c: (sure[c] + unsure[c]) / 2 for c in sure}
+
+    def result(right, left, category, flags=()):
+        views = [ViewResult(laterality="R", view="CC", sop_instance_uid="1.2.3",
+                            probabilities=right,
+                            quality=ViewQuality(low_confidence=bool(flags), flags=list(flags)))]
+        return StudyResult(
+            study_instance_uid="1.2.3.4", views=views,
+            exam=ExamResult(category=category, probabilities=mean, dense=True, p_dense=0.7,
+                            dense_source="birads4"),
+            breasts={"R": BreastResult(category=max(right, key=right.get), probabilities=right),
+                     "L": BreastResult(category=max(left, key=left.get), probabilities=left)})
+
+    assert exam_confidence(result(sure, sure, "C")) == (False, [])
+    # the deciding (denser) breast is unsure of its class D
+    low, reasons = exam_confidence(result(unsure, sure, "D"))
+    assert low and reasons == ["model uncertain (R breast class D at 31%)"]
+    low, reasons = exam_confidence(result(sure, sure, "C", flags=["tiny image (4x4 pixels)"]))
+    assert low and reasons == ["R-CC: tiny image (4x4 pixels)"]

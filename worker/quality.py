@@ -2,9 +2,9 @@
 
 One home for the rule: a view is low-confidence when preprocessing flagged its input
 (:func:`mammo_density.worker.preprocess.assess_quality`); an exam is low-confidence when
-any view it used is, or when the model's exam probabilities are spread out (the top
-class under :data:`MIN_TOP_PROBABILITY`). The SR and ``classify`` say so; the class is
-still given.
+any view it used is, or when the model is unsure of the exam's class: the breast that
+set it (the denser breast) gives that class less than :data:`MIN_TOP_PROBABILITY`. The
+SR and ``classify`` say so; the class is still given.
 """
 
 from __future__ import annotations
@@ -32,9 +32,15 @@ def exam_confidence(result: StudyResult) -> tuple[bool, list[str]]:
         if v.quality is not None and v.quality.low_confidence:
             reasons.append(f"{v.laterality}-{v.view}: {', '.join(v.quality.flags)}")
     if result.assessable and result.exam is not None:
-        top = result.exam.probabilities.get(result.exam.category, 0.0)
+        category = result.exam.category
+        # the breast that set the exam's class (the denser breast's rule), else the mean
+        deciding = [(side, b.probabilities.get(category, 0.0))
+                    for side, b in sorted(result.breasts.items()) if b.category == category]
+        side, top = max(deciding, key=lambda item: item[1]) if deciding else \
+            ("", result.exam.probabilities.get(category, 0.0))
         if top < MIN_TOP_PROBABILITY:
-            reasons.append(f"model uncertain (class {result.exam.category} at {top:.0%})")
+            where = f"{side} breast " if side else ""
+            reasons.append(f"model uncertain ({where}class {category} at {top:.0%})")
     return bool(reasons), reasons
 
 
