@@ -258,6 +258,9 @@ def test_third_party_warnings_go_to_the_log(capsys):
 
     from mammo_density.logsetup import configure_logging
 
+    # pytest records warnings per test (resetting warnings.showwarning): start from a
+    # process that has not captured them yet, as a fresh CLI process has not
+    logging.captureWarnings(False)
     try:
         configure_logging(0)
         warnings.warn("glymur-like box warning", UserWarning, stacklevel=1)
