@@ -7,9 +7,12 @@ and UIDs only, never pixel data, so it travels cheaply as JSON.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field
 
-from mammo_density.views import SLOTS
+from mammo_density.result import UnusedImage
+from mammo_density.study.slots import SLOTS
 
 
 class JobImage(BaseModel):
@@ -40,8 +43,14 @@ class StudyJob(BaseModel):
         True when queued after the stable timeout with a slot empty.
     missing_views
         Slots without an image.
+    unused_images
+        Every image of the study not chosen for a slot, with the reason
+        (:mod:`mammo_density.study.gate`, :mod:`mammo_density.study.selection`).
     calling_aet, peer_host
         Who sent the study (for "back to the caller" SR delivery).
+    source
+        ``listener`` (received over the network; partial means the stable timeout
+        passed) or ``files`` (``classify``, offline; partial means views absent).
     """
 
     study_instance_uid: str
@@ -50,8 +59,10 @@ class StudyJob(BaseModel):
     other_paths: list[str] = Field(default_factory=list)
     partial: bool = False
     missing_views: list[str] = Field(default_factory=list)
+    unused_images: list[UnusedImage] = Field(default_factory=list)
     calling_aet: str = ""
     peer_host: str = ""
+    source: Literal["listener", "files"] = "listener"
 
     def image_for(self, slot: str) -> JobImage | None:
         return next((im for im in self.images if im.slot == slot), None)

@@ -7,9 +7,16 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from mammo_density.study.reasons import Reason
+from mammo_density.study.slots import SCREENING_VIEWS, SIDES, SLOTS
+
 BIRADS = ("A", "B", "C", "D")
 Category = Literal["A", "B", "C", "D"]
-Side = Literal["R", "L"]
+# Derived from the slots table (mammo_density.study.slots): a new screening view or side
+# is added there, not here.
+Side = Literal[SIDES]  # type: ignore[valid-type]
+ScreeningView = Literal[SCREENING_VIEWS]  # type: ignore[valid-type]
+Slot = Literal[SLOTS]  # type: ignore[valid-type]
 
 
 class ModelRef(BaseModel):
@@ -24,12 +31,31 @@ class ModelRef(BaseModel):
     dense_model: str | None = Field(None, description="name/version of a dense2 set, if used")
 
 
+class ViewQuality(BaseModel):
+    """How trustworthy one view's model input is (from preprocessing)."""
+
+    low_confidence: bool = Field(False, description="any flag set")
+    flags: list[str] = Field(default_factory=list, description=(
+        "reasons for low confidence: tiny image, no breast found, small breast area, "
+        "breast covering little of the image, heavy cropping, out-of-distribution "
+        "intensity"))
+    notes: list[str] = Field(default_factory=list, description=(
+        "what the crop removed (film edges, adjacent body parts); informative"))
+    breast_area_cm2: float | None = Field(None, description="None without pixel spacing")
+    breast_fraction: float = Field(0.0, description="share of the image that is breast")
+    foreground_left_out: float = Field(0.0, description=(
+        "share of the image's foreground left out of the breast (labels, body parts)"))
+    breast_grey_levels: float = Field(0.0, description=(
+        "stored grey levels between the breast's 5th and 99.5th percentiles"))
+
+
 class ViewResult(BaseModel):
     laterality: Side
-    view: Literal["CC", "MLO"]
+    view: ScreeningView
     sop_instance_uid: str
     probabilities: dict[str, float] = Field(description="per BI-RADS class, sums to 1")
     p_dense: float | None = Field(None, description="from a dense2 model, where one ran")
+    quality: ViewQuality | None = None
 
 
 class BreastResult(BaseModel):
@@ -90,6 +116,17 @@ class Recommendation(BaseModel):
     severity: Literal["info", "warning"] = "info"
 
 
+class UnusedImage(BaseModel):
+    """An image of the study that was not used, and why (mammo_density.study.reasons)."""
+
+    image: str = Field(description="hash of the SOP Instance UID (as in the logs)")
+    slot: Slot | None = Field(None, description="the slot it would fill, where it has one")
+    laterality: str | None = None
+    view: str | None = None
+    reason: Reason = Field(description="coded reason")
+    text: str = Field(description="the reason in words, with the header values that decided")
+
+
 class SRRef(BaseModel):
     sop_instance_uid: str
     series_instance_uid: str
@@ -108,15 +145,23 @@ class StudyResult(BaseModel):
     partial: bool = False
     assessable: bool = True
     missing_views: list[str] = Field(default_factory=list)
+    unused_images: list[UnusedImage] = Field(
+        default_factory=list, description="images of the study not used, each with its reason")
+    implant_present: bool = Field(
+        False, description="a used image says BreastImplantPresent YES")
     model: ModelRef | None = None
     timings_ms: dict[str, float] = Field(default_factory=dict)
     warnings: list[str] = Field(default_factory=list)
     dose: DoseSummary | None = None
     recommendations: list[Recommendation] = Field(default_factory=list)
     sr: SRRef | None = None
+    low_confidence: bool = Field(False, description=(
+        "the class should not be relied on without a reader's look (reasons say why)"))
+    low_confidence_reasons: list[str] = Field(default_factory=list)
 
 
 __all__ = [
     "BIRADS", "BreastDose", "BreastResult", "Category", "DoseSummary", "ExamResult",
-    "ModelRef", "Recommendation", "SRRef", "StudyResult", "ViewDose", "ViewResult",
+    "ModelRef", "Recommendation", "SRRef", "ScreeningView", "Side", "Slot", "StudyResult",
+    "UnusedImage", "ViewDose", "ViewQuality", "ViewResult",
 ]

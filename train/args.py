@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mammo_density.study.slots import SLOTS
 from mammo_density.train.recipes import DEFAULT_RECIPE, RECIPES
-from mammo_density.views import SLOTS
 
 TASKS = ("birads4", "dense2")
 ARCHS = ("density-resnet", "resnet18")

@@ -32,9 +32,9 @@ def load_checkpoint_models(run_dir: Path, *, which: str = "best") -> dict[str, t
     """
     import torch
 
+    from mammo_density.study.slots import SLOTS
     from mammo_density.train.data import TASKS
     from mammo_density.train.model import build_network
-    from mammo_density.views import SLOTS
 
     out = {}
     for unit in ("shared", *SLOTS):

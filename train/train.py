@@ -38,6 +38,7 @@ from torch.utils.data import (
     WeightedRandomSampler,
 )
 
+from mammo_density.study.slots import SLOTS
 from mammo_density.train import data as mdata
 from mammo_density.train.args import get_args_parser
 from mammo_density.train.dataset import (
@@ -64,7 +65,6 @@ from mammo_density.train.engine import (
 )
 from mammo_density.train.model import build_network, load_init_weights
 from mammo_density.train.recipes import apply_recipe
-from mammo_density.views import SLOTS
 
 log = logging.getLogger(__name__)
 

@@ -13,10 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mammo_density.study.sop import MG_FOR_PRESENTATION as DX_MAMMO_PRESENTATION
 from mammo_density.train.adapters.common import AdapterError
-
-#: Digital Mammography X-Ray Image Storage - For Presentation.
-DX_MAMMO_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.2"
 
 
 def read_grey(path: Path) -> np.ndarray:
