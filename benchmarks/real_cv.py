@@ -7,7 +7,9 @@ inner validation patients for everything:
 - ``features+LR``: hand-made histogram/texture features of the breast + logistic regression
   (scikit-learn; :mod:`mammo_density.train.baselines`);
 - one row per CNN variant (``--variant NAME="train options"``; default the ``small-real``
-  recipe), each trained by ``mammo-density train --cv K``.
+  recipe), each trained by ``mammo-density train --cv K``;
+- ``<first variant>+LR``: late fusion of the first variant and ``features+LR`` (per image,
+  the mean of their probabilities; nothing fitted on top).
 
 Per method and level (image, breast, exam): accuracy, linear and quadratic kappa (mean and
 sample sd over folds), per-class recall and confusion pooled over the out-of-fold
@@ -121,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
             rows["majority"] = cv["rows"]["majority"]
             rows["features+LR"] = cv["rows"]["features+LR"]
         rows[name] = cv["rows"]["cnn"]
+        if i == 0:
+            rows[f"{name}+LR"] = cv["rows"]["cnn+LR"]  # late fusion, mean of probabilities
     info["wall_seconds"] = round(time.perf_counter() - t_all, 1)
     report = {**info, "rows": rows}
     (out / "real_cv.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from mammo_density.cli import main as cli_main
@@ -51,3 +52,28 @@ def test_cross_validation_reports_mean_and_spread(manifest, tmp_path, capsys):
     # every exam is tested exactly once over the folds
     assert sum(f["exams"] for f in cv["folds"]) == 6
     assert "accuracy" in capsys.readouterr().out
+
+
+def test_late_fusion_matches_images_by_slot_and_averages():
+    from mammo_density.train.experiments import fuse_predictions
+    from mammo_density.train.metrics import Prediction
+
+    def pred(exam, side, view, probs, density="B"):
+        return Prediction(exam_id=exam, laterality=side, view=view,
+                          probs=np.asarray(probs, dtype=float), density=density)
+
+    a = [pred("e1", "R", "MLO", [1, 0, 0, 0]), pred("e1", "L", "CC", [0, 1, 0, 0]),
+         pred("e2", "R", "CC", [0, 0, 1, 0]), pred("e2", "R", "CC", [0, 0, 0, 1])]
+    # other order; e2 holds two R-CC images (a retake), kept in the same order
+    b = [pred("e2", "R", "CC", [0, 0, 0, 1]), pred("e1", "L", "CC", [0, 0, 1, 0]),
+         pred("e2", "R", "CC", [1, 0, 0, 0]), pred("e1", "R", "MLO", [0, 1, 0, 0])]
+    fused = fuse_predictions(a, b)
+    assert [(p.exam_id, p.slot) for p in fused] == [(p.exam_id, p.slot) for p in a]
+    np.testing.assert_allclose(np.stack([p.probs for p in fused]),
+                               [[.5, .5, 0, 0], [0, .5, .5, 0], [0, 0, .5, .5],
+                                [.5, 0, 0, .5]])
+    np.testing.assert_allclose(fuse_predictions(a, b, weight=1.0)[3].probs, [0, 0, 0, 1])
+    with pytest.raises(ValueError, match="not the same images"):
+        fuse_predictions(a[:3], b)
+    with pytest.raises(ValueError, match="no second prediction"):
+        fuse_predictions(a, b[1:])

@@ -172,7 +172,7 @@ def test_cv_on_mlo_only_manifest_per_view_and_shared(mlo_manifest, tmp_path, cap
                           "--val-fraction", "0.5")
         assert cli_main(["train", *argv]) == 0
         cv = json.loads((out / "cv.json").read_text())
-        assert set(cv["rows"]) == {"cnn", "majority", "features+LR"}
+        assert set(cv["rows"]) == {"cnn", "majority", "features+LR", "cnn+LR"}
         img = cv["rows"]["features+LR"]["summary"]["image"]
         assert img["n"] == 12 and {"kappa_quadratic", "accuracy_std", "recall"} <= set(img)
         units = sorted(p.name for p in (out / "fold-0").iterdir()
@@ -198,7 +198,8 @@ def check_cv_entry(cv_dir, entry):
     assert m.views == {"R-MLO": "shared.onnx", "L-MLO": "shared.onnx"}
     assert m.architecture["members"] == 2 and m.architecture["network"] == "shared"
     assert m.metrics["inference_ms_per_image"]["shared"] > 0
-    assert set(m.metrics["cross_validation"]["rows"]) == {"cnn", "majority", "features+LR"}
+    assert set(m.metrics["cross_validation"]["rows"]) == {"cnn", "majority", "features+LR",
+                                                          "cnn+LR"}
     card = (entry / "MODEL_CARD.md").read_text()
     assert "mean of the probabilities of the 2 cross-validation fold models" in card
     assert "| features+LR | exam |" in card and "| majority | image |" in card

@@ -12,7 +12,7 @@ import numpy as np
 
 from mammo_density.train import data as mdata
 from mammo_density.train.evaluation import predict_checkpoints
-from mammo_density.train.metrics import evaluate_predictions, write_report
+from mammo_density.train.metrics import Prediction, evaluate_predictions, write_report
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,40 @@ def summarise_folds(per_fold: list[dict], pooled: dict | None = None) -> dict:
     return summary
 
 
+FUSED_ROW = "cnn+LR"
+
+
+def fuse_predictions(a: list[Prediction], b: list[Prediction],
+                     weight: float = 0.5) -> list[Prediction]:
+    """Late fusion: per image, ``weight`` x ``a``'s probabilities + the rest x ``b``'s.
+
+    Images are matched by exam, side and view (and by order within one slot, where a
+    slot holds two images: both lists keep the records' order there). Both lists must
+    hold the same images; the result follows ``a``'s order.
+    """
+    from collections import defaultdict
+
+    by_slot: dict[tuple[str, str, str], list[Prediction]] = defaultdict(list)
+    for p in b:
+        by_slot[(p.exam_id, p.laterality, p.view)].append(p)
+    taken: dict[tuple[str, str, str], int] = defaultdict(int)
+    out: list[Prediction] = []
+    for p in a:
+        key = (p.exam_id, p.laterality, p.view)
+        i = taken[key]
+        if i >= len(by_slot[key]):
+            raise ValueError(f"no second prediction for {key[1]}-{key[2]} of an exam")
+        q = by_slot[key][i]
+        taken[key] += 1
+        out.append(Prediction(exam_id=p.exam_id, laterality=p.laterality, view=p.view,
+                              probs=weight * np.asarray(p.probs, dtype=np.float64)
+                              + (1 - weight) * np.asarray(q.probs, dtype=np.float64),
+                              density=p.density))
+    if len(out) != len(b):
+        raise ValueError(f"{len(a)} against {len(b)} predictions: not the same images")
+    return out
+
+
 def fold_records(args: argparse.Namespace, k: int, fold: int) -> list[mdata.ImageRecord]:
     """The manifest's records with the splits of ``fold``: test = held-out patients,
     val = the inner validation patients (``--val-fraction``), train = the rest."""
@@ -108,9 +142,10 @@ def cross_validate(args: argparse.Namespace, k: int, *, baselines: bool = True) 
     """K patient-level folds: train on K-1 (val carved out), test on the held-out fold.
 
     The baselines (majority class; hand-made features + logistic regression) are scored
-    on the same folds and the same validation patients, so ``OUT/cv.json`` holds one row
-    per method: mean and sample sd over folds (image, breast, exam), pooled recall and
-    confusion over the out-of-fold predictions, wall time.
+    on the same folds and the same validation patients, with the late fusion of the
+    network and the regression (mean of their probabilities, row ``cnn+LR``), so
+    ``OUT/cv.json`` holds one row per method: mean and sample sd over folds (image, breast,
+    exam), pooled recall and confusion over the out-of-fold predictions, wall time.
     """
     import time
 
@@ -121,9 +156,9 @@ def cross_validate(args: argparse.Namespace, k: int, *, baselines: bool = True) 
     mdata.kfold_patients(records, k, seed=args.split_seed)  # validates k early
     cache_dir = Path(args.cache_dir) if args.cache_dir else base / "cache"
     per_fold: list[dict] = []
-    oof: dict[str, list] = {"cnn": [], "majority": [], "features+LR": []}
-    base_folds: dict[str, list[dict]] = {"majority": [], "features+LR": []}
-    seconds = {"cnn": 0.0, "majority": 0.0, "features+LR": 0.0}
+    oof: dict[str, list] = {"cnn": [], "majority": [], "features+LR": [], FUSED_ROW: []}
+    base_folds: dict[str, list[dict]] = {"majority": [], "features+LR": [], FUSED_ROW: []}
+    seconds = {"cnn": 0.0, "majority": 0.0, "features+LR": 0.0, FUSED_ROW: 0.0}
     features: dict = {}
     fold_args = []
     for fold in range(k):
@@ -169,6 +204,10 @@ def cross_validate(args: argparse.Namespace, k: int, *, baselines: bool = True) 
             result = evaluate_predictions(p, args.task, n_boot=0)
             result["model"] = info
             base_folds["features+LR"].append(result)
+            # Late fusion: mean of the network's and the regression's probabilities.
+            fused = fuse_predictions(preds, p)
+            oof[FUSED_ROW] += fused
+            base_folds[FUSED_ROW].append(evaluate_predictions(fused, args.task, n_boot=0))
     rows: dict[str, dict] = {}
     for name, folds in (("cnn", per_fold), *base_folds.items()):
         if not folds:
