@@ -51,6 +51,7 @@ from mammo_density.worker.models import (
     ModelError,
     ModelNotInstalled,
     ModelSet,
+    OrtTuning,
     check_preprocessing_version,
     resolve_model_dir,
 )
@@ -203,8 +204,9 @@ class Pipeline:
                 if self._models is None:
                     self._models = ModelSet.load(
                         resolve_model_dir(self.settings.model_dir),
-                        threads=self.settings.ort_threads,
-                        providers=self.settings.ort_providers or None)
+                        providers=self.settings.ort_providers or None,
+                        tuning=OrtTuning.from_settings(self.settings),
+                        variant=self.settings.model_variant)
                     if self._models.task != "birads4":
                         raise ModelError(f"model {self._models.manifest.name} is a "
                                          f"{self._models.task} model; model_dir needs a "
@@ -219,8 +221,9 @@ class Pipeline:
                 if not self._dense_checked:
                     if self.settings.dense_model_dir:
                         ms = ModelSet.load(self.settings.dense_model_dir,
-                                           threads=self.settings.ort_threads,
-                                           providers=self.settings.ort_providers or None)
+                                           providers=self.settings.ort_providers or None,
+                                           tuning=OrtTuning.from_settings(self.settings),
+                                           variant=self.settings.model_variant)
                         if ms.task != "dense2":
                             raise ModelError(f"dense_model_dir holds a {ms.task} model, "
                                              "not a dense2 one")
@@ -264,7 +267,9 @@ class Pipeline:
         if self._models is not None:
             return self._models.ref()
         manifest, digest = self._manifest_info()[0]
-        return ModelRef(name=manifest.name, version=manifest.version, sha256=digest,
+        variant = self.settings.model_variant
+        version = manifest.version if variant == "fp32" else f"{manifest.version}+{variant}"
+        return ModelRef(name=manifest.name, version=version, sha256=digest,
                         task=manifest.task,
                         not_for_clinical_use=manifest.not_for_clinical_use,
                         training_data=manifest.training_data)
@@ -356,17 +361,15 @@ class Pipeline:
         out = Inferred()
         models = self.models
         dense = self.dense_models
-        for slot in prepared.slots:
-            if slot not in models.sessions:
-                continue
-            x = prepared.inputs[models.input_size][slot][None]
-            out.probabilities[slot] = [float(v) for v in models.predict(slot, x)[0]]
+        images = {slot: prepared.inputs[models.input_size][slot] for slot in prepared.slots}
+        for slot, probs in models.predict_views(images).items():
+            out.probabilities[slot] = [float(v) for v in probs]
         if dense is not None:
-            for slot in prepared.slots:
-                if slot in dense.sessions and slot in out.probabilities:
-                    x = prepared.inputs[dense.input_size][slot][None]
-                    p = dense.predict(slot, x)[0]
-                    out.p_dense[slot] = float(p[dense.classes.index("dense")])
+            images = {slot: prepared.inputs[dense.input_size][slot] for slot in prepared.slots
+                      if slot in out.probabilities}
+            dense_index = dense.classes.index("dense")
+            for slot, probs in dense.predict_views(images).items():
+                out.p_dense[slot] = float(probs[dense_index])
         out.timings_ms["inference"] = (time.perf_counter() - t0) * 1000.0
         return out
 
