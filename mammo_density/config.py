@@ -172,7 +172,7 @@ class Settings(BaseSettings):
     ort_execution_mode: Literal["sequential", "parallel"] = Field(
         "sequential", description="ONNX Runtime execution mode")
     ort_spinning: bool = Field(False, description="let idle ONNX Runtime threads busy-wait")
-    ort_parallel_views: int = Field(1, ge=1, le=8, description="view networks run at the "
+    ort_parallel_views: int = Field(2, ge=1, le=8, description="view networks run at the "
                                     "same time for one study (threads)")
     ort_batch_shared: bool = Field(True, description="views sharing one network file run "
                                    "as one batch")

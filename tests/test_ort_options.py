@@ -41,7 +41,7 @@ def shared_entry(entry: Path, out: Path) -> Path:
 
 
 @pytest.mark.parametrize("tuning", [
-    OrtTuning(), OrtTuning(parallel_views=2, threads=1), OrtTuning(parallel_views=4),
+    OrtTuning(), OrtTuning(parallel_views=1), OrtTuning(parallel_views=4, threads=1),
     OrtTuning(graph_optimization="basic", execution_mode="parallel", inter_threads=2),
     OrtTuning(threads=-1, spinning=True)])
 def test_predict_views_matches_each_view_alone(entry, images, tuning):
@@ -72,8 +72,8 @@ def test_views_sharing_a_network_share_a_session_and_batch(entry, images, tmp_pa
 
 
 def test_tuning_values_and_settings(monkeypatch):
-    assert OrtTuning().intra_threads() == available_cores()
-    assert OrtTuning(parallel_views=2).intra_threads() == max(1, available_cores() // 2)
+    assert OrtTuning(parallel_views=1).intra_threads() == available_cores()
+    assert OrtTuning().intra_threads() == max(1, available_cores() // 2)
     assert OrtTuning(threads=3).intra_threads() == 3
     for bad in ({"graph_optimization": "max"}, {"execution_mode": "async"},
                 {"parallel_views": 0}, {"threads": -2}):

@@ -145,9 +145,10 @@ class OrtTuning:
     """How ONNX Runtime runs the networks (settings ``ort_*``).
 
     The defaults are the measured best on the 2-core node (benchmarks/README.md, "ONNX
-    Runtime tuning"): full graph optimisation, views one after another each with all
-    cores (``threads`` 0 = the cores this process may use, divided among
-    ``parallel_views``), sequential execution, no spinning (the decoders share the cores).
+    Runtime tuning"): full graph optimisation, two view networks at a time, each with
+    half the cores this process may use (1 thread each on 2 cores: the least CPU per
+    study and the lowest median of the options that do not oversubscribe the cores),
+    sequential execution inside a network, no spinning (the decoders share the cores).
 
     Attributes
     ----------
@@ -173,7 +174,7 @@ class OrtTuning:
     graph_optimization: str = "all"
     execution_mode: str = "sequential"
     spinning: bool = False
-    parallel_views: int = 1
+    parallel_views: int = 2
     batch_shared: bool = True
 
     def __post_init__(self) -> None:
