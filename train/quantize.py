@@ -90,10 +90,11 @@ def _head_nodes(model_path: Path) -> list[str]:
 
 def quantize_entry(entry: Path, calibration: Sequence[ImageRecord], *,
                    cache_dir: Path | None = None, max_images: int = 64,
-                   per_channel: bool = True) -> ModelManifest:
+                   per_channel: bool = True, method: str = "minmax") -> ModelManifest:
     """Write the ``int8`` variant of every view's network beside it and list it in the
     manifest (file names and sha256). Calibration uses up to ``max_images`` images of
-    each view from ``calibration`` (any view's images when a view has none)."""
+    each view from ``calibration`` (any view's images when a view has none); ``method``
+    is ONNX Runtime's calibration method: ``minmax``, ``percentile`` or ``entropy``."""
     from onnxruntime.quantization import (
         CalibrationMethod,
         QuantFormat,
@@ -102,6 +103,10 @@ def quantize_entry(entry: Path, calibration: Sequence[ImageRecord], *,
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+               "entropy": CalibrationMethod.Entropy}
+    if method not in methods:
+        raise ValueError(f"calibration method must be one of {', '.join(methods)}")
     entry = Path(entry)
     manifest = read_manifest(entry)
     for filename in manifest.views.values():
@@ -126,7 +131,7 @@ def quantize_entry(entry: Path, calibration: Sequence[ImageRecord], *,
                             _Reader(manifest.input_name, batches),
                             quant_format=QuantFormat.QDQ, per_channel=per_channel,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=CalibrationMethod.MinMax,
+                            calibrate_method=methods[method],
                             nodes_to_exclude=_head_nodes(pre))
         manifest.files_sha256[target] = sha256_file(entry / target)
         variant[slot] = done[filename] = target
@@ -134,7 +139,7 @@ def quantize_entry(entry: Path, calibration: Sequence[ImageRecord], *,
                  len(batches))
     manifest.variants[VARIANT] = variant
     manifest.commands.append(f"mammo-density quantize (int8, static, {len(calibration)} "
-                             f"calibration images, per_channel={per_channel})")
+                             f"calibration images, {method}, per_channel={per_channel})")
     write_manifest(entry, manifest)
     return manifest
 

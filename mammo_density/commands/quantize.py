@@ -32,6 +32,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--calibration-size", default="small",
                    help="synth image size of the default calibration studies")
     p.add_argument("--max-images", type=int, default=64, help="calibration images per view")
+    p.add_argument("--method", default="minmax", choices=("minmax", "percentile", "entropy"),
+                   help="calibration method (ONNX Runtime's)")
     p.add_argument("--per-tensor", action="store_true",
                    help="one weight scale per tensor (default: per output channel)")
     p.add_argument("--parity", type=Path, default=None,
@@ -64,7 +66,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 calib_csv, require_label=False))
             manifest = quantize_entry(args.model_dir, calibration, cache_dir=args.cache_dir,
                                       max_images=args.max_images,
-                                      per_channel=not args.per_tensor)
+                                      per_channel=not args.per_tensor, method=args.method)
         print(f"wrote the int8 variant of {manifest.name} {manifest.version}: "
               + ", ".join(f"{s} {f}" for s, f in manifest.variants["int8"].items()))
         if args.parity is None:
