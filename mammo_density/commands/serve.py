@@ -73,6 +73,9 @@ def _start_loops(settings: Settings, stop: threading.Event) -> list[threading.Th
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    from mammo_density.memory import limit_heap_growth
+
+    limit_heap_growth()  # before any worker thread: flat RSS over many studies
     from mammo_density.plugin.listener import Listener
     from mammo_density.plugin.state import StateDB
 

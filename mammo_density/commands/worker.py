@@ -50,6 +50,9 @@ def _queues(text: str) -> list[str]:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    from mammo_density.memory import limit_heap_growth
+
+    limit_heap_growth()  # before any worker thread: flat RSS over many studies
     from celery.signals import worker_process_init
 
     from mammo_density.worker import tasks
