@@ -43,7 +43,11 @@ from mammo_density.job import StudyJob
 from mammo_density.logsetup import uid_hash
 from mammo_density.manifest import MANIFEST_NAME, ModelManifest, manifest_digest, read_manifest
 from mammo_density.result import ModelRef, SRRef, StudyResult, ViewResult
-from mammo_density.views import SLOTS, view_info
+from mammo_density.study import gate, sop
+from mammo_density.study.reasons import Reason
+from mammo_density.study.slots import SLOTS
+from mammo_density.study.unused import describe, unused_image
+from mammo_density.study.views import view_info
 from mammo_density.worker.combine import combine
 from mammo_density.worker.decode import DecodeError
 from mammo_density.worker.models import (
@@ -59,7 +63,6 @@ from mammo_density.worker.preprocess import preprocess_dataset
 
 log = logging.getLogger(__name__)
 
-RDSR_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.88.67"
 
 
 def default_decode_workers() -> int:
@@ -388,8 +391,18 @@ class Pipeline:
                             "NOT FOR CLINICAL USE")
         if job.partial:
             warnings.append("study assessed after the stable timeout with views missing")
+        unused = list(job.unused_images) + [
+            unused_image(im.sop_instance_uid, Reason.UNREADABLE, prepared.failed[im.slot],
+                         slot=im.slot) for im in job.images if im.slot in prepared.failed]
+        implants = any(gate.implant_present(h) for h in prepared.headers.values())
+        if implants:
+            warnings.append("breast implants present (BreastImplantPresent YES): density "
+                            "of implant-bearing breasts is less reliable")
         if not comb.assessable:
             reasons = "; ".join(f"{s}: {r}" for s, r in prepared.failed.items())
+            gated = [u for u in unused if u.reason is not Reason.UNREADABLE]
+            if gated:
+                reasons += ("; " if reasons else "") + "images not used: " + describe(gated)
             warnings.append("not assessable: " + (reasons or "no screening image (R/L CC/MLO)"))
         views = []
         header_by_slot = dict(prepared.headers)
@@ -417,7 +430,8 @@ class Pipeline:
             study_instance_uid=job.study_instance_uid, revision=job.revision,
             study_date=study_date, exam=comb.exam, breasts=comb.breasts, views=views,
             partial=comb.partial, assessable=comb.assessable,
-            missing_views=comb.missing_views, model=model_ref, warnings=warnings)
+            missing_views=comb.missing_views, unused_images=unused, implant_present=implants,
+            model=model_ref, warnings=warnings)
         timings = {k: round(v, 2) for k, v in prepared.timings_ms.items()}
         timings.update({k: round(v, 2) for k, v in inferred.timings_ms.items()})
         timings["combine"] = round((time.perf_counter() - t0) * 1000.0, 2)
@@ -428,9 +442,9 @@ class Pipeline:
             image_headers = list(headers) if headers is not None else \
                 list(prepared.headers.values())
             others = read_headers(job.other_paths)
-            rdsr = [ds for ds in others if str(ds.get("SOPClassUID", "")) == RDSR_SOP_CLASS]
+            rdsr = [ds for ds in others if str(ds.get("SOPClassUID", "")) in sop.RDSR_CLASSES]
             extra_images = [ds for ds in others if str(ds.get("Modality", "")) == "MG"
-                            and str(ds.get("SOPClassUID", "")) != RDSR_SOP_CLASS]
+                            and str(ds.get("SOPClassUID", "")) not in sop.RDSR_CLASSES]
             result.dose = extract_dose(image_headers + extra_images, rdsr,
                                        study_uid=job.study_instance_uid)
         except Exception as err:
@@ -478,6 +492,17 @@ class Pipeline:
         except Exception:
             log.exception("study %s: state %s failed", uid_hash(job.study_instance_uid), what)
 
+    @staticmethod
+    def sr_sources(job: StudyJob, result: StudyResult,
+                   sources: Sequence[Dataset]) -> list[Dataset]:
+        """The SR's evidence: the images used; with none used, the images looked at and
+        not used, so that the radiologist sees why the study was not assessable."""
+        if sources or not result.unused_images:
+            return list(sources)
+        return [ds for ds in read_headers(job.other_paths)
+                if str(ds.get("Modality", "")).upper() == "MG"
+                and not sop.is_structured_report(str(ds.get("SOPClassUID", "")))]
+
     def report(self, job: StudyJob, result: StudyResult, *,
                sources: Sequence[Dataset] | None = None) -> StudyResult:
         """Screening rules, SR into the outbox, hooks, state: each step on its own."""
@@ -485,6 +510,7 @@ class Pipeline:
         uid = uid_hash(job.study_instance_uid)
         if sources is None:
             sources = read_headers([im.path for im in job.images])
+        sources = self.sr_sources(job, result, sources)
         sources = [ds for ds in sources
                    if str(ds.get("SOPInstanceUID", "")) in {v.sop_instance_uid
                                                             for v in result.views}] or \
@@ -553,7 +579,8 @@ class Pipeline:
             self.record_state("mark_failed", job, reason)
             return StudyResult(study_instance_uid=job.study_instance_uid,
                                revision=job.revision, assessable=False, partial=job.partial,
-                               missing_views=list(job.missing_views), warnings=[reason])
+                               missing_views=list(job.missing_views),
+                               unused_images=list(job.unused_images), warnings=[reason])
         result = self.report(job, result, sources=sources)
         log.info("study %s revision %d: %s in %.0f ms", uid, job.revision,
                  result.exam.category if result.exam else "not assessable",
