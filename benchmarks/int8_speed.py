@@ -5,7 +5,7 @@
 
 The entry (``--model-dir``, else the method's DensityResNet at ``--width`` exported by
 benchmarks.common) is copied and quantised with ``train.quantize.quantize_entry``
-(calibration: 8 synthetic studies), unless it already has an ``int8`` variant. Each
+(calibration: 8 synthetic studies, min-max), unless it already has an ``int8`` variant. Each
 round runs one study's four views (``ModelSet.predict_views``, the node's default
 options) with fp32 and with int8 in alternating order; medians, the ratio and images/s.
 """
@@ -43,7 +43,7 @@ def int8_entry(folder: Path, cache: Path) -> Path:
     generate(cache / "int8-calibration", studies=8, seed=101, size="small")
     records = mdata.screening_records(mdata.read_manifest_csv(
         cache / "int8-calibration" / "manifest.csv", require_label=False))
-    quantize_entry(out, records)
+    quantize_entry(out, records, method="minmax")
     return out
 
 
