@@ -1,7 +1,8 @@
-"""End-to-end latency: last image stored in Orthanc -> density SR stored in Orthanc.
+"""End-to-end latency: last image stored in Orthanc -> density SR (and summary image)
+stored in Orthanc.
 
     .venv/bin/python -m benchmarks.e2e_latency [--studies 20] [--cores 2] [--broker]
-        [--model-dir DIR] [--data DIR] [--ab KEY=VALUE ...] [--json]
+        [--model-dir DIR] [--data DIR] [--no-summary] [--ab KEY=VALUE ...] [--json]
 
 Real processes on loopback: Orthanc 1.10 with the routing plugin
 (plugin/orthanc/mammo_density_orthanc.py), ``mammo-density serve`` (embedded pipeline by
@@ -10,7 +11,8 @@ bundled demo model unless ``--model-dir`` names another registry entry. Each stu
 synthetic 4-view full-field screening study in JPEG 2000 lossless (``mammo_density.synth``,
 cached under ``--data``). For each study the four images go to Orthanc over one pynetdicom
 association; the clock starts when the last C-STORE response arrives and stops when
-Orthanc's change log shows the SR's NewInstance (polled every 5 ms). Hops included:
+Orthanc's change log shows the SR's and the summary image's NewInstance (polled every
+5 ms; ``--no-summary`` turns the summary image off, ``sr_median_s`` is the SR alone). Hops included:
 Orthanc -> plugin -> C-STORE to the node -> assembly -> decode/preprocess/infer -> SR
 build -> outbox C-STORE -> Orthanc. One warm-up study is not counted. ``--cores 2``
 pins every process to two CPUs (``sched_setaffinity``), like the 2-core target machine.
@@ -90,10 +92,13 @@ def last_change(server: OrthancServer) -> int:
     return int(requests.get(server.url + "/changes?last", timeout=10).json()["Last"])
 
 
-def wait_for_sr(server: OrthancServer, since: int, timeout: float = 120.0) -> float:
-    """Poll Orthanc's change log until a new SR instance appears; time of detection."""
+def wait_for_reports(server: OrthancServer, since: int, modalities: set[str],
+                     timeout: float = 120.0) -> dict[str, float]:
+    """Poll Orthanc's change log until a new instance of each of ``modalities`` ("SR",
+    "OT" = the summary image) appears; time of detection per modality."""
     deadline = time.perf_counter() + timeout
     session = requests.Session()
+    seen: dict[str, float] = {}
     while time.perf_counter() < deadline:
         data = session.get(server.url + f"/changes?since={since}&limit=100", timeout=10).json()
         now = time.perf_counter()
@@ -103,10 +108,13 @@ def wait_for_sr(server: OrthancServer, since: int, timeout: float = 120.0) -> fl
                 continue
             tags = session.get(server.url + f"/instances/{change['ID']}/simplified-tags",
                                timeout=10).json()
-            if tags.get("Modality") == "SR":
-                return now
+            modality = tags.get("Modality")
+            if modality in modalities and modality not in seen:
+                seen[modality] = now
+        if set(seen) == modalities:
+            return seen
         time.sleep(0.005)
-    raise TimeoutError("no SR arrived in Orthanc")
+    raise TimeoutError(f"not all of {sorted(modalities)} arrived in Orthanc: {sorted(seen)}")
 
 
 def forward_seconds(log: Path) -> list[float]:
@@ -119,7 +127,7 @@ class Stack:
     """Orthanc with the routing plugin + `serve` (+ Redis and a worker with ``broker``)."""
 
     def __init__(self, work: Path, model_dir: Path | None, broker: bool,
-                 extra: dict[str, str]) -> None:
+                 extra: dict[str, str], summary: bool = True) -> None:
         self.node_port = free_port()
         self.server = OrthancServer(work / "orthanc", SCRIPT,
                                     {**routing_config(self.node_port), "StableAge": 60})
@@ -129,10 +137,13 @@ class Stack:
                             broker_url=self.redis.url if self.redis else "",
                             extra={"MAMMO_DENSITY_STABLE_SECONDS": "60", **extra})
         self.env.pop("OMP_NUM_THREADS", None)
+        self.env["MAMMO_DENSITY_SR_SUMMARY_IMAGE"] = "true" if summary else "false"
+        self.wanted = {"SR", "OT"} if summary else {"SR"}
         self.data_dir = data_dir
         self.broker = broker
         self.processes: list[NodeProcess] = []
         self.latencies: list[float] = []
+        self.sr_latencies: list[float] = []
 
     def start(self) -> Stack:
         self.server.start()
@@ -144,10 +155,12 @@ class Stack:
             proc.start()
         return self
 
-    def one(self, paths: list[Path]) -> float:
+    def one(self, paths: list[Path]) -> tuple[float, float]:
+        """Seconds from the last C-STORE response to all reports, and to the SR."""
         since = last_change(self.server)
         t0 = send(paths, self.server.dicom_port)
-        return wait_for_sr(self.server, since) - t0
+        seen = wait_for_reports(self.server, since, self.wanted)
+        return max(seen.values()) - t0, seen["SR"] - t0
 
     def stop(self) -> None:
         for proc in reversed(self.processes):
@@ -162,6 +175,7 @@ class Stack:
         return {
             "studies": len(lat),
             "median_s": round(statistics.median(lat), 3),
+            "sr_median_s": round(statistics.median(self.sr_latencies), 3),
             "p95_s": round(percentile(lat, 0.95), 3),
             "min_s": round(min(lat), 3),
             "max_s": round(max(lat), 3),
@@ -184,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
                         "(environment); every study goes to both, in alternating order")
     parser.add_argument("--data", type=Path,
                         default=Path(tempfile.gettempdir()) / "mammo-density-e2e-bench")
+    parser.add_argument("--no-summary", action="store_true",
+                        help="no summary image (sr_summary_image off): the SR alone")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
 
@@ -197,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     variants = {"A": {}}
     if args.ab:
         variants["B"] = dict(kv.split("=", 1) for kv in args.ab)
-    stacks = {name: Stack(work / name, args.model_dir, args.broker, extra)
+    stacks = {name: Stack(work / name, args.model_dir, args.broker, extra,
+                          summary=not args.no_summary)
               for name, extra in variants.items()}
     load = [round(os.getloadavg()[0], 2)]
     try:
@@ -207,9 +224,10 @@ def main(argv: list[str] | None = None) -> int:
         for i, paths in enumerate(all_studies):
             order = names if i % 2 == 0 else names[::-1]
             for name in order:
-                seconds = stacks[name].one(paths)
+                seconds, sr_seconds = stacks[name].one(paths)
                 if i > 0:
                     stacks[name].latencies.append(seconds)
+                    stacks[name].sr_latencies.append(sr_seconds)
                 print(f"study {i:2d} {name}: {seconds:6.3f} s"
                       f"{' (warm-up)' if i == 0 else ''}", file=sys.stderr)
     finally:
@@ -219,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     result: dict = {
         "pipeline": "celery+redis" if args.broker else "embedded",
         "cores": len(os.sched_getaffinity(0)),
+        "summary_image": not args.no_summary,
         "load_avg_start_end": load,
         "model_dir": str(args.model_dir) if args.model_dir else "bundled demo model",
         "image_bytes_per_study": sum(p.stat().st_size for p in all_studies[1]),

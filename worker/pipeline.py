@@ -60,6 +60,7 @@ from mammo_density.worker.models import (
     resolve_model_dir,
 )
 from mammo_density.worker.preprocess import preprocess_dataset
+from mammo_density.worker.quality import exam_confidence, view_quality
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,9 @@ class Prepared:
     warnings: list[str] = field(default_factory=list)
     timings_ms: dict[str, float] = field(default_factory=dict)
     headers: dict[str, Dataset] = field(default_factory=dict, repr=False)
+    quality: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: small uint8 copies of the model inputs, for the summary image (:data:`THUMBNAIL`)
+    thumbnails: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     @property
     def slots(self) -> list[str]:
@@ -101,10 +105,13 @@ class Prepared:
         arrays = {
             str(size): {slot: encode_array(arr) for slot, arr in per_slot.items()}
             for size, per_slot in self.inputs.items()}
+        thumbnails = {slot: base64.b64encode(zlib.compress(t.tobytes(), 1)).decode("ascii")
+                      for slot, t in self.thumbnails.items()}
         return {"study_instance_uid": self.study_instance_uid, "arrays": arrays,
+                "thumbnails": thumbnails,
                 "encoding": ARRAY_ENCODING, "sop_uids": self.sop_uids,
                 "failed": self.failed, "warnings": self.warnings,
-                "timings_ms": self.timings_ms}
+                "timings_ms": self.timings_ms, "quality": self.quality}
 
     @classmethod
     def from_payload(cls, payload: dict[str, Any]) -> Prepared:
@@ -114,14 +121,31 @@ class Prepared:
         for size_text, per_slot in payload.get("arrays", {}).items():
             size = int(size_text)
             inputs[size] = {slot: decode_array(text, size) for slot, text in per_slot.items()}
+        thumbnails = {}
+        for slot, text in (payload.get("thumbnails") or {}).items():
+            raw = np.frombuffer(zlib.decompress(base64.b64decode(text)), dtype=np.uint8)
+            if raw.size == THUMBNAIL * THUMBNAIL:
+                thumbnails[slot] = raw.reshape(THUMBNAIL, THUMBNAIL)
         return cls(study_instance_uid=payload["study_instance_uid"], inputs=inputs,
+                   thumbnails=thumbnails,
                    sop_uids=dict(payload.get("sop_uids", {})),
                    failed=dict(payload.get("failed", {})),
                    warnings=list(payload.get("warnings", [])),
-                   timings_ms=dict(payload.get("timings_ms", {})))
+                   timings_ms=dict(payload.get("timings_ms", {})),
+                   quality=dict(payload.get("quality", {})))
 
 
 ARRAY_ENCODING = "u16-fixed-zlib-b64"
+#: Side of the thumbnails kept for the summary image (uint8; travel with the payload).
+THUMBNAIL = 192
+
+
+def thumbnail(arr: np.ndarray) -> np.ndarray:
+    """A model input as a ``THUMBNAIL`` x ``THUMBNAIL`` uint8 picture (area average)."""
+    import cv2
+
+    grey = (np.clip(arr, 0.0, 1.0) * 255.0).astype(np.uint8)
+    return cv2.resize(grey, (THUMBNAIL, THUMBNAIL), interpolation=cv2.INTER_AREA)
 
 
 def encode_array(arr: np.ndarray) -> str:
@@ -293,9 +317,10 @@ class Pipeline:
         return sorted({m.input_size for m, _ in self._manifest_info()})
 
     # --- stages -----------------------------------------------------------------------
-    def _prepare_one(self, slot: str, path: str, sizes: list[int],
-                     threads: int) -> tuple[str, dict[int, np.ndarray] | None, Dataset | None,
-                                            dict[str, float], list[str], str]:
+    def _prepare_one(self, slot: str, path: str, sizes: list[int], threads: int,
+                     quality: dict[str, dict[str, Any]] | None = None,
+                     ) -> tuple[str, dict[int, np.ndarray] | None, Dataset | None,
+                                dict[str, float], list[str], str]:
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         try:
@@ -311,6 +336,8 @@ class Pipeline:
                 arr, info = preprocess_dataset(ds, size, threads=threads,
                                                reduced=self.reduced_decode)
                 arrays[size] = arr
+                if quality is not None:  # one key per slot: safe across threads
+                    quality[slot] = view_quality(info).model_dump()
                 for key, value in info.timings_ms.items():
                     timings[key] = timings.get(key, 0.0) + value
                 warnings.extend(f"{slot}: {w}" for w in info.warnings)
@@ -331,13 +358,14 @@ class Pipeline:
         workers = max(1, min(self.decode_workers, len(images)))
         codec_threads = max(1, self.decode_workers // max(1, len(images)))
         if workers == 1:
-            outcomes = [self._prepare_one(im.slot, im.path, sizes, codec_threads)
-                        for im in images]
+            outcomes = [self._prepare_one(im.slot, im.path, sizes, codec_threads,
+                                          prepared.quality) for im in images]
         else:
             with ThreadPoolExecutor(max_workers=workers,
                                     thread_name_prefix="md-decode") as pool:
                 outcomes = list(pool.map(
-                    lambda im: self._prepare_one(im.slot, im.path, sizes, codec_threads),
+                    lambda im: self._prepare_one(im.slot, im.path, sizes, codec_threads,
+                                                 prepared.quality),
                     images))
         by_slot = {im.slot: im for im in images}
         for slot, arrays, header, timings, warnings, error in outcomes:
@@ -347,6 +375,7 @@ class Pipeline:
             if header is not None:
                 prepared.headers[slot] = header
             if error:
+                prepared.quality.pop(slot, None)
                 prepared.failed[slot] = error
                 prepared.warnings.append(f"{slot}: image not used: {error}")
                 log.warning("study %s: %s not used: %s", uid_hash(job.study_instance_uid),
@@ -355,6 +384,8 @@ class Pipeline:
             prepared.sop_uids[slot] = by_slot[slot].sop_instance_uid
             for size, arr in (arrays or {}).items():
                 prepared.inputs.setdefault(size, {})[slot] = arr
+            if arrays and self.settings.sr_summary_image:
+                prepared.thumbnails[slot] = thumbnail(arrays[max(arrays)])
         prepared.timings_ms["prepare"] = (time.perf_counter() - t0) * 1000.0
         return prepared
 
@@ -389,7 +420,10 @@ class Pipeline:
         if manifest.not_for_clinical_use:
             warnings.append(f"model {manifest.name} {manifest.version} is "
                             "NOT FOR CLINICAL USE")
-        if job.partial:
+        if job.partial and job.source == "files":  # classify: no stable timeout offline
+            warnings.append("partial study: views missing "
+                            f"({', '.join(job.missing_views) or 'unknown'})")
+        elif job.partial:
             warnings.append("study assessed after the stable timeout with views missing")
         unused = list(job.unused_images) + [
             unused_image(im.sop_instance_uid, Reason.UNREADABLE, prepared.failed[im.slot],
@@ -419,7 +453,8 @@ class Pipeline:
                 laterality=side, view=view, sop_instance_uid=prepared.sop_uids.get(slot, ""),
                 probabilities=dict(zip(classes, inferred.probabilities[slot],
                                        strict=True)),
-                p_dense=inferred.p_dense.get(slot)))
+                p_dense=inferred.p_dense.get(slot),
+                quality=prepared.quality.get(slot)))
         model_ref = self.model_ref()
         dm = self.dense_manifest()
         if dm is not None and inferred.p_dense:
@@ -432,6 +467,7 @@ class Pipeline:
             partial=comb.partial, assessable=comb.assessable,
             missing_views=comb.missing_views, unused_images=unused, implant_present=implants,
             model=model_ref, warnings=warnings)
+        result.low_confidence, result.low_confidence_reasons = exam_confidence(result)
         timings = {k: round(v, 2) for k, v in prepared.timings_ms.items()}
         timings.update({k: round(v, 2) for k, v in inferred.timings_ms.items()})
         timings["combine"] = round((time.perf_counter() - t0) * 1000.0, 2)
@@ -468,12 +504,16 @@ class Pipeline:
 
     def assess_with_sources(self, job: StudyJob) -> tuple[StudyResult, list[Dataset]]:
         """:meth:`assess`, also returning the headers of the images (SR sources)."""
+        result, sources, _ = self._assess(job)
+        return result, sources
+
+    def _assess(self, job: StudyJob) -> tuple[StudyResult, list[Dataset], Prepared]:
         started = time.perf_counter()
         self.models  # noqa: B018 - load (and verify) before any work: a clear error first
         prepared = self.prepare(job)
         inferred = self.infer(prepared)
         result = self.finish(job, prepared, inferred, started=started)
-        return result, [prepared.headers[s] for s in SLOTS if s in prepared.headers]
+        return result, [prepared.headers[s] for s in SLOTS if s in prepared.headers], prepared
 
     # --- reporting ----------------------------------------------------------------------
     @property
@@ -504,8 +544,10 @@ class Pipeline:
                 and not sop.is_structured_report(str(ds.get("SOPClassUID", "")))]
 
     def report(self, job: StudyJob, result: StudyResult, *,
-               sources: Sequence[Dataset] | None = None) -> StudyResult:
-        """Screening rules, SR into the outbox, hooks, state: each step on its own."""
+               sources: Sequence[Dataset] | None = None,
+               thumbnails: dict[str, np.ndarray] | None = None) -> StudyResult:
+        """Screening rules, SR and summary image into the outbox, hooks, state: each step
+        on its own. ``thumbnails`` (per slot) are drawn on the summary image."""
         t0 = time.perf_counter()
         uid = uid_hash(job.study_instance_uid)
         if sources is None:
@@ -528,14 +570,31 @@ class Pipeline:
 
             sr = build_density_sr(result, sources, self.manifest,
                                   comprehensive_3d=self.settings.comprehensive_3d_sr)
-            path = Outbox(self.settings).enqueue(sr, study_uid=job.study_instance_uid,
-                                                 calling_aet=job.calling_aet,
-                                                 peer_host=job.peer_host)
+            outbox = Outbox(self.settings)
+            path = outbox.enqueue(sr, study_uid=job.study_instance_uid,
+                                  calling_aet=job.calling_aet, peer_host=job.peer_host)
             result.sr = SRRef(sop_instance_uid=str(sr.SOPInstanceUID),
                               series_instance_uid=str(sr.SeriesInstanceUID), path=str(path))
         except Exception as err:
             log.exception("study %s: SR not written", uid)
             result.warnings.append(f"SR not written: {type(err).__name__}: {err}")
+        if self.settings.sr_summary_image:  # after the SR: the outbox may send it meanwhile
+            try:
+                from mammo_density.plugin.outbox import Outbox
+                from mammo_density.worker.summary import build_summary_image
+
+                t_sc = time.perf_counter()
+                sc = build_summary_image(result, sources, self.manifest,
+                                         view_images=thumbnails)
+                Outbox(self.settings).enqueue(sc, study_uid=job.study_instance_uid,
+                                              calling_aet=job.calling_aet,
+                                              peer_host=job.peer_host)
+                result.timings_ms["summary_image"] = round(
+                    (time.perf_counter() - t_sc) * 1000.0, 2)
+            except Exception as err:
+                log.exception("study %s: summary image not written", uid)
+                result.warnings.append(
+                    f"summary image not written: {type(err).__name__}: {err}")
         try:
             from mammo_density.worker.hooks import dispatch
 
@@ -562,14 +621,14 @@ class Pipeline:
                     prepared.headers[im.slot] = hdrs[0]
         result = self.finish(job, prepared, inferred)
         sources = [prepared.headers[s] for s in SLOTS if s in prepared.headers]
-        return self.report(job, result, sources=sources)
+        return self.report(job, result, sources=sources, thumbnails=prepared.thumbnails)
 
     def run(self, job: StudyJob) -> StudyResult:
         """Assess the study and report it; never raises for a bad study."""
         uid = uid_hash(job.study_instance_uid)
         self.record_state("mark_processing", job)
         try:
-            result, sources = self.assess_with_sources(job)
+            result, sources, prepared = self._assess(job)
         except ModelError as err:
             self.record_state("mark_failed", job, f"model unavailable: {err}")
             raise
@@ -581,7 +640,7 @@ class Pipeline:
                                revision=job.revision, assessable=False, partial=job.partial,
                                missing_views=list(job.missing_views),
                                unused_images=list(job.unused_images), warnings=[reason])
-        result = self.report(job, result, sources=sources)
+        result = self.report(job, result, sources=sources, thumbnails=prepared.thumbnails)
         log.info("study %s revision %d: %s in %.0f ms", uid, job.revision,
                  result.exam.category if result.exam else "not assessable",
                  result.timings_ms.get("total", 0.0))
