@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -48,6 +49,22 @@ UID_MISMATCH = 0xC002
 
 MAX_DIMENSION = 20000
 _PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # Pixel Data, Float, Double Float
+
+
+_spooled_callbacks: list[Callable[[NewInstance], None]] = []
+
+
+def on_spooled(callback: Callable[[NewInstance], None]) -> Callable[[], None]:
+    """Call ``callback(instance)`` after each instance is durable in the spool and recorded
+    (its ``path`` set); returns the function that removes it. Callbacks must be quick
+    (they run in the C-STORE handler) and their errors are logged, never answered."""
+    _spooled_callbacks.append(callback)
+
+    def remove() -> None:
+        with contextlib.suppress(ValueError):
+            _spooled_callbacks.remove(callback)
+
+    return remove
 
 
 @dataclass(frozen=True)
@@ -294,6 +311,12 @@ class Ingestor:
         if not added:
             log.info("instance %s of study %s received again (idempotent)",
                      uid_hash(inst.sop_uid), uid_hash(inst.study_uid))
+        for callback in list(_spooled_callbacks):  # e.g. prepare the image on arrival
+            try:
+                callback(record)
+            except Exception:
+                log.exception("on-spooled callback failed for instance %s",
+                              uid_hash(inst.sop_uid))
 
     def _reject(self, incoming: Incoming, study_uid: str, status: int, reason: str) -> None:
         log.warning("C-STORE from %s@%s refused 0x%04X: %s (study %s, instance %s)",

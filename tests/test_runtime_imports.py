@@ -53,7 +53,7 @@ RUNTIME_MODULES = (
     "mammo_density.commands.classify", "mammo_density.commands.status",
     "mammo_density.worker.pipeline", "mammo_density.worker.tasks",
     "mammo_density.worker.embedded", "mammo_density.worker.models",
-    "mammo_density.worker.sr",
+    "mammo_density.worker.sr", "mammo_density.worker.prepcache",
     "mammo_density.plugin.listener", "mammo_density.plugin.outbox",
 )
 

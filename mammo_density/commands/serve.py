@@ -39,16 +39,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def _pipeline_submit(settings: Settings) -> tuple[Callable[[StudyJob], Any], Callable[[], None]]:
     """The ``submit`` callable for the listener, and how to close it."""
+    from mammo_density.worker import prepcache
+
+    # Images prepared as they arrive, cached beside the spool (Celery workers sharing this
+    # spool read the same cache); prepare_on_arrival = false turns it off.
+    if prepcache.start_for(settings) is not None:
+        log.info("preparing images on arrival")
     if settings.embedded:
         from mammo_density.worker.embedded import EmbeddedRunner
 
         runner = EmbeddedRunner(settings)
         log.info("pipeline: embedded, %d worker thread(s)", settings.embedded_workers)
-        return runner.submit, lambda: runner.close(wait=True)
+
+        def close() -> None:
+            runner.close(wait=True)
+            prepcache.stop()
+
+        return runner.submit, close
     from mammo_density.worker import tasks
 
     log.info("pipeline: Celery workers via the configured broker")
-    return (lambda job: tasks.submit(job, settings)), lambda: None
+    return (lambda job: tasks.submit(job, settings)), lambda: prepcache.stop()
 
 
 def _start_loops(settings: Settings, stop: threading.Event) -> list[threading.Thread]:
