@@ -122,12 +122,16 @@ def read_entry(dcm_path: Path | str, size: int,
 
 
 def prepare_file(dcm_path: Path | str, sizes: Sequence[int], *, reduced: bool = True,
-                 threads: int = 1) -> dict[int, Entry]:
+                 threads: int = 1,
+                 ready: Callable[[list[int], dict[int, Entry]], None] | None = None
+                 ) -> dict[int, Entry]:
     """Prepare one spooled image for every size and cache it; the entries written.
 
     The file's identity is taken from the open file (``fstat``), so a file replaced while
     this runs leaves entries that no longer match it (ignored later), never wrong ones.
-    Raises what reading or preprocessing raises (the pipeline reports it at study time).
+    ``ready(source, entries)`` is called once the entries are computed, before the
+    (fsync'd) writes. Raises what reading or preprocessing raises (the pipeline reports it
+    at study time).
     """
     import pydicom
 
@@ -143,15 +147,23 @@ def prepare_file(dcm_path: Path | str, sizes: Sequence[int], *, reduced: bool = 
         arr, info = preprocess_dataset(ds, size, threads=threads, reduced=reduced)
         timings = dict(info.timings_ms)
         timings["prepare_on_arrival"] = (time.perf_counter() - t0) * 1000.0
-        entry = Entry(array=arr, warnings=list(info.warnings),
-                      quality=view_quality(info).model_dump(mode="json"), timings_ms=timings)
+        out[int(size)] = Entry(array=arr, warnings=list(info.warnings),
+                               quality=view_quality(info).model_dump(mode="json"),
+                               timings_ms=timings)
+    if ready is not None:
+        ready(_source(st), out)
+    for size, entry in out.items():
         write_entry(dcm_path, size, entry, st)
-        out[int(size)] = entry
     return out
 
 
 class Preparer:
-    """One background thread preparing spooled images in arrival order.
+    """Background threads preparing spooled images in arrival order.
+
+    Results are also kept in memory (the last few images) from the moment they are
+    computed, so a study that completes does not wait for the cache writes. When the
+    pipeline asks for an image whose preparation has not started yet, that job is
+    cancelled and the pipeline prepares the image itself, in parallel with the others.
 
     Parameters
     ----------
@@ -161,19 +173,26 @@ class Preparer:
         Reduced-resolution JPEG 2000 decode (as the pipeline's default).
     threads
         Codec threads per image.
+    workers
+        Images prepared at the same time (default: as the pipeline decodes, <= 2 here).
     """
 
+    MEMORY = 8  # images kept in memory after preparation (~1.7 MB each at 650 px)
+
     def __init__(self, sizes: Callable[[], Sequence[int]], *, reduced: bool = True,
-                 threads: int = 1) -> None:
+                 threads: int = 1, workers: int | None = None) -> None:
         self._sizes_fn = sizes
         self._sizes: list[int] | None = None
         self.reduced = reduced
         self.threads = threads
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="md-prepare")
+        workers = workers or max(1, min(2, os.cpu_count() or 1))
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="md-prepare")
         self._pending: dict[str, Future] = {}
+        self._memory: dict[str, tuple[list[int], dict[int, Entry]]] = {}
         self._lock = threading.Lock()
         self.prepared = 0
         self.failed = 0
+        self.cancelled = 0
 
     def sizes(self) -> list[int]:
         if self._sizes is None:
@@ -195,21 +214,58 @@ class Preparer:
             if self._pending.get(key) is future:
                 del self._pending[key]
 
+    def _remember(self, key: str, source: list[int], entries: dict[int, Entry]) -> None:
+        with self._lock:
+            self._memory.pop(key, None)
+            self._memory[key] = (source, entries)
+            while len(self._memory) > self.MEMORY:
+                self._memory.pop(next(iter(self._memory)))
+
     def _run(self, key: str) -> None:
         try:
-            prepare_file(key, self.sizes(), reduced=self.reduced, threads=self.threads)
+            prepare_file(key, self.sizes(), reduced=self.reduced, threads=self.threads,
+                         ready=lambda src, entries: self._remember(key, src, entries))
             self.prepared += 1
         except Exception as err:  # the pipeline meets the same error and reports it
             self.failed += 1
             log.debug("prepare on arrival of %s failed: %s", Path(key).name,
                       type(err).__name__)
 
+    def take(self, dcm_path: Path | str, timeout: float | None = 60.0
+             ) -> dict[int, Entry] | None:
+        """The image's entries from memory, waiting for a preparation that is running;
+        one not started yet is cancelled (None: the caller prepares it)."""
+        key = str(dcm_path)
+        with self._lock:
+            future = self._pending.get(key)
+        if future is not None:
+            if future.cancel():
+                self.cancelled += 1
+                return None
+            # on a timeout or an error the caller prepares the image itself
+            with contextlib.suppress(Exception):
+                deadline = time.monotonic() + (timeout or 0)
+                while key not in self._memory and not future.done():
+                    if timeout is not None and time.monotonic() > deadline:
+                        break
+                    time.sleep(0.002)
+        with self._lock:
+            held = self._memory.pop(key, None)
+        if held is None:
+            return None
+        source, entries = held
+        try:
+            if _source(os.stat(dcm_path)) != source:
+                return None
+        except OSError:
+            return None
+        return entries
+
     def wait(self, dcm_path: Path | str, timeout: float | None = 60.0) -> None:
-        """Until the image's queued preparation (if any) has finished."""
+        """Until the image's queued preparation (if any) has finished, cache written."""
         with self._lock:
             future = self._pending.get(str(dcm_path))
         if future is not None:
-            # on a timeout or an error the caller prepares the image itself
             with contextlib.suppress(Exception):
                 future.result(timeout=timeout)
 
@@ -268,11 +324,14 @@ def notify(dcm_path: Path | str) -> None:
 
 
 def lookup(dcm_path: Path | str, sizes: Sequence[int]) -> dict[int, Entry] | None:
-    """Every size's entry of ``dcm_path``, or None when one is missing or stale; waits
-    for a preparation of this image still running in this process."""
+    """Every size's entry of ``dcm_path``, or None when one is missing or stale: from this
+    process's Preparer (waiting for a preparation of the image that is running, taking
+    over one not started) or from the cache beside the spool."""
     preparer = _active
     if preparer is not None:
-        preparer.wait(dcm_path)
+        held = preparer.take(dcm_path)
+        if held is not None and all(int(s) in held for s in sizes):
+            return {int(s): held[int(s)] for s in sizes}
     out: dict[int, Entry] = {}
     for size in sizes:
         entry = read_entry(dcm_path, size)
