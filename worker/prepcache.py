@@ -157,6 +157,13 @@ def prepare_file(dcm_path: Path | str, sizes: Sequence[int], *, reduced: bool = 
     return out
 
 
+def _lower_priority() -> None:
+    """Run this thread at nice 10 (Linux: per thread), so that receiving the rest of the
+    study, and assessing a complete one, go first on a machine with few cores."""
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+
+
 class Preparer:
     """Background threads preparing spooled images in arrival order.
 
@@ -186,7 +193,8 @@ class Preparer:
         self.reduced = reduced
         self.threads = threads
         workers = workers or max(1, min(2, os.cpu_count() or 1))
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="md-prepare")
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="md-prepare",
+                                        initializer=_lower_priority)
         self._pending: dict[str, Future] = {}
         self._memory: dict[str, tuple[list[int], dict[int, Entry]]] = {}
         self._lock = threading.Lock()
