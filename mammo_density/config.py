@@ -213,8 +213,9 @@ class Settings(BaseSettings):
     ort_batch_shared: bool = Field(True, description="views sharing one network file run "
                                    "as one batch")
     prepare_on_arrival: bool = Field(
-        True, description="prepare each image's model input in the background as it is "
-        "spooled (cached beside the spool), so a complete study only needs inference")
+        True, description="embedded pipeline: prepare each image's model input in the "
+        "background as it is spooled (cached beside the spool), so a complete study only "
+        "needs inference; Celery workers read the entries they find in a local spool")
     model_variant: Literal["fp32", "int8"] = Field(
         "fp32", description="which networks of the model entry to run: fp32 (exported) or "
         "int8 (`mammo-density quantize`; see its parity report before using it)")

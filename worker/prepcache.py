@@ -1,7 +1,9 @@
 """Model inputs prepared as each image arrives, cached beside the spool.
 
 When an image is spooled, :func:`notify` hands it to the process's :class:`Preparer`
-(started by ``serve`` when ``prepare_on_arrival`` is on), whose background thread reads
+(started by ``serve`` on the embedded pipeline when ``prepare_on_arrival`` is on: with
+Celery the worker started on the study before serve had prepared most images, and decoded
+them again, which made it slower), whose background threads read
 it, decodes at reduced resolution, orients, crops and resizes it for every input size the
 installed models need (:func:`~mammo_density.worker.preprocess.preprocess_dataset`, the
 same code as the pipeline) and writes one cache entry per size beside the spooled file::
@@ -12,7 +14,8 @@ same code as the pipeline) and writes one cache entry per size beside the spoole
 When the study is complete, :meth:`Pipeline.prepare` takes the entries it finds
 (:func:`lookup`; it waits for an image still being prepared instead of doing it twice)
 and prepares the rest itself, so only inference, rules and reporting remain. A Celery
-worker whose spool is the same local folder reads the same entries.
+worker whose spool is the same local folder reads the entries it finds (the same
+:meth:`Pipeline.prepare`).
 
 Invalidation: the key is the SOP instance (file name), the preprocessing version and the
 input size; the entry also records the spooled file's size, modification time and inode

@@ -41,9 +41,11 @@ def _pipeline_submit(settings: Settings) -> tuple[Callable[[StudyJob], Any], Cal
     """The ``submit`` callable for the listener, and how to close it."""
     from mammo_density.worker import prepcache
 
-    # Images prepared as they arrive, cached beside the spool (Celery workers sharing this
-    # spool read the same cache); prepare_on_arrival = false turns it off.
-    if prepcache.start_for(settings) is not None:
+    # Embedded: images prepared as they arrive, cached beside the spool
+    # (prepare_on_arrival = false turns it off). Not with Celery: a worker starts on the
+    # study before serve's preparer is done and decodes the same images again (measured
+    # slower, benchmarks/README.md); workers still read entries they find in the spool.
+    if settings.embedded and prepcache.start_for(settings) is not None:
         log.info("preparing images on arrival")
     if settings.embedded:
         from mammo_density.worker.embedded import EmbeddedRunner
