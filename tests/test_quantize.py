@@ -67,20 +67,23 @@ def test_parity_report_figures(quantised):
 
 
 def test_int8_variant_runs_close_to_fp32(quantised):
+    from mammo_density.worker.preprocess import load_model_input
+
     entry, _ = quantised
     fp32 = ModelSet.load(entry)
     int8 = ModelSet.load(entry, variant="int8", check_parity=False)
     assert int8.ref().version == fp32.ref().version + "+int8"
-    assert fp32.ref().version == "0.1.0"
-    rng = np.random.default_rng(4)
-    images = {slot: rng.random((fp32.input_size, fp32.input_size), dtype=np.float32)
-              for slot in SLOTS}
-    a, b = fp32.predict_views(images), int8.predict_views(images)
-    for slot in SLOTS:
-        assert np.allclose(b[slot].sum(), 1.0, atol=1e-4)
-        assert np.abs(a[slot] - b[slot]).max() < 0.25
-    # int8 is a different network file: not bit-identical to fp32
-    assert any(np.abs(a[s] - b[s]).max() > 0 for s in SLOTS)
+    assert fp32.ref().version == read_manifest(entry).version
+    files = sorted((entry.parent / "labelled").rglob("*.dcm"))[:8]
+    diffs = []
+    for path in files:
+        x = load_model_input(path, fp32.input_size)[None]
+        for slot in SLOTS:
+            a, b = fp32.predict(slot, x)[0], int8.predict(slot, x)[0]
+            assert np.isclose(b.sum(), 1.0, atol=1e-4)  # softmax kept in fp32
+            diffs.append(np.abs(a - b).max())
+    # real (synthetic) mammograms: close to fp32 on average, not bit-identical
+    assert 0 < float(np.mean(diffs)) < 0.1
 
 
 def test_worker_refuses_failed_parity_and_tampered_files(quantised, tmp_path):

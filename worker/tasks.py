@@ -93,6 +93,22 @@ def _already_done(pipeline: Pipeline, job: StudyJob) -> bool:
                 and int(row.get("result_revision") or 0) >= job.revision)
 
 
+def _claim(pipeline: Pipeline, job: StudyJob) -> bool:
+    """Claim the revision in the state database (False: another copy of this task, e.g.
+    one re-submitted by the listener's sweep for a lost message, is already on it)."""
+    try:
+        return bool(pipeline.state.mark_processing(
+            job.study_instance_uid, job.revision,
+            # a claim older than the task's hard time limit is held by a dead task: its
+            # message is the one redelivered now (after the visibility timeout)
+            stale_after=_settings.task_time_limit if _settings else 60.0))
+    except sqlite3.OperationalError:
+        raise
+    except Exception:
+        log.exception("study %s: claim failed; going on", uid_hash(job.study_instance_uid))
+        return True
+
+
 def _skipped(job: StudyJob) -> dict[str, Any]:
     log.info("study %s revision %d already done: skipped", uid_hash(job.study_instance_uid),
              job.revision)
@@ -122,9 +138,8 @@ def _reason(stage: str, err: BaseException) -> str:
 def preprocess(job_json: dict[str, Any]) -> dict[str, Any]:
     job = StudyJob.model_validate(job_json)
     pipeline = get_pipeline()
-    if _already_done(pipeline, job):
+    if _already_done(pipeline, job) or not _claim(pipeline, job):
         return _skipped(job)
-    pipeline.record_state("mark_processing", job)
     try:
         prepared = pipeline.prepare(job)
     except TRANSIENT_ERRORS:
@@ -175,7 +190,7 @@ def report(data: dict[str, Any], job_json: dict[str, Any]) -> dict[str, Any]:
 def process_study(job_json: dict[str, Any]) -> dict[str, Any]:
     job = StudyJob.model_validate(job_json)
     pipeline = get_pipeline()
-    if _already_done(pipeline, job):
+    if _already_done(pipeline, job) or not _claim(pipeline, job):
         return _skipped(job)
     try:
         return pipeline.run(job).model_dump(mode="json")
@@ -195,9 +210,12 @@ def register(app: Celery, settings: Settings) -> None:
 def signature_for(job: StudyJob, app: Celery):
     """The preprocess -> infer -> report chain of one study."""
     job_json = job.model_dump(mode="json")
-    return chain(app.signature("mammo_density.preprocess", args=(job_json,)),
-                 app.signature("mammo_density.infer"),
-                 app.signature("mammo_density.report", args=(job_json,)))
+    key = f"md-{uid_hash(job.study_instance_uid)}-r{job.revision}"  # idempotent task ids
+    return chain(app.signature("mammo_density.preprocess", args=(job_json,),
+                               task_id=f"{key}-preprocess"),
+                 app.signature("mammo_density.infer", task_id=f"{key}-infer"),
+                 app.signature("mammo_density.report", args=(job_json,),
+                               task_id=f"{key}-report"))
 
 
 def submit(job: StudyJob, settings: Settings) -> str:
