@@ -48,6 +48,7 @@ from mammo_density.study.reasons import Reason
 from mammo_density.study.slots import SLOTS
 from mammo_density.study.unused import describe, unused_image
 from mammo_density.study.views import view_info
+from mammo_density.worker import prepcache
 from mammo_density.worker.combine import combine
 from mammo_density.worker.decode import DecodeError
 from mammo_density.worker.models import (
@@ -55,6 +56,7 @@ from mammo_density.worker.models import (
     ModelError,
     ModelNotInstalled,
     ModelSet,
+    OrtTuning,
     check_preprocessing_version,
     resolve_model_dir,
 )
@@ -230,8 +232,9 @@ class Pipeline:
                 if self._models is None:
                     self._models = ModelSet.load(
                         resolve_model_dir(self.settings.model_dir),
-                        threads=self.settings.ort_threads,
-                        providers=self.settings.ort_providers or None)
+                        providers=self.settings.ort_providers or None,
+                        tuning=OrtTuning.from_settings(self.settings),
+                        variant=self.settings.model_variant)
                     if self._models.task != "birads4":
                         raise ModelError(f"model {self._models.manifest.name} is a "
                                          f"{self._models.task} model; model_dir needs a "
@@ -246,8 +249,9 @@ class Pipeline:
                 if not self._dense_checked:
                     if self.settings.dense_model_dir:
                         ms = ModelSet.load(self.settings.dense_model_dir,
-                                           threads=self.settings.ort_threads,
-                                           providers=self.settings.ort_providers or None)
+                                           providers=self.settings.ort_providers or None,
+                                           tuning=OrtTuning.from_settings(self.settings),
+                                           variant=self.settings.model_variant)
                         if ms.task != "dense2":
                             raise ModelError(f"dense_model_dir holds a {ms.task} model, "
                                              "not a dense2 one")
@@ -291,7 +295,9 @@ class Pipeline:
         if self._models is not None:
             return self._models.ref()
         manifest, digest = self._manifest_info()[0]
-        return ModelRef(name=manifest.name, version=manifest.version, sha256=digest,
+        variant = self.settings.model_variant
+        version = manifest.version if variant == "fp32" else f"{manifest.version}+{variant}"
+        return ModelRef(name=manifest.name, version=version, sha256=digest,
                         task=manifest.task,
                         not_for_clinical_use=manifest.not_for_clinical_use,
                         training_data=manifest.training_data)
@@ -318,6 +324,22 @@ class Pipeline:
                                 dict[str, float], list[str], str]:
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
+        if self.settings.prepare_on_arrival:  # prepared as it arrived (worker/prepcache.py)
+            hit = prepcache.lookup(path, sizes)
+            if hit is not None:
+                try:
+                    header = pydicom.dcmread(path, stop_before_pixels=True)
+                except Exception:
+                    hit = None
+            if hit is not None:
+                timings["read"] = (time.perf_counter() - t0) * 1000.0
+                timings["prepared_on_arrival"] = 1.0  # summed: images taken from the cache
+                last = hit[sizes[-1]]
+                if quality is not None and last.quality is not None:
+                    quality[slot] = last.quality
+                warnings = [f"{slot}: {w}" for e in hit.values() for w in e.warnings]
+                return (slot, {s: e.array for s, e in hit.items()}, header, timings,
+                        warnings, "")
         try:
             ds = pydicom.dcmread(path)
         except Exception as err:
@@ -390,17 +412,15 @@ class Pipeline:
         out = Inferred()
         models = self.models
         dense = self.dense_models
-        for slot in prepared.slots:
-            if slot not in models.sessions:
-                continue
-            x = prepared.inputs[models.input_size][slot][None]
-            out.probabilities[slot] = [float(v) for v in models.predict(slot, x)[0]]
+        images = {slot: prepared.inputs[models.input_size][slot] for slot in prepared.slots}
+        for slot, probs in models.predict_views(images).items():
+            out.probabilities[slot] = [float(v) for v in probs]
         if dense is not None:
-            for slot in prepared.slots:
-                if slot in dense.sessions and slot in out.probabilities:
-                    x = prepared.inputs[dense.input_size][slot][None]
-                    p = dense.predict(slot, x)[0]
-                    out.p_dense[slot] = float(p[dense.classes.index("dense")])
+            images = {slot: prepared.inputs[dense.input_size][slot] for slot in prepared.slots
+                      if slot in out.probabilities}
+            dense_index = dense.classes.index("dense")
+            for slot, probs in dense.predict_views(images).items():
+                out.p_dense[slot] = float(probs[dense_index])
         out.timings_ms["inference"] = (time.perf_counter() - t0) * 1000.0
         return out
 

@@ -39,16 +39,29 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def _pipeline_submit(settings: Settings) -> tuple[Callable[[StudyJob], Any], Callable[[], None]]:
     """The ``submit`` callable for the listener, and how to close it."""
+    from mammo_density.worker import prepcache
+
+    # Embedded: images prepared as they arrive, cached beside the spool
+    # (prepare_on_arrival = false turns it off). Not with Celery: a worker starts on the
+    # study before serve's preparer is done and decodes the same images again (measured
+    # slower, benchmarks/README.md); workers still read entries they find in the spool.
+    if settings.embedded and prepcache.start_for(settings) is not None:
+        log.info("preparing images on arrival")
     if settings.embedded:
         from mammo_density.worker.embedded import EmbeddedRunner
 
         runner = EmbeddedRunner(settings)
         log.info("pipeline: embedded, %d worker thread(s)", settings.embedded_workers)
-        return runner.submit, lambda: runner.close(wait=True)
+
+        def close() -> None:
+            runner.close(wait=True)
+            prepcache.stop()
+
+        return runner.submit, close
     from mammo_density.worker import tasks
 
     log.info("pipeline: Celery workers via the configured broker")
-    return (lambda job: tasks.submit(job, settings)), lambda: None
+    return (lambda job: tasks.submit(job, settings)), lambda: prepcache.stop()
 
 
 def _start_loops(settings: Settings, stop: threading.Event) -> list[threading.Thread]:
@@ -73,6 +86,9 @@ def _start_loops(settings: Settings, stop: threading.Event) -> list[threading.Th
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    from mammo_density.memory import limit_heap_growth
+
+    limit_heap_growth()  # before any worker thread: flat RSS over many studies
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:

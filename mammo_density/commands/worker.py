@@ -53,6 +53,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from mammo_density.datadir import private_umask
 
     private_umask()  # SRs written to the outbox carry PHI: files 0600 (docs/security.md)
+    from mammo_density.memory import limit_heap_growth
+
+    limit_heap_growth()  # before any worker thread: flat RSS over many studies
     from celery.signals import worker_process_init
 
     from mammo_density.worker import tasks
