@@ -44,8 +44,10 @@ def test_collect_groups_studies_and_picks_latest_retake(folder):
         expected = {im.sop_instance_uid for im in rec.images if not im.extra}
         assert used == expected  # the superseded retake is not used
         assert job.missing_views == list(rec.missing) and job.partial == bool(rec.missing)
-        superseded = [str(im.path) for im in rec.images if im.extra == "retake-superseded"]
-        assert all(str(Path(p).resolve()) in job.other_paths for p in superseded)
+        superseded = [im for im in rec.images if im.extra == "retake-superseded"]
+        assert all(im.sop_instance_uid in job.other_sop_uids for im in superseded)
+        assert all(collected.files[im.sop_instance_uid] == str(Path(im.path).resolve())
+                   for im in rec.images)
 
 
 def test_classify_json_and_sr_out(folder, model_dir, tmp_path, capsys):

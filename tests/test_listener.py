@@ -32,6 +32,7 @@ from mammo_density.config import Settings, load_settings
 from mammo_density.job import StudyJob
 from mammo_density.plugin.listener import Listener
 from mammo_density.plugin.state import StateDB
+from mammo_density.spool_layout import SpoolImages
 from tests.mgdata import MG_PRES, MG_PROC, RDSR, mg, rdsr, study, write
 from tests.services import echoscu, free_port, require_testdata, storescu
 
@@ -123,7 +124,8 @@ def test_dcmtk_echo_and_store_complete_study(node, tmp_path):
     assert job.calling_aet == "STORESCU" and job.peer_host == "127.0.0.1"
     assert node.db.study(sent[0].StudyInstanceUID)["status"] == "queued"
     for im in job.images:
-        spooled = pydicom.dcmread(im.path)
+        spooled = pydicom.dcmread(SpoolImages(node.settings.spool_dir).locate(
+            job.study_instance_uid, im.sop_instance_uid))
         original = next(ds for ds in sent if ds.SOPInstanceUID == im.sop_instance_uid)
         assert spooled.PixelData == original.PixelData
         assert spooled.PatientID == original.PatientID
@@ -173,7 +175,7 @@ def test_retake_extra_views_rdsr_and_partial(node):
     job = node.jobs[0]
     assert job.partial and job.missing_views == ["L-CC", "R-MLO", "L-MLO"]
     assert job.image_for("R-CC").sop_instance_uid == retake.SOPInstanceUID
-    assert len(job.other_paths) == 5
+    assert len(job.other_sop_uids) == 5
     notes = {r.sop_uid: r.note for r in node.db.instances(uid)}
     assert "modified view" in notes[spot.SOPInstanceUID]
     assert "laterality" in notes[nolat.SOPInstanceUID]
@@ -492,6 +494,9 @@ def test_in_memory_receiving_fallback(node, monkeypatch):
     sent = study()
     assert send(node, sent) == [0] * 4
     node.wait(lambda: len(node.jobs) == 1)
-    for im in node.jobs[0].images:
-        assert pydicom.dcmread(im.path).PixelData == next(
+    job = node.jobs[0]
+    for im in job.images:
+        spooled = SpoolImages(node.settings.spool_dir).locate(job.study_instance_uid,
+                                                              im.sop_instance_uid)
+        assert pydicom.dcmread(spooled).PixelData == next(
             ds.PixelData for ds in sent if ds.SOPInstanceUID == im.sop_instance_uid)
