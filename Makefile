@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-# libopenjp2-7: glymur's reduced-resolution JPEG 2000 decode (DECODE.md).
+# libopenjp2-7: glymur's reduced-resolution JPEG 2000 decode (docs/decoding.md).
 APT_PACKAGES := redis-server orthanc orthanc-python dcmtk dicom3tools libopenjp2-7
 # Debian package -> a file it installs, to tell whether it is there.
 APT_PROBES := /usr/bin/redis-server /usr/sbin/Orthanc /usr/share/orthanc/plugins/libOrthancPython.so /usr/bin/storescu /usr/bin/dciodvfy

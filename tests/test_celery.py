@@ -122,6 +122,7 @@ def test_config_matches_the_runtime_facts(tmp_path):
                                     visibility_timeout=10, task_time_limit=20))
 
 
+@pytest.mark.services
 def test_worker_classifies_received_study(tmp_path, redis_url, model_dir, records):
     require_binary("redis-server")
     data = tmp_path / "data"
@@ -176,6 +177,7 @@ def test_worker_classifies_received_study(tmp_path, redis_url, model_dir, record
     assert "succeeded in" not in text
 
 
+@pytest.mark.services
 def test_killed_worker_study_completes_once(tmp_path, redis_url, model_dir, records):
     data = tmp_path / "data"
     settings = load_settings(broker_url=redis_url, data_dir=data, model_dir=model_dir,
@@ -230,6 +232,7 @@ def test_killed_worker_study_completes_once(tmp_path, redis_url, model_dir, reco
         kill_group(w1)
 
 
+@pytest.mark.services
 def test_cpu_and_gpu_queues_on_separate_workers(tmp_path, redis_url, model_dir, records):
     """The cpu worker has the spool and state; the gpu worker only the models and broker
     (its data dir is elsewhere, empty): a study still completes."""

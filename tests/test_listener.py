@@ -110,6 +110,7 @@ def send(node: Node, datasets, ae: AE | None = None, called: str | None = None) 
 # --- real dcmtk peers ---------------------------------------------------------------------
 
 
+@pytest.mark.services
 def test_dcmtk_echo_and_store_complete_study(node, tmp_path):
     assert echoscu(node.port).returncode == 0
     sent = study()
@@ -361,6 +362,7 @@ def test_sop_class_mismatch_and_garbage(node, tmp_path, monkeypatch):
 # --- guarding the door --------------------------------------------------------------------
 
 
+@pytest.mark.services
 def test_calling_aet_allow_list(node_factory):
     node = node_factory(allowed_aets=["PACS"])
     assoc = client("INTRUDER").associate("127.0.0.1", node.port, ae_title="MAMMODENSITY")
@@ -369,6 +371,7 @@ def test_calling_aet_allow_list(node_factory):
     assert echoscu(node.port, calling="PACS").returncode == 0
 
 
+@pytest.mark.services
 def test_source_address_allow_list(node_factory):
     node = node_factory(allowed_hosts=["10.0.0.0/8"])
     assoc = client().associate("127.0.0.1", node.port, ae_title="MAMMODENSITY")

@@ -1,6 +1,6 @@
 """The Celery application, built from the node's settings (Redis broker).
 
-Choices (Celery user guide "Tasks"/"Optimizing", RUNTIME.md's measured facts):
+Choices (Celery user guide "Tasks"/"Optimizing", the measured facts in docs/runtime.md):
 
 - JSON only (``task_serializer``/``accept_content``): tasks carry a StudyJob (UIDs, no
   file paths) or compact model-ready arrays, never pickles.
