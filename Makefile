@@ -9,7 +9,7 @@ APT_PACKAGES := redis-server orthanc orthanc-python dcmtk dicom3tools libopenjp2
 # Debian package -> a file it installs, to tell whether it is there.
 APT_PROBES := /usr/bin/redis-server /usr/sbin/Orthanc /usr/share/orthanc/plugins/libOrthancPython.so /usr/bin/storescu /usr/bin/dciodvfy
 
-.PHONY: setup system-deps serve test lint clean
+.PHONY: setup system-deps serve test test-unit lint clean
 
 setup: $(VENV)/.installed
 
@@ -44,6 +44,11 @@ lint: setup
 test: setup system-deps lint
 	@$(BIN)/python -m pytest -q; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+# The fast unit run: no Redis, Orthanc, dcmtk or dciodvfy needed (tests marked
+# `services` are left out; tests/services.py fails an unmarked test that starts one).
+test-unit: setup lint
+	$(BIN)/python -m pytest -q -m "not services"
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
