@@ -191,3 +191,31 @@ def test_inference_only_worker_has_no_sinks(tmp_path, model_dir):
     pipe = node_pipeline(settings, owns_outbox=False, sinks=False)
     assert pipe.states is None and pipe.outbox is None and pipe.hooks is None
     assert not settings.data_dir.exists()
+
+
+def test_a_task_naming_a_file_cannot_make_a_worker_read_it(tmp_path, model_dir, record):
+    """The Celery task bodies, as a worker runs them, given a message written by someone
+    with access to the broker: image paths, and UIDs that try to climb out of the spool.
+    Nothing outside the worker's spool is read: no image, no SR, no state."""
+    settings = _settings(tmp_path, model_dir)
+    settings.spool_dir.mkdir(parents=True)
+    planted = tmp_path / "elsewhere.dcm"  # a readable mammogram outside the spool
+    planted.write_bytes(next(im.path for im in record.images if not im.extra).read_bytes())
+    message = {"study_instance_uid": "../..", "revision": 1,
+               "images": [{"slot": "R-CC", "path": str(planted),
+                           "sop_instance_uid": str(planted.with_suffix(""))},
+                          {"slot": "L-CC", "sop_instance_uid": "../../../" + str(planted)}],
+               "other_paths": [str(planted)]}
+    tasks.configure(lambda: node_pipeline(settings, owns_outbox=False))
+    try:
+        payload = tasks.prepare(message)
+        assert payload["arrays"] == {}
+        assert set(payload["failed"]) == {"R-CC", "L-CC"}
+        assert all(r == "image not found: not in the spool" for r in payload["failed"].values())
+        result = tasks.report(tasks.decide(tasks.infer(payload), message), message)
+        assert result["assessable"] is False and result["sr"] is None
+    finally:
+        tasks.configure(lambda: Pipeline(settings))
+    # a forged message cannot create a study in the node's state, nor an SR
+    assert node_pipeline(settings, owns_outbox=True).states.study("../..") is None
+    assert list(settings.outbox_dir.glob("*.dcm")) == []
