@@ -24,6 +24,7 @@ COMMANDS: tuple[str, ...] = (
     "config",
     "serve",
     "status",
+    "retry",
     "dose-report",
     "synth",
     "train",

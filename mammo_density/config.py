@@ -8,6 +8,8 @@ the user's data directory, the bundled demo model.
 
 from __future__ import annotations
 
+import difflib
+import ipaddress
 import os
 import re
 from dataclasses import dataclass
@@ -31,7 +33,11 @@ from pydantic_settings import (
 
 ENV_PREFIX = "MAMMO_DENSITY_"
 CONFIG_ENV = ENV_PREFIX + "CONFIG"
+# Variables of the test suite and the benchmarks, not settings of the node.
+_ENV_RESERVED = (ENV_PREFIX + "TEST_", ENV_PREFIX + "BENCH_")
 
+# Passwords shipped in templates: refused, so that no node runs with a published secret.
+_PLACEHOLDER_RE = re.compile(r"^(replace|change-?me)", re.IGNORECASE)
 _AET_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # DICOM AE: 16 chars, no backslash
 
 
@@ -52,8 +58,9 @@ def _validate_aet(value: str) -> str:
 class Destination:
     """Where a Structured Report is sent: a DICOM node or a DICOMweb STOW-RS URL.
 
-    Written in configuration as ``AET@host:port`` or ``http(s)://.../dicom-web``; the
-    special value ``@caller`` means "back to the AE that sent the study".
+    Written in configuration as ``AET@host:port`` (``tls:AET@host:port`` for DICOM over
+    TLS) or ``http(s)://.../dicom-web``; the special value ``@caller`` means "back to the
+    AE that sent the study".
     """
 
     kind: Literal["dimse", "dicomweb", "caller"]
@@ -61,6 +68,7 @@ class Destination:
     host: str = ""
     port: int = 0
     url: str = ""
+    tls: bool = False
 
     @classmethod
     def parse(cls, text: str) -> Destination:
@@ -68,24 +76,28 @@ class Destination:
         if text == "@caller":
             return cls(kind="caller")
         if text.startswith(("http://", "https://")):
-            return cls(kind="dicomweb", url=text.rstrip("/"))
+            return cls(kind="dicomweb", url=text.rstrip("/"), tls=text.startswith("https:"))
+        tls = text.lower().startswith("tls:")
+        if tls:
+            text = text[4:].strip()
         m = re.fullmatch(r"([^@]+)@(\[[^\]]+\]|[^:@]+):(\d+)", text)
         if not m:
             raise ValueError(
-                f"destination {text!r} is neither AET@host:port, an http(s) URL nor @caller"
+                f"destination {mask_url(text)!r} is neither AET@host:port, "
+                "tls:AET@host:port, an http(s) URL nor @caller"
             )
         port = int(m.group(3))
         if not 1 <= port <= 65535:
             raise ValueError(f"destination {text!r}: port {port} outside 1-65535")
         return cls(kind="dimse", ae_title=_validate_aet(m.group(1)),
-                   host=m.group(2).strip("[]"), port=port)
+                   host=m.group(2).strip("[]"), port=port, tls=tls)
 
     def __str__(self) -> str:
         if self.kind == "caller":
             return "@caller"
         if self.kind == "dicomweb":
             return mask_url(self.url)
-        return f"{self.ae_title}@{self.host}:{self.port}"
+        return ("tls:" if self.tls else "") + f"{self.ae_title}@{self.host}:{self.port}"
 
 
 def mask_url(url: str) -> str:
@@ -127,9 +139,33 @@ class Settings(BaseSettings):
         default_factory=list, description="calling AE titles allowed to connect; empty = any"
     )
     allowed_hosts: CommaList = Field(
-        default_factory=list, description="source addresses allowed to connect; empty = any"
+        default_factory=list,
+        description="source IP addresses or networks (CIDR) allowed to connect; empty = any. "
+        "Host names are refused: resolve them yourself, the listener never does DNS",
     )
-    max_associations: int = Field(16, ge=1, le=1000)
+    require_called_aet: bool = Field(
+        True, description="refuse associations whose called AE title is not ae_title"
+    )
+    max_associations: int = Field(
+        16, ge=1, le=1000, description="concurrent associations (A-ASSOCIATE-RQ received)"
+    )
+    max_pending_connections: int = Field(
+        64, ge=1, le=10000,
+        description="TCP connections at once that have not yet sent A-ASSOCIATE-RQ",
+    )
+    acse_timeout: float = Field(
+        10.0, gt=0, description="s a new connection has to send its A-ASSOCIATE-RQ (and a "
+        "peer to answer A-RELEASE); idle connections are closed after it"
+    )
+    network_timeout: float = Field(
+        60.0, gt=0, description="s an established association may stay silent before abort"
+    )
+    dimse_timeout: float = Field(
+        60.0, gt=0, description="s to wait for a DIMSE message inside an association"
+    )
+    tls_handshake_timeout: float = Field(
+        10.0, gt=0, description="s a TLS client has to finish its handshake"
+    )
     min_free_disk_mb: int = Field(
         1024, ge=0, description="below this much free space C-STORE answers 0xA700"
     )
@@ -173,13 +209,24 @@ class Settings(BaseSettings):
         description="comma-separated AET@host:port, DICOMweb URLs, or @caller",
     )
     sr_calling_aet: str = Field("MAMMODENSITY", description="AE title used to send SRs")
-    sr_retry_max_seconds: float = Field(600.0, gt=0, description="longest wait between retries")
+    sr_retry_max_seconds: float = Field(
+        60.0, gt=0, description="longest wait between SR delivery retries, s (a PACS that "
+        "accepts one SR makes the others waiting for it due at once)"
+    )
     sr_retry_base_seconds: float = Field(
         5.0, gt=0, description="first wait after a failed SR delivery; doubles per attempt"
     )
     sr_timeout_seconds: float = Field(
         30.0, gt=0, description="network timeout of one SR delivery (DIMSE or HTTP), s"
     )
+    sr_tls_ca: Path | None = Field(
+        None, description="CA bundle to verify the PACS for tls: and https destinations; "
+        "empty = the system's CA store"
+    )
+    sr_tls_cert: Path | None = Field(
+        None, description="client certificate for tls: and https destinations (optional)"
+    )
+    sr_tls_key: Path | None = Field(None, description="key of sr_tls_cert")
     caller_port: int = Field(
         0, ge=0, le=65535,
         description="DICOM port of the calling AE for @caller SR delivery (host = the peer's "
@@ -196,7 +243,9 @@ class Settings(BaseSettings):
     webhook_secret: SecretStr = SecretStr("")
     webhook_timeout: float = Field(10.0, gt=0)
     registry_url: str = Field("", description="dose registry database; empty = SQLite in data_dir")
-    hooks_include_patient_ids: bool = False
+    hooks_include_patient_ids: bool = Field(
+        False, description="not supported: hook payloads never carry patient identifiers"
+    )
     dose_reference_mgy: float = Field(
         2.5, gt=0, description="AGD reference level (mGy) at 45 mm compressed thickness"
     )
@@ -229,6 +278,27 @@ class Settings(BaseSettings):
     def _check_aets(cls, value: list[str]) -> list[str]:
         return [_validate_aet(v) for v in value]
 
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _check_hosts(cls, value: list[str]) -> list[str]:
+        out = []
+        for entry in value:
+            try:
+                out.append(str(ipaddress.ip_network(entry, strict=False)))
+            except ValueError:
+                raise ValueError(
+                    f"{entry!r} is not an IP address or network (a.b.c.d, a.b.c.d/nn, IPv6); "
+                    "host names are not resolved: give the sender's address") from None
+        return out
+
+    @field_validator("hooks_include_patient_ids")
+    @classmethod
+    def _no_patient_ids(cls, value: bool) -> bool:
+        if value:
+            raise ValueError("not supported: hook payloads never carry patient identifiers "
+                             "(match results by StudyInstanceUID); remove the setting")
+        return value
+
     @field_validator("sr_destinations", mode="before")
     @classmethod
     def _parse_destinations(cls, value: Any) -> Any:
@@ -242,7 +312,20 @@ class Settings(BaseSettings):
     def _check_broker(cls, value: str) -> str:
         value = value.strip()
         if value and urlsplit(value).scheme not in {"redis", "rediss", "memory", "sentinel"}:
-            raise ValueError(f"broker URL must be redis://, rediss:// or sentinel://: {value!r}")
+            raise ValueError("broker URL must be redis://, rediss:// or sentinel://: "
+                             f"{mask_url(value)!r}")
+        return value
+
+    @field_validator("broker_url", "result_backend", "registry_url", "webhook_url")
+    @classmethod
+    def _no_placeholder_password(cls, value: str) -> str:
+        try:
+            password = urlsplit(value).password
+        except ValueError:
+            return value
+        if password and _PLACEHOLDER_RE.match(password):
+            raise ValueError("the URL's password is still the template's placeholder "
+                             f"({mask_url(value)}): set the real one")
         return value
 
     @property
@@ -270,7 +353,7 @@ class Settings(BaseSettings):
             value = getattr(self, name)
             if isinstance(value, SecretStr):
                 value = "***" if value.get_secret_value() else ""
-            elif name in {"broker_url", "registry_url", "webhook_url"}:
+            elif name in _URL_SETTINGS:
                 value = mask_url(value)
             elif isinstance(value, Path):
                 value = str(value)
@@ -278,6 +361,10 @@ class Settings(BaseSettings):
                 value = [str(v) for v in value]
             out[name] = value
         return out
+
+
+# Settings that may hold a URL with a password: masked wherever they are shown.
+_URL_SETTINGS = frozenset({"broker_url", "result_backend", "registry_url", "webhook_url"})
 
 
 class ConfigError(Exception):
@@ -294,6 +381,25 @@ def _format_error(err: ValidationError) -> str:
     return "invalid configuration:\n" + "\n".join(lines)
 
 
+def unknown_env_vars(environ: dict[str, str] | None = None) -> list[str]:
+    """``MAMMO_DENSITY_*`` variables that name no setting, each with a "did you mean"."""
+    environ = dict(os.environ if environ is None else environ)
+    fields = {name.upper(): name for name in Settings.model_fields}
+    out = []
+    for key in sorted(environ):
+        upper = key.upper()
+        if not upper.startswith(ENV_PREFIX) or upper == CONFIG_ENV \
+                or upper.startswith(_ENV_RESERVED):
+            continue
+        name = upper[len(ENV_PREFIX):]
+        if name in fields:
+            continue
+        close = difflib.get_close_matches(name, list(fields), n=1, cutoff=0.6)
+        hint = f" (did you mean {ENV_PREFIX}{close[0]}?)" if close else ""
+        out.append(f"  {key}: no such setting{hint}")
+    return out
+
+
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
     """Build the settings from overrides, environment, TOML file and defaults.
 
@@ -307,8 +413,12 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
     Raises
     ------
     ConfigError
-        With a message naming each invalid key and its environment variable.
+        With a message naming each invalid key and its environment variable, or each
+        ``MAMMO_DENSITY_*`` environment variable that names no setting.
     """
+    unknown = unknown_env_vars()
+    if unknown:
+        raise ConfigError("unknown environment variable(s):\n" + "\n".join(unknown))
     path = config_file or os.environ.get(CONFIG_ENV) or None
     if path is not None:
         path = Path(path)
@@ -349,4 +459,5 @@ __all__ = [
     "default_data_dir",
     "load_settings",
     "mask_url",
+    "unknown_env_vars",
 ]

@@ -9,20 +9,37 @@ Data sets are received in pynetdicom's chunked mode (``STORE_RECV_CHUNKED_DATASE
 peer's bytes go straight to a file as they arrive, so memory stays flat whatever the
 image size, and the file is renamed (same file system) or copied into the spool.
 
-Guards: allow-lists of calling AE titles (association rejected, "calling AE title not
-recognised") and of source addresses (the connection is closed before association),
-optional TLS, a cap on concurrent associations (rejected transiently beyond it), and the
-free-disk watermark (C-STORE answers 0xA700).
+Guards, in the order a peer meets them (docs/security.md):
+
+1. at ``accept`` (the server's only thread that accepts connections, so nothing slow
+   runs there): the source-address allow-list and the cap on connections that have not
+   yet asked for an association (``max_pending_connections``); refused connections are
+   closed at once;
+2. in the connection's own thread: the TLS handshake, limited to
+   ``tls_handshake_timeout`` seconds, so a client that never starts TLS holds only
+   itself; then ``acse_timeout`` seconds to send its A-ASSOCIATE-RQ (an idle TCP
+   connection is dropped after that and never counts against ``max_associations``);
+3. at A-ASSOCIATE-RQ: the calling AE allow-list, the called AE title (when
+   ``require_called_aet``), and ``max_associations`` counted over associations that were
+   requested, not over bare connections. Each is answered with A-ASSOCIATE-RJ;
+4. per C-STORE: the free-disk watermark (0xA700).
+
+Every refusal is logged at WARNING with the calling AE title (where known) and the peer
+address and port: never a patient identifier.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import ipaddress
 import logging
+import socket
 import ssl
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
@@ -64,24 +81,32 @@ MAX_PDU = 4 * 1024 * 1024
 
 
 def _host_matcher(allowed: list[str]) -> Callable[[str], bool]:
-    networks = []
-    names = set()
-    for entry in allowed:
-        try:
-            networks.append(ipaddress.ip_network(entry, strict=False))
-        except ValueError:
-            names.add(entry.lower())
+    """Match a peer address against addresses and networks (the settings refuse anything
+    else, host names included, at load time)."""
+    networks = [ipaddress.ip_network(entry, strict=False) for entry in allowed]
 
     def allowed_host(host: str) -> bool:
-        if host.lower() in names:
-            return True
         try:
-            addr = ipaddress.ip_address(host)
+            addr = ipaddress.ip_address(host.split("%", 1)[0])
         except ValueError:
             return False
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
         return any(addr in net for net in networks)
 
     return allowed_host
+
+
+def _peer(address: object) -> tuple[str, int]:
+    if isinstance(address, tuple) and len(address) >= 2:
+        return str(address[0]), int(address[1])
+    return str(address or "?"), 0
+
+
+def _shown_aet(value: object) -> str:
+    """A peer-supplied AE title fit for a log line (printable, at most 16 characters)."""
+    text = value.decode("ascii", "replace") if isinstance(value, bytes) else str(value or "")
+    return "".join(c if " " <= c <= "~" else "?" for c in text.strip())[:16]
 
 
 def tls_context(settings: Settings) -> ssl.SSLContext | None:
@@ -150,6 +175,10 @@ class Listener:
         self._timer: StableTimer | None = None
         self._allowed_host = (_host_matcher(settings.allowed_hosts)
                               if settings.allowed_hosts else None)
+        self._ssl: ssl.SSLContext | None = None
+        self._door_lock = threading.Lock()
+        self._handshaking = 0
+        self._admitted: weakref.WeakSet = weakref.WeakSet()
 
     # --- pynetdicom handlers ------------------------------------------------------------
     @staticmethod
@@ -198,8 +227,17 @@ class Listener:
     def build_ae(self) -> AE:
         ae = AE(ae_title=self.settings.ae_title)
         ae.maximum_pdu_size = MAX_PDU
-        ae.maximum_associations = self.settings.max_associations
+        # The association limit and the AE checks are ours (:meth:`_on_requested`): they
+        # count requested associations only and log every refusal. pynetdicom's own
+        # checks stay as a backstop behind ours (its limit above ours: it counts bare
+        # connections too).
+        ae.maximum_associations = (self.settings.max_associations
+                                   + self.settings.max_pending_connections)
         ae.require_calling_aet = list(self.settings.allowed_aets)
+        ae.require_called_aet = self.settings.require_called_aet
+        ae.acse_timeout = self.settings.acse_timeout
+        ae.network_timeout = self.settings.network_timeout
+        ae.dimse_timeout = self.settings.dimse_timeout
         ae.add_supported_context(Verification, TRANSFER_SYNTAXES)
         for sop_class in SOP_KINDS:
             ae.add_supported_context(sop_class, TRANSFER_SYNTAXES)
@@ -229,25 +267,136 @@ class Listener:
         if orphans:
             log.info("recorded %d spooled instance(s) missing from the state", orphans)
         ae = self.build_ae()
-        handlers = [(evt.EVT_C_ECHO, self.handle_echo), (evt.EVT_C_STORE, self.handle_store)]
-        self._server = ae.start_server(
-            (self.settings.listen_host, self.settings.listen_port), block=False,
-            ssl_context=tls_context(self.settings), evt_handlers=handlers)
-        if self._allowed_host is not None:
-            self._server.verify_request = self._verify_request  # type: ignore[method-assign]
+        self._ssl = tls_context(self.settings)
+        handlers = [(evt.EVT_C_ECHO, self.handle_echo), (evt.EVT_C_STORE, self.handle_store),
+                    (evt.EVT_REQUESTED, self._on_requested),
+                    (evt.EVT_REJECTED, self._on_rejected)]
+        # No ssl_context for pynetdicom: it would run the handshake inside accept(), with
+        # no timeout, before the allow-list. Ours runs in the connection's thread.
         self._ae = ae
+        self._server = server = ae.start_server(
+            (self.settings.listen_host, self.settings.listen_port), block=False,
+            evt_handlers=handlers)
+        server.verify_request = self._verify_request  # type: ignore[method-assign]
+        if self._ssl is not None:
+            server.finish_request = functools.partial(  # type: ignore[method-assign]
+                self._finish_tls, server.finish_request)
         self._timer = StableTimer(self.assembler).start()
         host, port = self.address
         log.info("listening on %s@%s:%d%s", self.settings.ae_title, host, port,
                  " (TLS)" if self.settings.tls_cert else "")
         return self
 
-    def _verify_request(self, request, client_address) -> bool:
-        host = str(client_address[0]) if isinstance(client_address, tuple) else ""
+    # --- the door (see the module docstring) ---------------------------------------------
+    def _pending_connections(self) -> int:
+        """Connections not yet past their A-ASSOCIATE-RQ: TLS handshakes under way and
+        acceptor threads still waiting for the request (a connection the peer closed is
+        not counted: its thread only waits out ``acse_timeout``)."""
+        waiting = sum(1 for a in self._ae.active_associations
+                      if a.is_acceptor and a.requestor.primitive is None and a.dul.is_alive())
+        return waiting + self._handshaking
+
+    def _verify_request(self, request: socket.socket, client_address: object) -> bool:
+        """Runs in the accept thread: cheap checks only, no reads from the peer."""
+        host, port = _peer(client_address)
         if self._allowed_host is not None and not self._allowed_host(host):
-            log.warning("connection from %s refused: address not in allowed_hosts", host)
+            log.warning("connection from %s:%d refused: address not in allowed_hosts",
+                        host, port)
+            return False
+        limit = self.settings.max_pending_connections
+        if self._pending_connections() >= limit:
+            log.warning("connection from %s:%d refused: %d connection(s) already waiting to "
+                        "associate (max_pending_connections)", host, port, limit)
             return False
         return True
+
+    def _finish_tls(self, finish: Callable[[socket.socket, object], None],
+                    request: socket.socket, client_address: object) -> None:
+        """In the connection's thread: the TLS handshake with a timeout, then pynetdicom."""
+        host, port = _peer(client_address)
+        assert self._ssl is not None
+        with self._door_lock:
+            self._handshaking += 1
+        limit = self.settings.tls_handshake_timeout
+        # A deadline for the whole handshake, not only per read: a peer that trickles a
+        # byte at a time is cut off too (shutdown wakes the blocked read).
+        deadline = threading.Timer(limit, self._cut, args=(request,))
+        deadline.daemon = True
+        started = time.monotonic()
+        try:
+            request.settimeout(limit)
+            deadline.start()
+            try:
+                tls = self._ssl.wrap_socket(request, server_side=True)
+            except (OSError, ValueError) as err:  # ssl.SSLError and TimeoutError are OSErrors
+                late = isinstance(err, TimeoutError) or time.monotonic() - started >= limit
+                reason = (f"no TLS handshake within {limit:g} s" if late
+                          else getattr(err, "reason", None) or type(err).__name__)
+                log.warning("connection from %s:%d refused: TLS handshake failed (%s)",
+                            host, port, reason)
+                with contextlib.suppress(OSError):
+                    request.close()
+                return
+            tls.settimeout(None)
+        finally:
+            deadline.cancel()
+            with self._door_lock:
+                self._handshaking -= 1
+        finish(tls, client_address)
+
+    @staticmethod
+    def _cut(sock: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+    def _on_requested(self, event: evt.Event) -> None:
+        """EVT_REQUESTED (A-ASSOCIATE-RQ received): AE checks and the association limit;
+        a refusal is answered with A-ASSOCIATE-RJ and logged. Fails closed: pynetdicom
+        swallows a handler's exception and would go on to accept."""
+        try:
+            self._admit(event.assoc)
+        except Exception:
+            log.exception("association refused: admission check failed")
+            with contextlib.suppress(Exception):
+                event.assoc.acse.send_reject(0x02, 0x01, 0x01)
+                event.assoc.kill()
+
+    def _admit(self, assoc) -> None:
+        rq = assoc.requestor.primitive
+        calling = _shown_aet(rq.calling_ae_title)
+        called = _shown_aet(rq.called_ae_title)
+        host, port = _peer((assoc.requestor.address, assoc.requestor.port))
+        s = self.settings
+        reason, rsd = "", (0, 0, 0)
+        if s.allowed_aets and calling not in s.allowed_aets:
+            reason, rsd = "calling AE title not in allowed_aets", (0x01, 0x01, 0x03)
+        elif s.require_called_aet and called != s.ae_title:
+            reason, rsd = (f"called AE title {called!r} is not this node's {s.ae_title!r}",
+                           (0x01, 0x01, 0x07))
+        else:
+            with self._door_lock:
+                running = sum(1 for a in list(self._admitted) if a.is_alive())
+                if running >= s.max_associations:
+                    reason, rsd = (f"{running} associations running (max_associations)",
+                                   (0x02, 0x03, 0x02))
+                else:
+                    self._admitted.add(assoc)
+        if not reason:
+            return
+        log.warning("association from AE %r at %s:%d refused: %s", calling, host, port,
+                    reason)
+        assoc.acse.send_reject(*rsd)
+        assoc.kill()
+
+    @staticmethod
+    def _on_rejected(event: evt.Event) -> None:
+        """EVT_REJECTED: only pynetdicom's own backstop checks reject this way (ours do
+        not fire this event)."""
+        rq, rj = event.assoc.requestor, event.assoc.acceptor.primitive
+        reason = (f"result {rj.result}, source {rj.result_source}, diagnostic "
+                  f"{rj.diagnostic}" if rj is not None else "no reason")
+        log.warning("association from AE %r at %s:%d refused by pynetdicom (%s)",
+                    _shown_aet(rq.ae_title), *_peer((rq.address, rq.port)), reason)
 
     def stop(self, grace: float = 30.0) -> None:
         """Stop accepting; let running associations finish for up to ``grace`` seconds

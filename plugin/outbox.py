@@ -36,6 +36,17 @@ Rules:
   unknown caller) the row is recorded as ``skipped`` with the reason, shown by ``status``.
 - A row is claimed (its ``next_try`` pushed forward) in a transaction before sending,
   so two outbox loops on the same data directory never send the same row at once.
+- Restart: when ``serve``'s loop starts (it holds the data directory's lock, so it is the
+  only sender) every pending row is due at once: rows claimed by a process that crashed
+  mid-send and rows waiting out a backoff are tried straight away. A PACS that accepts a
+  delivery makes that destination's other waiting rows due at once too, so an outage does
+  not leave SRs behind for the rest of their backoff. ``mammo-density retry`` makes rows
+  due now from the command line.
+- An SR being sent when ``serve`` was killed may have reached the PACS before its row was
+  marked delivered; it is sent again after the restart. C-STORE and STOW-RS offer no
+  "did you get it?" to ask first, and the copy is harmless: it is the same object with the
+  same SOP Instance UID, which a PACS stores once (Orthanc keeps the first copy and answers
+  success; tests/test_outbox_restart.py checks it).
 """
 
 from __future__ import annotations
@@ -57,7 +68,7 @@ from pydicom.dataset import Dataset
 
 from mammo_density.config import Destination, Settings, mask_url
 from mammo_density.logsetup import uid_hash
-from mammo_density.plugin.send import DeliveryError, c_store, stow_rs
+from mammo_density.plugin.send import DeliveryError, c_store, client_tls_context, stow_rs
 from mammo_density.plugin.spool import durable_write, fsync_dir
 
 log = logging.getLogger(__name__)
@@ -100,6 +111,7 @@ CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(status, next_try);
 """
 
 PENDING, DELIVERED, SKIPPED, SUPERSEDED = "pending", "delivered", "skipped", "superseded"
+DIMSE_TLS = "dimse-tls"  # the ``kind`` of a tls:AET@host:port delivery
 _CLAIM_SECONDS = 300.0  # a claimed row is not picked up again for this long (crash guard)
 
 
@@ -132,16 +144,24 @@ class Outbox:
         True in ``serve``, which owns the outbox: it decides the destinations (at
         enqueue, and for SRs enqueued by others at :meth:`route_new`) and delivers.
         False in a Celery worker: :meth:`enqueue` only stores the SR.
+    readonly
+        ``status``: queries only, nothing created or written.
     """
 
-    def __init__(self, settings: Settings, *, owner: bool = True) -> None:
+    def __init__(self, settings: Settings, *, owner: bool = True,
+                 readonly: bool = False) -> None:
         self.settings = settings
         self.owner = owner
         self.dir = Path(settings.outbox_dir)
         self.sent_dir = self.dir / SENT_DIR
         self.db_path = Path(settings.data_dir) / DB_NAME
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.readonly = readonly  # `status`: queries only, nothing created or written
         self._lock = threading.Lock()  # one deliver_due at a time per instance
+        if readonly:
+            if not self.db_path.exists():
+                raise FileNotFoundError(f"no SR outbox database: {self.db_path}")
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
         with self._connect() as db:
             db.executescript(_SCHEMA)
             columns = {r["name"] for r in db.execute("PRAGMA table_info(srs)")}
@@ -151,11 +171,17 @@ class Outbox:
     # --- database -------------------------------------------------------------------
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None)
+        if self.readonly:
+            from mammo_density.datadir import connect_readonly
+
+            db = connect_readonly(self.db_path)
+        else:
+            db = sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None)
         try:
             db.row_factory = sqlite3.Row
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
+            if not self.readonly:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=FULL")
             db.execute("PRAGMA busy_timeout=30000")
             yield db
         finally:
@@ -181,7 +207,8 @@ class Outbox:
 
     def _resolve(self, dest: Destination, calling_aet: str, peer_host: str) -> _Target:
         if dest.kind == "dimse":
-            return _Target(str(dest), "dimse", dest.ae_title, dest.host, dest.port)
+            return _Target(str(dest), DIMSE_TLS if dest.tls else "dimse", dest.ae_title,
+                           dest.host, dest.port)
         if dest.kind == "dicomweb":
             return _Target(dest.url, "dicomweb", url=dest.url)
         port = int(self.settings.caller_port or 0)
@@ -302,9 +329,28 @@ class Outbox:
                     delivered += 1
             return delivered
 
+    def retry_now(self, destination: str | None = None) -> int:
+        """Make pending deliveries (of one destination, as ``status`` shows it, or all) due
+        now, claims of a crashed process included; return how many."""
+        sql = "UPDATE deliveries SET next_try = ? WHERE status = ?"
+        params: tuple = (time.time(), PENDING)
+        if destination:
+            sql += " AND destination = ?"
+            params += (destination,)
+        with self._transaction() as db:
+            return db.execute(sql, params).rowcount
+
     def run_forever(self, stop: threading.Event, interval: float = 1.0) -> None:
-        """Deliver due SRs every ``interval`` seconds until ``stop`` is set."""
+        """Deliver due SRs every ``interval`` seconds until ``stop`` is set (after making
+        every pending delivery due: see the restart rule above)."""
         log.info("SR outbox running (%d destination(s))", len(self.settings.sr_destinations))
+        try:
+            due = self.retry_now()
+        except sqlite3.Error:
+            log.exception("SR outbox: pending deliveries not rescheduled at start")
+            due = 0
+        if due:
+            log.info("SR outbox: %d undelivered SR deliveries due now (start-up)", due)
         while not stop.is_set():
             try:
                 self.deliver_due()
@@ -368,11 +414,15 @@ class Outbox:
         extra = {"study": uid_hash(row["study_uid"]), "sr": uid_hash(row["sop_uid"])}
         try:
             ds = pydicom.dcmread(row["path"])
+            s = self.settings
             if row["kind"] == "dicomweb":
-                note = stow_rs(ds, url=row["url"], timeout=timeout)
+                note = stow_rs(ds, url=row["url"], timeout=timeout, ca=s.sr_tls_ca,
+                               cert=s.sr_tls_cert, key=s.sr_tls_key)
             else:
+                tls = (client_tls_context(s.sr_tls_ca, s.sr_tls_cert, s.sr_tls_key)
+                       if row["kind"] == DIMSE_TLS else None)
                 note = c_store(ds, ae_title=row["ae_title"], host=row["host"], port=row["port"],
-                               calling_aet=self.settings.sr_calling_aet, timeout=timeout)
+                               calling_aet=s.sr_calling_aet, timeout=timeout, tls=tls)
         except Exception as exc:  # any failure is recorded and retried; the loop goes on
             error = str(exc) if isinstance(exc, DeliveryError) else \
                 f"{type(exc).__name__}: {exc}"
@@ -385,10 +435,16 @@ class Outbox:
             log.warning("SR delivery to %s failed (attempt %d): %s", self._shown(row),
                         attempts, error, extra=extra)
             return False
+        now = time.time()
         with self._transaction() as db:
             db.execute("UPDATE deliveries SET status = ?, attempts = attempts + 1,"
                        " last_error = '', delivered_at = ? WHERE id = ?",
-                       (DELIVERED, time.time(), row["id"]))
+                       (DELIVERED, now, row["id"]))
+            # The destination works again: what waits for it need not sit out its backoff.
+            # (Rows of the batch being sent are among them: this loop sends them next anyway.)
+            db.execute("UPDATE deliveries SET next_try = ? WHERE destination = ? AND"
+                       " status = ? AND next_try > ?",
+                       (now, row["destination"], PENDING, now))
         log.info("SR delivered to %s (%s)", self._shown(row), note, extra=extra)
         self._maybe_retire(row["sop_uid"])
         return True

@@ -3,11 +3,18 @@
 Each function either returns a short success note or raises :class:`DeliveryError` with
 a message fit for ``status`` (no patient data, URLs with passwords masked). Every
 network call has a timeout.
+
+TLS (docs/security.md): a ``tls:AET@host:port`` destination is C-STOREd over TLS (DICOM
+PS3.15 secure transport, TLS 1.2 or later), an ``https://`` one over HTTPS. Both verify the
+PACS's certificate and host name against ``sr_tls_ca`` (else the system's CA store) and
+present ``sr_tls_cert``/``sr_tls_key`` when the PACS asks for a client certificate.
 """
 
 from __future__ import annotations
 
 import logging
+import ssl
+from pathlib import Path
 
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -26,9 +33,22 @@ class DeliveryError(Exception):
     """A delivery attempt failed; the message says why (kept as ``last_error``)."""
 
 
+def client_tls_context(ca: Path | str | None = None, cert: Path | str | None = None,
+                       key: Path | str | None = None) -> ssl.SSLContext:
+    """Client TLS context: TLS 1.2+, the server verified against ``ca`` (else the system
+    store) with its host name, and a client certificate when ``cert`` is given."""
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH,
+                                     cafile=str(ca) if ca else None)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if cert:
+        ctx.load_cert_chain(str(cert), str(key) if key else None)
+    return ctx
+
+
 def c_store(ds: Dataset, *, ae_title: str, host: str, port: int, calling_aet: str,
-            timeout: float = 30.0) -> str:
-    """C-STORE ``ds`` to ``ae_title@host:port``; return the status as ``"0x0000"``.
+            timeout: float = 30.0, tls: ssl.SSLContext | None = None) -> str:
+    """C-STORE ``ds`` to ``ae_title@host:port`` (over TLS with ``tls``); return the status
+    as ``"0x0000"``.
 
     Raises
     ------
@@ -36,20 +56,25 @@ def c_store(ds: Dataset, *, ae_title: str, host: str, port: int, calling_aet: st
         Connection refused or timed out, association rejected or aborted, no response,
         or a failure status (``0xA700`` out of resources, ``0xA900``, ``0xC000``...).
     """
-    where = f"{ae_title}@{host}:{port}"
+    where = ("tls:" if tls else "") + f"{ae_title}@{host}:{port}"
     ae = AE(ae_title=calling_aet)
     ae.acse_timeout = timeout
     ae.dimse_timeout = timeout
     ae.network_timeout = timeout
     ae.connection_timeout = timeout
     ae.add_requested_context(ds.SOPClassUID, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-    assoc = ae.associate(host, port, ae_title=ae_title)
+    try:
+        assoc = ae.associate(host, port, ae_title=ae_title,
+                             tls_args=(tls, host) if tls else None)
+    except (ssl.SSLError, ssl.CertificateError, OSError) as exc:
+        raise DeliveryError(f"TLS with {where} failed: {exc}") from None
     if not assoc.is_established:
         if assoc.is_rejected:
             raise DeliveryError(f"association rejected by {where}")
-        # pynetdicom reports a refused or timed-out connection as an abort too.
-        raise DeliveryError(f"no association with {where} (connection refused, timed out "
-                            "or aborted)")
+        # pynetdicom reports a refused or timed-out connection (and a failed TLS
+        # handshake) as an abort too.
+        raise DeliveryError(f"no association with {where} (connection refused, timed out"
+                            + (", TLS handshake failed" if tls else "") + " or aborted)")
     try:
         if not assoc.accepted_contexts:
             raise DeliveryError(f"{where} accepts no presentation context for SOP class "
@@ -68,8 +93,11 @@ def c_store(ds: Dataset, *, ae_title: str, host: str, port: int, calling_aet: st
                         + (f": {comment}" if comment else ""))
 
 
-def stow_rs(ds: Dataset, *, url: str, timeout: float = 30.0) -> str:
-    """STOW-RS ``ds`` to the DICOMweb service at ``url`` (its root, e.g. ``.../dicom-web``).
+def stow_rs(ds: Dataset, *, url: str, timeout: float = 30.0, ca: Path | str | None = None,
+            cert: Path | str | None = None, key: Path | str | None = None) -> str:
+    """STOW-RS ``ds`` to the DICOMweb service at ``url`` (its root, e.g. ``.../dicom-web``);
+    an https URL is verified against ``ca`` (else the system store), with the client
+    certificate ``cert``/``key`` when given.
 
     Raises
     ------
@@ -80,7 +108,16 @@ def stow_rs(ds: Dataset, *, url: str, timeout: float = 30.0) -> str:
     from dicomweb_client.api import DICOMwebClient
 
     where = mask_url(url)
-    client = DICOMwebClient(url=url, timeout=timeout)
+    session = requests.Session()
+    if ca:
+        # requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE override a session's verify:
+        # take nothing from the environment but its proxies.
+        session.trust_env = False
+        session.proxies.update(requests.utils.get_environ_proxies(url))
+        session.verify = str(ca)
+    if cert:
+        session.cert = (str(cert), str(key)) if key else str(cert)
+    client = DICOMwebClient(url=url, timeout=timeout, session=session)
     client.set_http_retry_params(retry=False)  # the outbox retries, with its own backoff
     try:
         response = client.store_instances([ds])
@@ -96,4 +133,4 @@ def stow_rs(ds: Dataset, *, url: str, timeout: float = 30.0) -> str:
     return "stored"
 
 
-__all__ = ["DeliveryError", "c_store", "stow_rs"]
+__all__ = ["DeliveryError", "c_store", "client_tls_context", "stow_rs"]

@@ -108,16 +108,25 @@ class StateDB:
     ----------
     path
         SQLite file (created with its folder if missing).
+    readonly
+        Open an existing database for queries only (see
+        :func:`mammo_density.datadir.connect_readonly`).
     """
 
-    def __init__(self, path: Path | str, *, timeout: float = 30.0) -> None:
+    def __init__(self, path: Path | str, *, timeout: float = 30.0,
+                 readonly: bool = False) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._timeout = timeout
         # One connection per StateDB, used under a lock by every thread (pynetdicom runs
         # each association in a thread of its own: per-thread connections would pile up).
         self._lock = threading.RLock()
         self._db: sqlite3.Connection | None = None
+        if readonly:  # `status`: queries only, nothing created or written (full disk)
+            from mammo_density.datadir import connect_readonly
+
+            self._db = connect_readonly(self.path, timeout=timeout)
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._use() as conn:
             conn.executescript(_SCHEMA)
 

@@ -102,3 +102,75 @@ def test_cli_bad_port_exits_nonzero() -> None:
     out = _cli("config", env={"MAMMO_DENSITY_LISTEN_PORT": "70000"})
     assert out.returncode == 2
     assert "listen_port" in out.stderr and "MAMMO_DENSITY_LISTEN_PORT" in out.stderr
+
+
+# --- mistakes an administrator makes (issue 16) ----------------------------------------
+
+
+def test_misspelt_env_var_is_an_error_with_a_suggestion(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: a misspelt MAMMO_DENSITY_* variable was silently ignored."""
+    monkeypatch.setenv("MAMMO_DENSITY_SR_DESTINATION", "PACS@127.0.0.1:104")
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    assert "MAMMO_DENSITY_SR_DESTINATION" in str(err.value)
+    assert "did you mean MAMMO_DENSITY_SR_DESTINATIONS?" in str(err.value)
+    out = _cli("config", env={"MAMMO_DENSITY_LISTEN_PROT": "4000"})
+    assert out.returncode == 2
+    assert "MAMMO_DENSITY_LISTEN_PROT" in out.stderr
+    assert "did you mean MAMMO_DENSITY_LISTEN_PORT?" in out.stderr
+    # The test suite's and the benchmarks' own variables are not settings, and allowed.
+    monkeypatch.delenv("MAMMO_DENSITY_SR_DESTINATION")
+    monkeypatch.setenv("MAMMO_DENSITY_TEST_SOMETHING", "1")
+    load_settings()
+
+
+def test_config_masks_result_backend_password() -> None:
+    """Before: `config` printed the result backend's password in clear."""
+    out = _cli("config", env={"MAMMO_DENSITY_RESULT_BACKEND": "redis://:hunter2@10.0.0.5:6379/1",
+                              "MAMMO_DENSITY_SR_DESTINATIONS":
+                              "https://user:pacspw@pacs/dicom-web"})
+    assert out.returncode == 0, out.stderr
+    assert "hunter2" not in out.stdout and "pacspw" not in out.stdout
+    assert 'result_backend = "redis://:***@10.0.0.5:6379/1"' in out.stdout
+
+
+@pytest.mark.parametrize("entry", ["pacs.hospital.local", "10.0.0.0/33", "10.0.0.300",
+                                   "10.0.0.0/8/1"])
+def test_allowed_hosts_must_be_addresses(monkeypatch: pytest.MonkeyPatch, entry: str) -> None:
+    """Before: a host name or a malformed network was accepted and then matched nothing."""
+    monkeypatch.setenv("MAMMO_DENSITY_ALLOWED_HOSTS", f"127.0.0.1, {entry}")
+    with pytest.raises(ConfigError, match="allowed_hosts"):
+        load_settings()
+
+
+def test_allowed_hosts_normalised(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MAMMO_DENSITY_ALLOWED_HOSTS", "10.1.2.3, 192.168.0.7/24, ::1")
+    assert load_settings().allowed_hosts == ["10.1.2.3/32", "192.168.0.0/24", "::1/128"]
+
+
+def test_hooks_include_patient_ids_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: the setting was accepted and did nothing."""
+    monkeypatch.setenv("MAMMO_DENSITY_HOOKS_INCLUDE_PATIENT_IDS", "true")
+    with pytest.raises(ConfigError, match="never carry patient identifiers"):
+        load_settings()
+
+
+def test_tls_destination_syntax() -> None:
+    d = Destination.parse("tls:PACS@pacs.local:2762")
+    assert (d.kind, d.ae_title, d.host, d.port, d.tls) == ("dimse", "PACS", "pacs.local", 2762,
+                                                           True)
+    assert str(d) == "tls:PACS@pacs.local:2762"
+    assert not Destination.parse("PACS@pacs.local:104").tls
+    assert Destination.parse("https://pacs/dicom-web").tls
+
+
+def test_errors_mask_passwords(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MAMMO_DENSITY_BROKER_URL", "amqp://guest:hunter2@mq:5672//")
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    assert "hunter2" not in str(err.value) and "broker_url" in str(err.value)
+    monkeypatch.delenv("MAMMO_DENSITY_BROKER_URL")
+    monkeypatch.setenv("MAMMO_DENSITY_SR_DESTINATIONS", "htps://u:hunter2@pacs/dicom-web")
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    assert "hunter2" not in str(err.value) and "sr_destinations" in str(err.value)

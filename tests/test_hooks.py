@@ -13,7 +13,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from mammo_density.config import load_settings
+from mammo_density.config import ConfigError, load_settings
 from mammo_density.result import BreastResult, ExamResult, ModelRef, StudyResult
 from mammo_density.worker.dose import extract_dose
 from mammo_density.worker.hooks import (
@@ -122,10 +122,11 @@ def test_event_id_stable_and_patient_ids_opt_in(tmp_path):
     patient = {"PatientID": "P123", "PatientName": "Doe^Jane"}
     off = build_payload(r1, _settings(tmp_path), patient=patient)
     assert "patient" not in off and "P123" not in json.dumps(off)
-    on = build_payload(r1, _settings(tmp_path, hooks_include_patient_ids=True), patient=patient)
-    assert on["patient"] == patient
     for key in ("exam", "breasts", "dose", "recommendations", "model", "study_instance_uid"):
-        assert key in on
+        assert key in off
+    # Patient identifiers in hook payloads are not supported: asking for them is an error.
+    with pytest.raises(ConfigError, match="hooks_include_patient_ids"):
+        _settings(tmp_path, hooks_include_patient_ids=True)
 
 
 def test_webhook_signed_queued_while_down_and_delivered_once_after_restart(tmp_path, receiver):

@@ -79,9 +79,6 @@ def _start_loops(settings: Settings, stop: threading.Event) -> list[threading.Th
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from mammo_density.plugin.listener import Listener
-    from mammo_density.plugin.state import StateDB
-
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -91,7 +88,28 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    from mammo_density import datadir
+
+    datadir.private_umask()  # PHI on disk: files 0600, folders 0700 (docs/security.md)
+    datadir.secure(settings.data_dir)
+    try:
+        lock = datadir.DataDirLock(settings.data_dir).acquire()
+    except datadir.DataDirBusy as err:
+        log.error("%s", err)
+        return 1
+    if not settings.sr_destinations and not args.receive_only:
+        log.warning("no SR destination configured (sr_destinations): SRs are kept in %s "
+                    "and sent nowhere", settings.outbox_dir)
+    try:
+        return _run_locked(args, settings, stop)
+    finally:
+        lock.release()
+
+
+def _run_locked(args: argparse.Namespace, settings: Settings, stop: threading.Event) -> int:
+    from mammo_density.plugin.listener import Listener
+    from mammo_density.plugin.state import StateDB
+
     db = StateDB(settings.state_db)
     close_pipeline: Callable[[], None] = lambda: None  # noqa: E731
     threads: list[threading.Thread] = []

@@ -1,10 +1,19 @@
-"""``mammo-density status``: studies by state, oldest in flight, last errors, undelivered SRs."""
+"""``mammo-density status``: studies by state, oldest in flight, last errors, undelivered SRs.
+
+It only reads: every database is opened read-only (:func:`~mammo_density.datadir.
+connect_readonly`), nothing is created, so it works on a full or read-only disk and never
+turns a mistyped ``--data-dir`` into an empty node. A data directory without a state
+database is an error (exit 1), as is a database that cannot be read. ``status | head``
+ends quietly.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
+import sys
 import time
 from typing import Any
 
@@ -33,28 +42,74 @@ def _summary(result: dict[str, Any] | None) -> dict[str, Any] | None:
     }
 
 
-def _pending(settings: Settings, module: str, cls: str) -> list[dict[str, Any]] | None:
-    """``pending()`` of the SR outbox / hook queue, or None where that part is absent."""
+class NoStateDatabase(Exception):
+    """The data directory has no (readable) state database."""
+
+
+def _undelivered_srs(settings: Settings) -> list[dict[str, Any]] | None:
+    """Undelivered SRs from the outbox database, read-only; None where there is none yet."""
     try:
-        mod = __import__(module, fromlist=[cls])
-        queue = getattr(mod, cls)(settings)
+        from mammo_density.plugin.outbox import Outbox
     except ImportError:
         return None
     try:
-        return list(queue.pending())
+        return list(Outbox(settings, readonly=True).pending())
+    except FileNotFoundError:
+        return None
     except Exception as err:  # a status command reports, it does not crash
         return [{"error": f"{type(err).__name__}: {err}"}]
 
 
+def _pending_hooks(settings: Settings) -> list[dict[str, Any]] | None:
+    """Hook events not yet delivered (the hook queue's ``pending()`` query, read-only)."""
+    from mammo_density.datadir import connect_readonly
+
+    path = settings.data_dir / "hooks.sqlite3"
+    if not path.exists():
+        return None
+    try:
+        db = connect_readonly(path)
+        try:
+            rows = db.execute(
+                "SELECT event_id, hook, study_hash, attempts, next_at, last_error, created_at"
+                " FROM hook_events WHERE state = 'pending' ORDER BY created_at").fetchall()
+        finally:
+            db.close()
+    except Exception as err:
+        return [{"error": f"{type(err).__name__}: {err}"}]
+    return [dict(r) for r in rows]
+
+
+def _warnings(settings: Settings) -> list[str]:
+    out = []
+    if not settings.sr_destinations:
+        out.append(f"no SR destination configured (sr_destinations): SRs are kept in "
+                   f"{settings.outbox_dir} and sent nowhere")
+    return out
+
+
 def collect(settings: Settings, errors: int = 10) -> dict[str, Any]:
-    """Everything ``status`` prints, as plain data."""
+    """Everything ``status`` prints, as plain data.
+
+    Raises
+    ------
+    NoStateDatabase
+        The data directory has no state database, or it cannot be read.
+    """
+    import sqlite3
+
     from mammo_density.plugin.state import STATUSES, StateDB
 
-    if not settings.state_db.exists():
-        return {"data_dir": str(settings.data_dir), "state": "no state database yet",
-                "counts": dict.fromkeys(STATUSES, 0), "studies": {}, "oldest_in_flight": None,
-                "last_errors": [], "undelivered_srs": None, "pending_hooks": None}
-    db = StateDB(settings.state_db)
+    if not settings.state_db.is_file():
+        where = ("does not exist" if not settings.data_dir.exists()
+                 else "has no state database (state.sqlite3)")
+        raise NoStateDatabase(
+            f"data directory {settings.data_dir} {where}: not a node's data directory, or "
+            "`serve` never ran there (check --data-dir / MAMMO_DENSITY_DATA_DIR)")
+    try:
+        db = StateDB(settings.state_db, readonly=True)
+    except sqlite3.Error as err:
+        raise NoStateDatabase(f"cannot read {settings.state_db}: {err}") from None
     try:
         studies: dict[str, list[dict[str, Any]]] = {s: [] for s in STATUSES}
         for row in db.studies():
@@ -67,15 +122,19 @@ def collect(settings: Settings, errors: int = 10) -> dict[str, Any]:
         oldest = db.oldest_in_flight()
         out = {
             "data_dir": str(settings.data_dir),
+            "warnings": _warnings(settings),
+            "sr_destinations": [str(d) for d in settings.sr_destinations],
             "counts": db.counts(),
             "studies": studies,
             "oldest_in_flight": None if oldest is None else {
                 "study_uid": oldest["study_uid"], "status": oldest["status"],
                 "age_s": round(time.time() - oldest["created_at"], 1)},
             "last_errors": db.last_errors(errors),
-            "undelivered_srs": _pending(settings, "mammo_density.plugin.outbox", "Outbox"),
-            "pending_hooks": _pending(settings, "mammo_density.worker.hooks", "HookQueue"),
+            "undelivered_srs": _undelivered_srs(settings),
+            "pending_hooks": _pending_hooks(settings),
         }
+    except sqlite3.Error as err:
+        raise NoStateDatabase(f"cannot read {settings.state_db}: {err}") from None
     finally:
         db.close()
     return out
@@ -86,10 +145,27 @@ def _when(ts: float) -> str:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    data = collect(settings, args.errors)
-    if args.json:
+    try:
+        data = collect(settings, args.errors)
+    except NoStateDatabase as err:
+        print(f"mammo-density status: {err}", file=sys.stderr)
+        return 1
+    try:
+        _print(data, as_json=args.json)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `status | head`: the reader has what it wanted
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    return 0
+
+
+def _print(data: dict[str, Any], *, as_json: bool) -> None:
+    if as_json:
         print(json.dumps(data, indent=2, default=str))
-        return 0
+        return
+    for warning in data["warnings"]:
+        print(f"WARNING: {warning}")
     print(f"data dir: {data['data_dir']}")
     print("studies: " + ", ".join(f"{k} {v}" for k, v in data["counts"].items()))
     for status, rows in data["studies"].items():
@@ -121,4 +197,3 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         print(f"{title}: {len(rows)}")
         for row in rows[:20]:
             print("  " + ", ".join(f"{k}={v}" for k, v in row.items())[:200])
-    return 0

@@ -52,6 +52,9 @@ def _queues(text: str) -> list[str]:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    from mammo_density.datadir import private_umask
+
+    private_umask()  # SRs written to the outbox carry PHI: files 0600 (docs/security.md)
     from celery.signals import worker_process_init
 
     from mammo_density.commands.compose import node_pipeline
