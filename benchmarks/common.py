@@ -56,9 +56,9 @@ def bench_model(cache: Path = DEFAULT_CACHE, *, input_size: int = 512, width: in
     if not (folder / "manifest.json").is_file():
         import torch
 
+        from mammo_density.study.slots import SLOTS
         from mammo_density.train.export import write_registry_entry
         from mammo_density.train.model import DensityResNet
-        from mammo_density.views import SLOTS
 
         torch.manual_seed(0)
         models = {slot: DensityResNet(num_classes=4, width=width).eval() for slot in SLOTS}

@@ -33,7 +33,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
 
-MG_PRES = "1.2.840.10008.5.1.4.1.1.1.2"
+from mammo_density.study.sop import MG_FOR_PRESENTATION as MG_PRES
+
 VIEWS = (("R", "CC"), ("L", "CC"), ("R", "MLO"), ("L", "MLO"))
 REPO = Path(__file__).resolve().parent.parent
 

@@ -27,7 +27,8 @@ from pydicom.uid import generate_uid
 from mammo_density.manifest import ModelManifest
 from mammo_density.plugin.outbox import write_durably
 from mammo_density.result import BreastDose, BreastResult, DoseSummary, ExamResult, StudyResult
-from mammo_density.views import SLOTS
+from mammo_density.study.slots import SLOTS
+from mammo_density.study.sop import MG_FOR_PRESENTATION
 from mammo_density.worker.sr import build_density_sr, read_density_sr
 
 
@@ -37,7 +38,7 @@ def _headers() -> list[Dataset]:
     for slot in SLOTS:
         side, view = slot.split("-")
         ds = Dataset()
-        ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1.2"
+        ds.SOPClassUID = MG_FOR_PRESENTATION
         ds.SOPInstanceUID = generate_uid()
         ds.StudyInstanceUID = study
         ds.SeriesInstanceUID = generate_uid(entropy_srcs=[study])

@@ -234,6 +234,11 @@ class Settings(BaseSettings):
     )
     comprehensive_3d_sr: bool = Field(False, description="write Comprehensive 3D SR instead")
 
+    # --- screening-image gate (mammo_density.study.gate) --------------------------------
+    digitised_film: bool = Field(
+        False, description="assess digitised film (Secondary Capture, Modality MG); "
+        "the listener then also accepts Secondary Capture")
+
     # --- hooks ------------------------------------------------------------------------
     hooks: CommaList = Field(
         default_factory=list,

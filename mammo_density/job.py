@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from mammo_density.views import SLOTS
+from mammo_density.result import UnusedImage
+from mammo_density.study.slots import SLOTS
 
 
 class JobImage(BaseModel):
@@ -43,6 +44,9 @@ class StudyJob(BaseModel):
         True when queued after the stable timeout with a slot empty.
     missing_views
         Slots without an image.
+    unused_images
+        Every image of the study not chosen for a slot, with the reason
+        (:mod:`mammo_density.study.gate`, :mod:`mammo_density.study.selection`).
     calling_aet, peer_host
         Who sent the study (for "back to the caller" SR delivery).
     """
@@ -53,6 +57,7 @@ class StudyJob(BaseModel):
     other_sop_uids: list[str] = Field(default_factory=list)
     partial: bool = False
     missing_views: list[str] = Field(default_factory=list)
+    unused_images: list[UnusedImage] = Field(default_factory=list)
     calling_aet: str = ""
     peer_host: str = ""
 

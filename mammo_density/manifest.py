@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from mammo_density.views import SLOTS
+from mammo_density.study.slots import SLOTS
 
 MANIFEST_NAME = "manifest.json"
 TASK_CLASSES = {"birads4": ["A", "B", "C", "D"], "dense2": ["non-dense", "dense"]}

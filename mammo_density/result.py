@@ -7,9 +7,16 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from mammo_density.study.reasons import Reason
+from mammo_density.study.slots import SCREENING_VIEWS, SIDES, SLOTS
+
 BIRADS = ("A", "B", "C", "D")
 Category = Literal["A", "B", "C", "D"]
-Side = Literal["R", "L"]
+# Derived from the slots table (mammo_density.study.slots): a new screening view or side
+# is added there, not here.
+Side = Literal[SIDES]  # type: ignore[valid-type]
+ScreeningView = Literal[SCREENING_VIEWS]  # type: ignore[valid-type]
+Slot = Literal[SLOTS]  # type: ignore[valid-type]
 
 
 class ModelRef(BaseModel):
@@ -26,7 +33,7 @@ class ModelRef(BaseModel):
 
 class ViewResult(BaseModel):
     laterality: Side
-    view: Literal["CC", "MLO"]
+    view: ScreeningView
     sop_instance_uid: str
     probabilities: dict[str, float] = Field(description="per BI-RADS class, sums to 1")
     p_dense: float | None = Field(None, description="from a dense2 model, where one ran")
@@ -90,6 +97,17 @@ class Recommendation(BaseModel):
     severity: Literal["info", "warning"] = "info"
 
 
+class UnusedImage(BaseModel):
+    """An image of the study that was not used, and why (mammo_density.study.reasons)."""
+
+    image: str = Field(description="hash of the SOP Instance UID (as in the logs)")
+    slot: Slot | None = Field(None, description="the slot it would fill, where it has one")
+    laterality: str | None = None
+    view: str | None = None
+    reason: Reason = Field(description="coded reason")
+    text: str = Field(description="the reason in words, with the header values that decided")
+
+
 class SRRef(BaseModel):
     sop_instance_uid: str
     series_instance_uid: str
@@ -108,6 +126,10 @@ class StudyResult(BaseModel):
     partial: bool = False
     assessable: bool = True
     missing_views: list[str] = Field(default_factory=list)
+    unused_images: list[UnusedImage] = Field(
+        default_factory=list, description="images of the study not used, each with its reason")
+    implant_present: bool = Field(
+        False, description="a used image says BreastImplantPresent YES")
     model: ModelRef | None = None
     timings_ms: dict[str, float] = Field(default_factory=dict)
     warnings: list[str] = Field(default_factory=list)
@@ -118,5 +140,6 @@ class StudyResult(BaseModel):
 
 __all__ = [
     "BIRADS", "BreastDose", "BreastResult", "Category", "DoseSummary", "ExamResult",
-    "ModelRef", "Recommendation", "SRRef", "StudyResult", "ViewDose", "ViewResult",
+    "ModelRef", "Recommendation", "SRRef", "ScreeningView", "Side", "Slot", "StudyResult",
+    "UnusedImage", "ViewDose", "ViewResult",
 ]

@@ -2,17 +2,18 @@
 
 Rules (DESIGN.md, "Study assembly rules"):
 
-- Slots R-CC, L-CC, R-MLO, L-MLO come from :func:`mammo_density.views.view_info`; modified
-  views, XCCL, ML/LM, ... are stored but fill no slot.
-- Per slot, a For Presentation image is preferred; a For Processing image fills a slot
-  only when that slot has no For Presentation image.
-- Retakes: the latest acquisition wins (AcquisitionDateTime, else AcquisitionDate +
-  AcquisitionTime, else ContentDate + ContentTime), then the higher InstanceNumber, then
-  the later arrival.
-- A study is queued as soon as all four slots hold a For Presentation image; otherwise,
+- Which images may fill a slot is the screening-image gate's rule
+  (:mod:`mammo_density.study.gate`, applied at ingest); images it keeps out are stored,
+  fill no slot and are listed in the job's ``unused_images`` with their reason.
+- Which image fills each slot, and the retake order, is
+  :func:`mammo_density.study.selection.choose` (shared with ``classify``).
+- A study is queued as soon as it is complete (:mod:`mammo_density.study.slots`: all four
+  slots hold a For Presentation image); otherwise,
   once ``stable_seconds`` pass without a new instance, it is queued from what it has
-  (``partial=True`` with ``missing_views`` when a slot is empty, but at least one is
-  filled) or marked failed as not assessable (no slot filled).
+  (``partial=True`` with ``missing_views`` when a slot is empty). With no slot filled it
+  is still queued when it holds a patient's image (the result and the SR then say that
+  it is not assessable and why each image was not used); otherwise (nothing, or only
+  quality-control images) it is marked failed as not assessable.
 - The same SOP Instance UID again changes nothing (the file is replaced atomically).
 - A new screening image or dose report for a study already queued or finished re-opens
   it: after ``stable_seconds`` without more, it is queued again as revision + 1, whose
@@ -31,118 +32,60 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from pydicom.dataset import Dataset
-
 from mammo_density.job import JobImage, StudyJob
 from mammo_density.logsetup import uid_hash
 from mammo_density.plugin.state import InstanceRow, StateDB
-from mammo_density.views import SLOTS
+from mammo_density.result import UnusedImage
+from mammo_density.study.reasons import Reason
+from mammo_density.study.selection import acquisition_key, choose
+from mammo_density.study.slots import SLOTS
+from mammo_density.study.sop import (
+    IMAGE_KINDS,
+    KIND_IMAGE,
+    KIND_RDSR,
+    KIND_SR,
+    KIND_TOMO,
+    MG_FOR_PRESENTATION,
+    MG_FOR_PROCESSING,
+    SOP_KINDS,
+)
+from mammo_density.study.unused import from_note, unused_image, worth_a_report
 
 log = logging.getLogger(__name__)
 
-MG_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.2"
-MG_FOR_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.2.1"
-BREAST_TOMOSYNTHESIS = "1.2.840.10008.5.1.4.1.1.13.1.3"
-BREAST_PROJECTION_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.13.1.4"
-BREAST_PROJECTION_FOR_PROCESSING = "1.2.840.10008.5.1.4.1.1.13.1.5"
-XRAY_RADIATION_DOSE_SR = "1.2.840.10008.5.1.4.1.1.88.67"
-OTHER_SR = {
-    "1.2.840.10008.5.1.4.1.1.88.11": "Basic Text SR",
-    "1.2.840.10008.5.1.4.1.1.88.22": "Enhanced SR",
-    "1.2.840.10008.5.1.4.1.1.88.33": "Comprehensive SR",
-    "1.2.840.10008.5.1.4.1.1.88.34": "Comprehensive 3D SR",
-}
-
-# What each accepted storage SOP class is to the assembler.
-KIND_IMAGE = "image"  # 2D mammogram: may fill a slot
-KIND_TOMO = "tomo"  # stored, not classified
-KIND_RDSR = "rdsr"  # dose report, for the dose hooks
-KIND_SR = "sr"  # other structured reports: stored, ignored
-SOP_KINDS: dict[str, str] = {
-    MG_FOR_PRESENTATION: KIND_IMAGE,
-    MG_FOR_PROCESSING: KIND_IMAGE,
-    BREAST_TOMOSYNTHESIS: KIND_TOMO,
-    BREAST_PROJECTION_FOR_PRESENTATION: KIND_TOMO,
-    BREAST_PROJECTION_FOR_PROCESSING: KIND_TOMO,
-    XRAY_RADIATION_DOSE_SR: KIND_RDSR,
-    **dict.fromkeys(OTHER_SR, KIND_SR),
-}
-IMAGE_KINDS = (KIND_IMAGE, KIND_TOMO)
-
-
-def _digits(text: str) -> str:
-    return "".join(ch for ch in text if ch.isdigit())
-
-
-def _norm_datetime(date: str, time_: str) -> str:
-    """``YYYYMMDDHHMMSS.ffffff`` (missing parts padded with zeros), or ``""``."""
-    date = _digits(date)[:8]
-    if len(date) != 8:
-        return ""
-    whole, _, frac = time_.strip().partition(".")
-    whole = _digits(whole)[:6].ljust(6, "0")
-    frac = _digits(frac)[:6].ljust(6, "0")
-    return f"{date}{whole}.{frac}"
-
-
-def acquisition_key(ds: Dataset) -> str:
-    """When the image was acquired, as a sortable string (``""`` when unknown)."""
-    dt = str(ds.get("AcquisitionDateTime", "") or "").strip()
-    if dt:
-        body = dt.split("+")[0].split("-")[0]
-        key = _norm_datetime(body[:8], body[8:])
-        if key:
-            return key
-    for date_kw, time_kw in (("AcquisitionDate", "AcquisitionTime"),
-                             ("ContentDate", "ContentTime")):
-        date = str(ds.get(date_kw, "") or "")
-        if date:
-            key = _norm_datetime(date, str(ds.get(time_kw, "") or ""))
-            if key:
-                return key
-    return ""
-
-
 @dataclass
 class Selection:
-    """The images chosen for the four slots, and everything else of the study."""
+    """The images chosen for the four slots, everything else of the study, and why each
+    other image is not used."""
 
     images: dict[str, InstanceRow] = field(default_factory=dict)
     others: list[InstanceRow] = field(default_factory=list)
+    unused: list[UnusedImage] = field(default_factory=list)
+    complete: bool = False
 
     @property
     def missing(self) -> list[str]:
         return [slot for slot in SLOTS if slot not in self.images]
 
-    @property
-    def complete(self) -> bool:
-        """All four slots hold a For Presentation image."""
-        return all(slot in self.images and self.images[slot].for_presentation
-                   for slot in SLOTS)
-
-
-def _retake_order(row: InstanceRow) -> tuple[str, int, int]:
-    return (row.acquired, row.instance_number if row.instance_number is not None else -1,
-            row.seq)
-
 
 def select(rows: Iterable[InstanceRow]) -> Selection:
-    """Choose one image per slot (see the module docstring for the rules)."""
+    """Choose one image per slot (:func:`mammo_density.study.selection.choose`)."""
     rows = list(rows)
-    by_slot: dict[str, list[InstanceRow]] = {}
-    for row in rows:
-        if row.kind == KIND_IMAGE and row.slot in SLOTS:
-            by_slot.setdefault(row.slot, []).append(row)
-    chosen: dict[str, InstanceRow] = {}
-    for slot in SLOTS:
-        candidates = by_slot.get(slot, [])
-        if not candidates:
+    choice = choose(r for r in rows if r.kind == KIND_IMAGE and r.slot in SLOTS)
+    used = {r.sop_uid for r in choice.images.values()}
+    passed = {r.sop_uid: reason for r, reason in choice.passed_over}
+    unused: list[UnusedImage] = []
+    for r in rows:
+        if r.kind not in IMAGE_KINDS or r.sop_uid in used:
             continue
-        preferred = [r for r in candidates if r.for_presentation] or candidates
-        chosen[slot] = max(preferred, key=_retake_order)
-    used = {r.sop_uid for r in chosen.values()}
+        if r.sop_uid in passed:
+            unused.append(unused_image(r.sop_uid, passed[r.sop_uid], slot=r.slot))
+        else:
+            unused.append(from_note(r.sop_uid, r.note, default=Reason.TOMOSYNTHESIS
+                                    if r.kind == KIND_TOMO else Reason.NON_STANDARD_VIEW))
     others = [r for r in rows if r.sop_uid not in used and r.kind != KIND_SR]
-    return Selection(images=chosen, others=others)
+    return Selection(images=choice.images, others=others, unused=unused,
+                     complete=choice.complete)
 
 
 def build_job(study_uid: str, revision: int, selection: Selection, *,
@@ -154,7 +97,8 @@ def build_job(study_uid: str, revision: int, selection: Selection, *,
     missing = selection.missing
     return StudyJob(study_instance_uid=study_uid, revision=revision, images=images,
                     other_sop_uids=[r.sop_uid for r in selection.others], partial=bool(missing),
-                    missing_views=missing, calling_aet=calling_aet, peer_host=peer_host)
+                    missing_views=missing, unused_images=selection.unused,
+                    calling_aet=calling_aet, peer_host=peer_host)
 
 
 @dataclass(frozen=True)
@@ -274,10 +218,12 @@ class StudyAssembler:
                         study["last_instance_at"] >= cutoff:
                     continue
                 selection = select(self.db.instances_of(conn, study_uid))
-                if selection.images:
+                if selection.images or worth_a_report(selection.unused):
+                    # nothing usable but a patient's images: the pipeline still reports
+                    # the study as not assessable, with every image's reason, in an SR
                     job = self._queue(conn, study_uid, selection, now)
                 else:
-                    self._not_assessable(conn, study, now)
+                    self._not_assessable(conn, study, now, selection.unused)
             handled += 1
             if job is not None:
                 self._submit(job)
@@ -318,11 +264,14 @@ class StudyAssembler:
                      uid_hash(study_uid), revision)
         return job
 
-    def _not_assessable(self, conn, study, now: float) -> None:
+    def _not_assessable(self, conn, study, now: float, unused: list[UnusedImage]) -> None:
         rows = self.db.instances_of(conn, study["study_uid"])
         kinds = sorted({r.kind if r.kind != KIND_IMAGE else "unslotted image" for r in rows})
         reason = ("not assessable: no CC or MLO screening view after "
                   f"{self.stable_seconds:g} s (received: {', '.join(kinds) or 'nothing'})")
+        if unused:
+            reason += "; images not used: " + "; ".join(
+                f"image {u.image} {u.slot or '-'} {u.reason.value}: {u.text}" for u in unused)
         revision = int(study["revision"]) + 1
         conn.execute(
             "UPDATE studies SET status='failed', revision=?, updated_at=?, last_error=?, "
@@ -393,11 +342,14 @@ class StableTimer:
 
 
 __all__ = [
-    "BREAST_TOMOSYNTHESIS",
+    "IMAGE_KINDS",
+    "KIND_IMAGE",
+    "KIND_RDSR",
+    "KIND_SR",
+    "KIND_TOMO",
     "MG_FOR_PRESENTATION",
     "MG_FOR_PROCESSING",
     "SOP_KINDS",
-    "XRAY_RADIATION_DOSE_SR",
     "NewInstance",
     "Selection",
     "StableTimer",

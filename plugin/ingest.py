@@ -33,16 +33,9 @@ from pydicom.uid import UID
 
 from mammo_density.logsetup import uid_hash
 from mammo_density.plugin import spool
-from mammo_density.plugin.assembly import (
-    IMAGE_KINDS,
-    KIND_IMAGE,
-    MG_FOR_PRESENTATION,
-    SOP_KINDS,
-    NewInstance,
-    StudyAssembler,
-    acquisition_key,
-)
-from mammo_density.views import view_info
+from mammo_density.plugin.assembly import NewInstance, StudyAssembler
+from mammo_density.study import gate, sop
+from mammo_density.study.selection import acquisition_key
 
 log = logging.getLogger(__name__)
 
@@ -186,15 +179,20 @@ class Ingestor:
     move
         Rename the received file into the spool (it must be on the same file system);
         when False (or when the rename fails) the bytes are copied.
+    digitised_film
+        Accept Secondary Capture images of digitised film (Modality MG) as screening
+        images (:mod:`mammo_density.study.gate`).
     """
 
     def __init__(self, spool_dir: Path, assembler: StudyAssembler, *,
-                 min_free_disk_mb: float = 0, move: bool = True) -> None:
+                 min_free_disk_mb: float = 0, move: bool = True,
+                 digitised_film: bool = False) -> None:
         self.spool_dir = Path(spool_dir)
         self.spool_dir.mkdir(parents=True, exist_ok=True)
         self.assembler = assembler
         self.min_free_disk_mb = float(min_free_disk_mb)
         self.move = move
+        self.digitised_film = bool(digitised_film)
 
     # The handler body: never raises.
     def store(self, incoming: Incoming) -> int:
@@ -250,20 +248,21 @@ class Ingestor:
                            f"{incoming.sop_class_uid}")
         if incoming.sop_instance_uid and sop_uid != incoming.sop_instance_uid.strip():
             raise Rejected(UID_MISMATCH, "SOP Instance UID differs from the request's")
-        kind = SOP_KINDS.get(sop_class)
+        kind = sop.kind_of(sop_class, digitised_film=self.digitised_film)
         if kind is None:
             raise Rejected(SOP_CLASS_MISMATCH, f"SOP class {sop_class} not accepted")
         slot, note, acquired = None, "", ""
         number = None
+        for_presentation = False
         try:
-            if kind in IMAGE_KINDS:
+            if kind in sop.IMAGE_KINDS:
                 _check_pixels(ds, incoming.path, ts)
-            if kind == KIND_IMAGE:
-                info = view_info(ds)
-                slot = info.slot
-                if slot is None:
-                    note = info.not_slotted_reason
-                    log.info("instance %s of study %s stored, not slotted: %s",
+                verdict = gate.screen(ds, digitised_film=self.digitised_film)
+                kind = verdict.kind or kind
+                slot, note = verdict.slot, verdict.note
+                for_presentation = verdict.for_presentation
+                if verdict.reason is not None:
+                    log.info("instance %s of study %s stored, not used: %s",
                              uid_hash(sop_uid), uid_hash(study_uid), note)
             acquired = acquisition_key(ds)
             number = _int(ds, "InstanceNumber")
@@ -274,7 +273,7 @@ class Ingestor:
                            f"unreadable header ({type(err).__name__}: {err})"[:300]) from None
         return NewInstance(
             sop_uid=sop_uid, study_uid=study_uid, sop_class_uid=sop_class, path="",
-            kind=kind, slot=slot, for_presentation=sop_class == MG_FOR_PRESENTATION,
+            kind=kind, slot=slot, for_presentation=for_presentation,
             acquired=acquired, instance_number=number, transfer_syntax=str(ts), note=note)
 
     def _commit(self, incoming: Incoming, inst: NewInstance) -> None:

@@ -49,10 +49,11 @@ from pynetdicom.sop_class import Verification
 
 from mammo_density.config import Settings
 from mammo_density.job import StudyJob
-from mammo_density.plugin.assembly import SOP_KINDS, StableTimer, StudyAssembler
+from mammo_density.plugin.assembly import StableTimer, StudyAssembler
 from mammo_density.plugin.ingest import CANNOT_UNDERSTAND, Incoming, Ingestor
 from mammo_density.plugin.spool import clean_partials
 from mammo_density.plugin.state import StateDB
+from mammo_density.study import sop
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +171,8 @@ class Listener:
         self.receive_in_spool = receive_in_spool
         self.ingestor = Ingestor(self.spool_dir, self.assembler,
                                  min_free_disk_mb=settings.min_free_disk_mb,
-                                 move=receive_in_spool)
+                                 move=receive_in_spool,
+                                 digitised_film=settings.digitised_film)
         self._server = None
         self._timer: StableTimer | None = None
         self._allowed_host = (_host_matcher(settings.allowed_hosts)
@@ -239,7 +241,7 @@ class Listener:
         ae.network_timeout = self.settings.network_timeout
         ae.dimse_timeout = self.settings.dimse_timeout
         ae.add_supported_context(Verification, TRANSFER_SYNTAXES)
-        for sop_class in SOP_KINDS:
+        for sop_class in sop.accepted_classes(digitised_film=self.settings.digitised_film):
             ae.add_supported_context(sop_class, TRANSFER_SYNTAXES)
         return ae
 

@@ -14,6 +14,7 @@ MG_PROC = "1.2.840.10008.5.1.4.1.1.1.2.1"
 TOMO = "1.2.840.10008.5.1.4.1.1.13.1.3"
 RDSR = "1.2.840.10008.5.1.4.1.1.88.67"
 COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 
 SCT_VIEW = {"CC": "399162004", "MLO": "399368009", "ML": "399260004", "XCCL": "399192008"}
 SRT_VIEW = {"CC": "R-10242", "MLO": "R-10226", "ML": "R-10224", "XCCL": "R-1024A"}
@@ -31,7 +32,7 @@ def code_item(value: str, scheme: str, meaning: str) -> Dataset:
 def mg(study_uid: str, laterality: str | None, view: str | None, *,
        sop_class: str = MG_PRES, sop_uid: str | None = None, coding: str = "position",
        modifier: tuple[str, str, str] | None = None, acquired: str | None = None,
-       instance_number: int | None = 1, rows: int = 16, cols: int = 12,
+       instance_number: int | None = 1, rows: int = 160, cols: int = 128,
        patient_id: str = "PAT-SECRET-1") -> Dataset:
     """A small MG image. ``coding``: "position" (ViewPosition + SCT codes), "sct" (codes
     only), "srt" (legacy SRT codes only)."""
@@ -49,7 +50,9 @@ def mg(study_uid: str, laterality: str | None, view: str | None, *,
     ds.PatientName = "Secret^Patient"
     if instance_number is not None:
         ds.InstanceNumber = instance_number
-    ds.PresentationIntentType = "FOR PRESENTATION" if sop_class == MG_PRES else "FOR PROCESSING"
+    if sop_class in (MG_PRES, MG_PROC):
+        ds.PresentationIntentType = ("FOR PRESENTATION" if sop_class == MG_PRES
+                                     else "FOR PROCESSING")
     if laterality:
         ds.ImageLaterality = laterality
     if view:
@@ -71,6 +74,49 @@ def mg(study_uid: str, laterality: str | None, view: str | None, *,
     ds.PixelData = (np.arange(rows * cols, dtype=np.uint16) % 4096).tobytes()
     ds["PixelData"].VR = "OW"
     return ds
+
+
+MAGNIFICATION = ("399163009", "SCT", "Magnification")
+IMPLANT_DISPLACED = ("399209000", "SCT", "Implant Displaced")
+
+
+def gate_cases(study_uid: str = "1.2.3") -> dict[str, tuple[Dataset, str]]:
+    """Images the screening-image gate keeps out, name -> (data set, reason code), and
+    two it lets through (reason ``""``)."""
+    cases: dict[str, tuple[Dataset, str]] = {}
+    cases["screening"] = (mg(study_uid, "L", "CC"), "")
+    ds = mg(study_uid, "R", "MLO")
+    ds.BreastImplantPresent = "YES"
+    cases["implants in place"] = (ds, "")
+    ds = mg(study_uid, "L", "CC")
+    ds.ViewPosition, ds.SeriesDescription = "FLATFIELD", "Flat Field Tomo"
+    cases["flat field"] = (ds, "quality_control")
+    ds = mg(study_uid, "R", "CC")
+    ds.ProtocolName = "ACR PHANTOM"
+    cases["phantom"] = (ds, "quality_control")
+    ds = mg(study_uid, "L", "CC", rows=788, cols=1318)
+    ds.ImageType = ["DERIVED", "PRIMARY", "STEREO", "LEFT"]
+    ds.ImagerPixelSpacing = [0.085, 0.085]
+    cases["stereotactic"] = (ds, "stereotactic")
+    ds = mg(study_uid, "L", "CC")
+    ds.ViewPosition = "SPECIMEN"
+    cases["specimen"] = (ds, "specimen")
+    cases["4 x 4 stub"] = (mg(study_uid, "L", "CC", rows=4, cols=4), "too_small")
+    cases["1 x 2 stub"] = (mg(study_uid, "L", "CC", rows=1, cols=2), "too_small")
+    ds = mg(study_uid, "R", "MLO", rows=600, cols=500)
+    ds.ImagerPixelSpacing = [0.1, 0.1]  # 60 x 50 mm
+    cases["small field"] = (ds, "too_small")
+    cases["spot"] = (mg(study_uid, "R", "CC", modifier=SPOT_COMPRESSION), "spot_compression")
+    cases["magnification"] = (mg(study_uid, "L", "MLO", modifier=MAGNIFICATION),
+                              "magnification")
+    cases["implant displaced"] = (mg(study_uid, "R", "CC", modifier=IMPLANT_DISPLACED),
+                                  "implant_displaced")
+    ds = mg(study_uid, "R", None)
+    ds.ViewPosition = "MLOID"  # implant displaced, spelled as a position
+    cases["implant displaced position"] = (ds, "implant_displaced")
+    cases["XCCL"] = (mg(study_uid, "L", "XCCL"), "non_standard_view")
+    cases["no laterality"] = (mg(study_uid, None, "CC"), "no_laterality")
+    return cases
 
 
 def study(study_uid: str | None = None, **kw) -> list[Dataset]:

@@ -31,7 +31,8 @@ ORIENTATION = {"R-CC": ["P", "L"], "L-CC": ["A", "R"], "R-MLO": ["P", "L"], "L-M
 
 def mg_image(study_uid: str, slot: str, *, series_uid: str | None = None,
              omit: Iterable[str] = (), patient_name: str = "Test^Patient") -> Dataset:
-    """One small MG For Presentation image of ``slot`` (e.g. ``"R-CC"``)."""
+    """One small MG For Presentation image of ``slot`` (e.g. ``"R-CC"``), just large enough
+    for the screening-image gate (256 x 208 pixels of 0.4 mm)."""
     laterality, view = slot.split("-")
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
@@ -59,17 +60,17 @@ def mg_image(study_uid: str, slot: str, *, series_uid: str | None = None,
     ds.ImageLaterality = laterality
     ds.ViewPosition = view
     ds.PatientOrientation = ORIENTATION[slot]
-    ds.ImagerPixelSpacing = [0.1, 0.1]
+    ds.ImagerPixelSpacing = [0.4, 0.4]
     ds.PresentationIntentType = "FOR PRESENTATION"
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows = 8
-    ds.Columns = 8
+    ds.Rows = 256
+    ds.Columns = 208
     ds.BitsAllocated = 16
     ds.BitsStored = 12
     ds.HighBit = 11
     ds.PixelRepresentation = 0
-    ds.PixelData = (np.arange(64, dtype=np.uint16) * 60).tobytes()
+    ds.PixelData = (np.arange(256 * 208, dtype=np.uint16) % 4096).tobytes()
     for keyword in omit:
         if keyword in ds:
             delattr(ds, keyword)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from pydicom.uid import generate_uid
 
+from mammo_density.logsetup import uid_hash
 from mammo_density.plugin.assembly import (
     KIND_IMAGE,
     KIND_RDSR,
@@ -20,6 +21,7 @@ from mammo_density.plugin.assembly import (
     acquisition_key,
 )
 from mammo_density.plugin.state import StateDB
+from mammo_density.study.reasons import Reason, note
 from tests.mgdata import mg
 
 
@@ -162,16 +164,38 @@ def test_partial_after_stable_timeout(env):
 
 
 def test_not_assessable(env):
+    """Only quality-control images: failed at once, with the reason, and no report."""
     db, asm, jobs, clock = env
     study = generate_uid()
-    asm.add(inst(study, None))
-    asm.add(inst(study, None, kind=KIND_TOMO))
+    qa = inst(study, None)
+    asm.add(NewInstance(**{**qa.__dict__, "note": note(Reason.QUALITY_CONTROL, "FLATFIELD")}))
     clock.now += 61
     assert asm.check_stable() == 1
     assert jobs == []
     row = db.study(study)
     assert row["status"] == "failed" and "not assessable" in row["last_error"]
+    assert "quality_control" in row["last_error"]
     assert db.last_errors(1)[0]["study_uid"] == study
+
+
+def test_nothing_usable_is_still_reported_with_reasons(env):
+    """A patient's images, none usable: queued without images, so that the result and the
+    SR say why (the pipeline marks it not assessable)."""
+    db, asm, jobs, clock = env
+    study = generate_uid()
+    spot = inst(study, None)
+    asm.add(NewInstance(**{**spot.__dict__, "note": note(Reason.SPOT_COMPRESSION,
+                                                         laterality="R", view="CC")}))
+    tomo = inst(study, None, kind=KIND_TOMO)
+    asm.add(tomo)  # stored before the reasons were coded: no note
+    clock.now += 61
+    assert asm.check_stable() == 1
+    (job,) = jobs
+    assert job.images == [] and job.missing_views == list(FOUR)
+    assert [(u.image, u.slot, u.reason) for u in job.unused_images] == [
+        (uid_hash(spot.sop_uid), "R-CC", Reason.SPOT_COMPRESSION),
+        (uid_hash(tomo.sop_uid), None, Reason.TOMOSYNTHESIS)]
+    assert db.study(study)["status"] == "queued"
 
 
 def test_new_image_after_done_reassesses_and_supersedes(env):
@@ -290,3 +314,23 @@ def test_late_dose_report_reopens_own_sr_does_not(env):
     clock.now += 61
     asm.check_stable()
     assert jobs[-1].revision == 2 and dose.sop_uid in jobs[-1].other_sop_uids
+
+
+def test_status_says_why_a_study_was_not_assessable(tmp_path, capsys):
+    """`status` shows the reasons of a study whose images were all kept out."""
+    from mammo_density.cli import main
+
+    db = StateDB(tmp_path / "data" / "state.sqlite3")
+    clock = Clock()
+    asm = StudyAssembler(db, [].append, stable_seconds=60, clock=clock)
+    study = generate_uid()
+    qa = inst(study, None)
+    asm.add(NewInstance(**{**qa.__dict__, "note": note(Reason.QUALITY_CONTROL,
+                                                       "header says FLATFIELD")}))
+    clock.now += 61
+    asm.check_stable()
+    db.close()
+    assert main(["-q", "status", "--data-dir", str(tmp_path / "data")]) == 0
+    out = capsys.readouterr().out
+    assert f"failed     {study}" in out
+    assert f"image {uid_hash(qa.sop_uid)} - quality_control: a quality-control image" in out

@@ -11,6 +11,7 @@ import pytest
 
 from mammo_density.cli import main
 from mammo_density.commands.classify import collect_jobs
+from mammo_density.logsetup import uid_hash
 from mammo_density.result import StudyResult
 from tests.models import cached_registry_entry
 from tests.services import REPO
@@ -48,6 +49,9 @@ def test_collect_groups_studies_and_picks_latest_retake(folder):
         assert all(im.sop_instance_uid in job.other_sop_uids for im in superseded)
         assert all(collected.files[im.sop_instance_uid] == str(Path(im.path).resolve())
                    for im in rec.images)
+        # each image not used says why
+        assert {(u.image, u.reason.value) for u in job.unused_images} == {
+            (uid_hash(im.sop_instance_uid), "retake_superseded") for im in superseded}
 
 
 def test_classify_json_and_sr_out(folder, model_dir, tmp_path, capsys):
@@ -80,8 +84,14 @@ def test_classify_table_of_a_file_list(folder, model_dir, capsys):
     assert rc == 0
     lines = captured.out.strip().splitlines()
     assert lines[0].split()[:3] == ["study", "exam", "dense"]
-    assert len(lines) == 2 and records[0].study_instance_uid in lines[1]
+    assert records[0].study_instance_uid in lines[1]
     assert "partial, missing" in lines[1]
+    superseded = [im for im in records[0].images if im.extra == "retake-superseded"]
+    assert superseded and f"{len(superseded)} not used" in lines[1]
+    assert lines[2:4] == ["", "images not used:"]
+    assert len(lines) == 4 + len(superseded)
+    for im, line in zip(superseded, lines[4:], strict=True):
+        assert uid_hash(im.sop_instance_uid) in line and "retake_superseded: an earlier" in line
     assert "skipped" in captured.err and "broken.dcm" in captured.err
 
 
@@ -100,3 +110,84 @@ def test_classify_nothing_found(tmp_path, model_dir, capsys):
     rc = main(["-q", "classify", str(tmp_path / "empty"), "--model-dir", str(model_dir)])
     assert rc == 1
     assert "no DICOM studies" in capsys.readouterr().err
+
+
+def test_classify_says_why_images_are_not_used(model_dir, tmp_path, capsys, monkeypatch):
+    """Real vendor stubs and a biopsy image are not used, with reasons in the JSON, the
+    table and the SR; digitised film is assessed only with the setting."""
+    import shutil
+
+    from mammo_density.worker.sr import read_density_sr
+    from tests import mgdata
+    from tests.services import require_testdata
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    names = {"fo-dicom/OutOfBoundsOverlay.dcm": "stereotactic",
+             "openrem/MG-Im-GE-SenDS-scaled.dcm": "too_small",
+             "openrem/MG-Im-GE_Seno_2_ForPresentation.dcm": "stereotactic"}
+    for name in names:
+        shutil.copy(require_testdata("real-mg", *name.split("/")), folder / Path(name).name)
+    film = mgdata.mg(pydicom.uid.generate_uid(), "L", "CC", sop_class=mgdata.SECONDARY_CAPTURE,
+                     rows=256, cols=208)
+    mgdata.write(film, folder, "film.dcm")
+    srs = tmp_path / "srs"
+
+    main(["-q", "classify", str(folder), "--json", "--model-dir", str(model_dir),
+          "--sr-out", str(srs)])
+    results = {r.study_instance_uid: r for r in map(
+        StudyResult.model_validate_json, capsys.readouterr().out.splitlines())}
+    assert len(results) == 4
+    reasons = {}
+    for name, reason in names.items():
+        ds = pydicom.dcmread(folder / Path(name).name, stop_before_pixels=True)
+        r = results[str(ds.StudyInstanceUID)]
+        assert not r.assessable and r.exam is None
+        assert [(u.image, u.slot, u.reason.value) for u in r.unused_images] == [
+            (uid_hash(str(ds.SOPInstanceUID)), "L-CC", reason)]
+        assert any(w.startswith("not assessable") for w in r.warnings)
+        reasons[str(ds.StudyInstanceUID)] = reason
+    film_result = results[str(film.StudyInstanceUID)]
+    assert [u.reason.value for u in film_result.unused_images] == ["digitised_film_off"]
+    # the SR of a study with nothing usable still says why
+    for r in results.values():
+        assert r.sr is not None, r.warnings
+        text = read_density_sr(pydicom.dcmread(r.sr.path))["text"]
+        assert "not assessable" in text
+        assert r.unused_images[0].reason.value in text
+
+    main(["-q", "classify", str(folder), "--model-dir", str(model_dir)])
+    table = capsys.readouterr().out
+    assert "images not used:" in table
+    for reason in names.values():
+        assert f"L-CC  {reason}: " in table
+
+    main(["-q", "classify", str(folder / "film.dcm"), "--json", "--model-dir", str(model_dir),
+          "--digitised-film"])
+    (film_result,) = map(StudyResult.model_validate_json, capsys.readouterr().out.splitlines())
+    assert film_result.assessable and [v.view for v in film_result.views] == ["CC"]
+    assert film_result.unused_images == []
+    monkeypatch.setenv("MAMMO_DENSITY_DIGITISED_FILM", "true")  # the setting does the same
+    main(["-q", "classify", str(folder / "film.dcm"), "--json", "--model-dir", str(model_dir)])
+    (film_result,) = map(StudyResult.model_validate_json, capsys.readouterr().out.splitlines())
+    assert film_result.assessable and film_result.unused_images == []
+
+
+def test_classify_flags_implants_and_leaves_out_implant_displaced_views(model_dir, tmp_path,
+                                                                         capsys):
+    from tests import mgdata
+
+    images = mgdata.study(rows=256, cols=208)
+    for ds in images:
+        ds.BreastImplantPresent = "YES"
+    displaced = mgdata.mg(images[0].StudyInstanceUID, "R", "CC", rows=256, cols=208,
+                          modifier=mgdata.IMPLANT_DISPLACED, instance_number=9)
+    displaced.BreastImplantPresent = "YES"
+    for ds in [*images, displaced]:
+        mgdata.write(ds, tmp_path / "in")
+    main(["-q", "classify", str(tmp_path / "in"), "--json", "--model-dir", str(model_dir)])
+    (result,) = map(StudyResult.model_validate_json, capsys.readouterr().out.splitlines())
+    assert result.assessable and len(result.views) == 4 and result.implant_present
+    assert any("implants present" in w for w in result.warnings)
+    assert [(u.image, u.slot, u.reason.value) for u in result.unused_images] == [
+        (uid_hash(displaced.SOPInstanceUID), "R-CC", "implant_displaced")]

@@ -116,3 +116,13 @@ def test_bad_input_is_a_clear_error():
         combine({"R-XCCL": FATTY})
     with pytest.raises(ValueError, match="not finite"):
         combine({"R-CC": [float("nan"), 0.5, 0.25, 0.25]})
+
+
+def test_exam_p_dense_is_the_winning_breasts_not_the_highest():
+    """R is C with P(C)+P(D) = 0.60; L is B although its P(C)+P(D) = 0.65: the exam is C
+    and its P(dense) is R's 0.60 (the breast that gave the class), not the higher 0.65."""
+    r = [0.0, 0.4, 0.6, 0.0]
+    l_ = [0.0, 0.35, 0.33, 0.32]
+    exam = combine({"R-CC": r, "R-MLO": r, "L-CC": l_, "L-MLO": l_}).exam
+    assert exam.category == "C" and exam.dense
+    assert exam.p_dense == pytest.approx(0.60)

@@ -312,3 +312,20 @@ def test_header_of_same_exposure_matched_without_uids():
     assert right.force_n == 120 and right.sop_instance_uid == img.SOPInstanceUID
     left = next(v for v in s.views if v.laterality == "L")
     assert left.force_n is None
+
+
+def test_quality_control_images_are_not_exposures():
+    """The Hologic flat-field QA image (R, OrganDose 0.0026 dGy) is not a patient exposure:
+    next to a real R-MLO (0.01521 dGy) the right breast has one exposure of 1.521 mGy."""
+    from tests import mgdata
+
+    mlo = _read("real-mg", "fo-dicom", "GH133.dcm")
+    flat_field = _read(*OPENREM, "MG-Im-Hologic-PropProj.dcm")
+    phantom, _ = mgdata.gate_cases(str(mlo.StudyInstanceUID))["phantom"]
+    phantom.OrganDose = "0.01"
+    summary = extract_dose([mlo, flat_field, phantom])
+    assert [v.sop_instance_uid for v in summary.views] == [str(mlo.SOPInstanceUID)]
+    assert summary.breasts["R"].exposures == 1
+    assert summary.breasts["R"].agd_mgy == pytest.approx(1.521)
+    with_qa = extract_dose([flat_field])
+    assert with_qa.views == [] and with_qa.total_agd_mgy is None

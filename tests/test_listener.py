@@ -30,10 +30,11 @@ from pynetdicom.sop_class import Verification
 
 from mammo_density.config import Settings, load_settings
 from mammo_density.job import StudyJob
+from mammo_density.logsetup import uid_hash
 from mammo_density.plugin.listener import Listener
 from mammo_density.plugin.state import StateDB
 from mammo_density.spool_layout import SpoolImages
-from tests.mgdata import MG_PRES, MG_PROC, RDSR, mg, rdsr, study, write
+from tests.mgdata import MG_PRES, MG_PROC, RDSR, SECONDARY_CAPTURE, mg, rdsr, study, write
 from tests.services import echoscu, free_port, require_testdata, storescu
 
 SLOTS4 = {"R-CC", "L-CC", "R-MLO", "L-MLO"}
@@ -178,16 +179,39 @@ def test_retake_extra_views_rdsr_and_partial(node):
     assert job.image_for("R-CC").sop_instance_uid == retake.SOPInstanceUID
     assert len(job.other_sop_uids) == 5
     notes = {r.sop_uid: r.note for r in node.db.instances(uid)}
-    assert "modified view" in notes[spot.SOPInstanceUID]
-    assert "laterality" in notes[nolat.SOPInstanceUID]
+    assert notes[spot.SOPInstanceUID].startswith("spot_compression@R-CC")
+    assert notes[nolat.SOPInstanceUID].startswith("no_laterality@?-MLO")
+    # every image not used is in the job, with its coded reason
+    reasons = {u.image: (u.reason.value, u.slot) for u in job.unused_images}
+    assert reasons == {
+        uid_hash(first.SOPInstanceUID): ("retake_superseded", "R-CC"),
+        uid_hash(spot.SOPInstanceUID): ("spot_compression", "R-CC"),
+        uid_hash(xccl.SOPInstanceUID): ("non_standard_view", None),
+        uid_hash(nolat.SOPInstanceUID): ("no_laterality", None),
+    }
 
 
 def test_not_assessable_after_stable_time(node):
     uid = generate_uid()
-    assert send(node, [mg(uid, "L", "XCCL"), rdsr(uid)]) == [0, 0]
+    flat_field = mg(uid, None, None)
+    flat_field.ViewPosition, flat_field.SeriesDescription = "FLATFIELD", "Flat Field Tomo"
+    assert send(node, [flat_field, rdsr(uid)]) == [0, 0]
     node.wait(lambda: node.db.study(uid)["status"] == "failed")
     assert "not assessable" in node.db.study(uid)["last_error"]
+    assert "quality_control" in node.db.study(uid)["last_error"]
     assert node.jobs == []
+
+
+def test_no_usable_image_still_goes_to_the_pipeline_with_reasons(node):
+    uid = generate_uid()
+    xccl, stub = mg(uid, "L", "XCCL"), mg(uid, "R", "CC", rows=4, cols=4)
+    assert send(node, [xccl, stub, rdsr(uid)]) == [0, 0, 0]
+    node.wait(lambda: len(node.jobs) == 1)
+    (job,) = node.jobs
+    assert job.images == [] and len(job.other_sop_uids) == 3
+    assert {(u.image, u.reason.value) for u in job.unused_images} == {
+        (uid_hash(xccl.SOPInstanceUID), "non_standard_view"),
+        (uid_hash(stub.SOPInstanceUID), "too_small")}
 
 
 def test_new_image_for_done_study_is_reassessed(node):
@@ -208,7 +232,7 @@ def test_new_image_for_done_study_is_reassessed(node):
 
 
 def _encoded(ts: str):
-    ds = mg(generate_uid(), "R", "CC", rows=64, cols=48)
+    ds = mg(generate_uid(), "R", "CC", rows=160, cols=128)
     arr = ds.pixel_array
     if ts in (RLELossless, JPEG2000Lossless, JPEGLSLossless):
         ds.compress(ts)
@@ -251,16 +275,19 @@ def test_compressed_pixel_data_in_the_wrong_codec_refused(node, ts):
 
 
 def test_real_vendor_files_accepted_and_slotted(node):
+    # file -> (slot, reason the screening-image gate keeps it out)
     names = {
-        "fo-dicom/GH133.dcm": "R-MLO",
-        "fo-dicom/OutOfBoundsOverlay.dcm": "L-CC",
-        "openrem/MG-Im-GE_Seno_1_ForPresentation.dcm": "L-CC",
-        "openrem/MG-Im-GE_Seno_1_ForProcessing.dcm": "L-CC",
-        "openrem/MG-Im-GE_Seno_2_ForPresentation.dcm": "L-CC",
-        "openrem/MG-Im-GE-SenDS-scaled.dcm": "L-CC",
-        "openrem/MG-RDSR-GEPristina-2D.dcm": None,
-        "openrem/MG-RDSR-Hologic_mix.dcm": None,
-        "openrem/MG-RDSR-Giotto-DBT.dcm": None,
+        "fo-dicom/GH133.dcm": ("R-MLO", ""),
+        # Siemens stereotactic biopsy image, 67 x 112 mm
+        "fo-dicom/OutOfBoundsOverlay.dcm": (None, "stereotactic@L-CC"),
+        # GE stubs of 1 x 2 (ProtocolName STEREO) and 4 x 4 pixels
+        "openrem/MG-Im-GE_Seno_1_ForPresentation.dcm": (None, "stereotactic@L-CC"),
+        "openrem/MG-Im-GE_Seno_1_ForProcessing.dcm": (None, "stereotactic@L-CC"),
+        "openrem/MG-Im-GE_Seno_2_ForPresentation.dcm": (None, "stereotactic@L-CC"),
+        "openrem/MG-Im-GE-SenDS-scaled.dcm": (None, "too_small@L-CC: 4 x 4 pixels"),
+        "openrem/MG-RDSR-GEPristina-2D.dcm": (None, ""),
+        "openrem/MG-RDSR-Hologic_mix.dcm": (None, ""),
+        "openrem/MG-RDSR-Giotto-DBT.dcm": (None, ""),
     }
     datasets = [pydicom.dcmread(require_testdata("real-mg", *n.split("/"))) for n in names]
     ae = AE(ae_title="VENDOR")
@@ -268,11 +295,36 @@ def test_real_vendor_files_accepted_and_slotted(node):
         ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
     statuses = send(node, datasets, ae)
     assert statuses == [0] * len(datasets)
-    for (name, slot), ds in zip(names.items(), datasets, strict=True):
+    for (name, (slot, reason)), ds in zip(names.items(), datasets, strict=True):
         rows = [r for r in node.db.instances(ds.StudyInstanceUID) if r.sop_uid == ds.SOPInstanceUID]
         assert len(rows) == 1, name
         assert rows[0].slot == slot, name
+        assert rows[0].note.startswith(reason), (name, rows[0].note)
+        if "Seno" in name:  # the size is said too
+            assert "1 x 2 pixels, under 128" in rows[0].note
         assert Path(rows[0].path).stat().st_size > 0
+
+
+def test_secondary_capture_only_with_the_digitised_film_setting(node_factory):
+    film = mg(generate_uid(), "L", "CC", sop_class=SECONDARY_CAPTURE)
+    # a QA flat field written as Hologic does (the real header has no pixel data)
+    flat_field = mg(generate_uid(), None, None, sop_class=SECONDARY_CAPTURE)
+    flat_field.ViewPosition, flat_field.SeriesDescription = "FLATFIELD", "Flat Field Tomo"
+    off = node_factory()
+    ae = client(classes=[SECONDARY_CAPTURE])
+    assoc = ae.associate("127.0.0.1", off.port, ae_title=off.settings.ae_title)
+    try:  # refused at association: no presentation context for Secondary Capture
+        assert assoc.is_established
+        assert SECONDARY_CAPTURE not in {c.abstract_syntax for c in assoc.accepted_contexts}
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    on = node_factory(digitised_film=True)
+    assert send(on, [film, flat_field], ae) == [0, 0]
+    row = on.db.instances(film.StudyInstanceUID)[0]
+    assert (row.slot, row.kind, row.for_presentation) == ("L-CC", "image", True)
+    row = on.db.instances(flat_field.StudyInstanceUID)[0]
+    assert row.slot is None and row.note.startswith("quality_control")
 
 
 # --- bad input over the network -----------------------------------------------------------
@@ -334,7 +386,7 @@ def test_sop_class_mismatch_and_garbage(node, tmp_path, monkeypatch):
     from pydicom.filebase import DicomBytesIO
     from pydicom.filewriter import write_dataset
 
-    ds = mg(generate_uid(), "R", "CC")
+    ds = mg(generate_uid(), "R", "CC", rows=16, cols=12)  # small: read whole, not deferred
     ds.SOPClassUID = MG_PROC  # the data set says For Processing, the request For Presentation
     buf = DicomBytesIO()
     buf.is_little_endian, buf.is_implicit_VR = True, False

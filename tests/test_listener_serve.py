@@ -160,18 +160,22 @@ def test_sigkill_with_studies_half_received_then_restart(tmp_path):
 def test_serve_with_embedded_pipeline_status_shows_result(tmp_path):
     """The composed node: listener -> EmbeddedRunner (real Pipeline, ONNX Runtime) -> state;
     `status` shows the result, and the SR waits in the outbox for its destination."""
+    from mammo_density.logsetup import uid_hash
     from mammo_density.synth import generate
     from tests.models import cached_registry_entry
 
     model = cached_registry_entry(tmp_path / "models", seed=3)
-    record = generate(tmp_path / "synth", studies=1, seed=5, size="small")[0]
+    record = generate(tmp_path / "synth", studies=1, seed=5, size="small", extras=("spot",))[0]
+    spot = next(im for im in record.images if im.extra == "spot")
     dead_port = free_port()  # an SR destination nobody listens on: the SR stays pending
     serve = Serve(tmp_path / "data", stable=20.0)
     serve.env.update({"MAMMO_DENSITY_MODEL_DIR": str(model), "OMP_NUM_THREADS": "1",
                       "MAMMO_DENSITY_SR_DESTINATIONS": f"NOBODY@127.0.0.1:{dead_port}"})
     serve.start()
     try:
-        proc = storescu([Path(p) for p in record.paths], serve.port)
+        # the spot view first, so that it belongs to the study's first revision
+        paths = [Path(spot.path)] + [Path(p) for p in record.paths if Path(p) != Path(spot.path)]
+        proc = storescu(paths, serve.port)
         assert proc.returncode == 0, proc.stderr
         _wait(lambda: serve.counts()["done"] == 1, timeout=120)
         status = serve.status()
@@ -179,6 +183,15 @@ def test_serve_with_embedded_pipeline_status_shows_result(tmp_path):
         assert done["study_uid"] == record.study_instance_uid
         assert done["result"]["category"] in ("A", "B", "C", "D")
         assert isinstance(done["result"]["dense"], bool) and done["result"]["partial"] is False
+        # the image not used is in the status, with its reason
+        (unused,) = done["result"]["unused_images"]
+        assert unused["image"] == uid_hash(spot.sop_instance_uid)
+        assert unused["reason"] == "spot_compression" and "spot-compression" in unused["text"]
+        text = subprocess.run(
+            [sys.executable, "-m", "mammo_density.cli", "status", "--data-dir",
+             str(serve.data_dir)], capture_output=True, text=True, env=serve.env, cwd=REPO,
+            timeout=60, check=True).stdout
+        assert f"not used: image {unused['image']} {unused['slot']} spot_compression" in text
         _wait(lambda: len(serve.status()["undelivered_srs"] or []) >= 1, timeout=60)
     finally:
         assert serve.stop() == 0

@@ -124,11 +124,65 @@ def test_slot_agrees_with_the_listener_rules(ds: Dataset) -> None:
     assert (view, set(modifiers)) == (expected.view, set(expected.modifiers))
 
 
-def test_view_codes_match_the_core_table() -> None:
-    from mammo_density import views
+def test_tables_equal_the_study_package() -> None:
+    """The stdlib copy's SOP classes, view codes, slot rules and gate words are the study
+    package's (mammo_density.study), value for value."""
+    from mammo_density.study import codes, gate, slots, sop
+    from mammo_density.study import views as study_views
 
-    assert logic.VIEW_CODES == views.VIEW_CODES
-    assert logic.SLOTS == views.SLOTS
+    assert logic.VIEW_CODES == codes.VIEW_BY_CODE
+    assert set(codes.VIEWS) == logic._VIEW_POSITIONS
+    modified = {pos: codes.MODIFIERS[name].sct
+                for pos, name in study_views.MODIFIED_POSITIONS.items()}
+    assert modified == logic._MODIFIED_POSITIONS
+    assert logic._IMPLANT_DISPLACED_SUFFIX == study_views.IMPLANT_DISPLACED_SUFFIX
+    assert codes.MODIFIERS["implant displaced"].sct == logic._IMPLANT_DISPLACED
+    assert (logic.SLOTS, logic.SIDES, logic.SCREENING_VIEWS) == \
+        (slots.SLOTS, slots.SIDES, slots.SCREENING_VIEWS)
+    assert (logic.MG_FOR_PRESENTATION, logic.MG_FOR_PROCESSING, logic.BREAST_TOMOSYNTHESIS,
+            logic.XRAY_DOSE_SR, logic.SECONDARY_CAPTURE) == (
+        sop.MG_FOR_PRESENTATION, sop.MG_FOR_PROCESSING, sop.BREAST_TOMOSYNTHESIS,
+        sop.XRAY_RADIATION_DOSE_SR, sop.SECONDARY_CAPTURE)
+    assert logic.MAMMO_IMAGE_CLASSES == sop.MAMMO_IMAGE_CLASSES
+    assert {c: k for c, k in logic.CLASS_CODES.items()} == codes.DENSITY_BY_CODE
+    assert {c: s for c, s in logic.SIDE_CODES.items()} == {
+        c.sct: side for side, c in codes.LATERALITY.items()}
+    for name in ("MIN_FIELD_MM", "MIN_MATRIX_PX", "HINT_FIELDS", "QC_WORDS", "STEREO_WORDS",
+                 "SPECIMEN_WORDS"):
+        assert getattr(logic, name) == getattr(gate, name), name
+
+
+_HEADER_REASONS = {"quality_control", "stereotactic", "specimen", "too_small"}
+
+
+@pytest.mark.parametrize("name", list(mgdata.gate_cases()))
+def test_gate_agrees_with_the_study_package(name: str) -> None:
+    from mammo_density.study import gate
+
+    ds, reason = mgdata.gate_cases()[name]
+    verdict = gate.screen(ds)
+    assert (verdict.reason.value if verdict.reason else "") == reason
+    tags = simplify(ds)
+    assert logic.gate_reason(tags) == (reason if reason in _HEADER_REASONS else "")
+    assert logic.slot_of(tags) == verdict.slot
+
+
+@pytest.mark.parametrize("name", ["fo-dicom/GH133.dcm", "fo-dicom/OutOfBoundsOverlay.dcm",
+                                  "openrem/MG-Im-GE-SenDS-scaled.dcm",
+                                  "openrem/MG-Im-GE_Seno_1_ForPresentation.dcm",
+                                  "openrem/MG-Im-Hologic-PropProj.dcm"])
+def test_gate_agrees_on_real_headers(name: str) -> None:
+    import pydicom
+
+    from mammo_density.study import gate
+    from tests.services import require_testdata
+
+    ds = pydicom.dcmread(require_testdata("real-mg", *name.split("/")), stop_before_pixels=True)
+    verdict = gate.screen(ds, digitised_film=True)
+    tags = simplify(ds)
+    reason = verdict.reason.value if verdict.reason else ""
+    assert logic.gate_reason(tags) == (reason if reason in _HEADER_REASONS else "")
+    assert logic.slot_of(tags) == verdict.slot
 
 
 def test_study_slots_complete_on_four_views() -> None:
@@ -158,6 +212,12 @@ def test_forwardable_instances() -> None:
     assert not logic.is_forwardable(mgdata.TOMO, "MG", plain)
     assert not logic.is_forwardable("1.2.840.10008.5.1.4.1.1.2", "CT", plain)
     assert not logic.is_forwardable(mgdata.MG_PRES, "CT", plain)
+    assert logic.is_forwardable(mgdata.MG_PRES, "", plain)  # Modality stripped
+    assert not logic.is_forwardable(mgdata.SECONDARY_CAPTURE, "MG", plain)
+    film = settings(ForwardDigitisedFilm=True)
+    assert logic.is_forwardable(mgdata.SECONDARY_CAPTURE, "MG", film)
+    assert not logic.is_forwardable(mgdata.SECONDARY_CAPTURE, "OT", film)
+    assert not logic.is_forwardable(mgdata.SECONDARY_CAPTURE, "", film)
     extra = settings(ForwardDoseReports=True, ForwardTomosynthesis=True)
     assert logic.is_forwardable(mgdata.RDSR, "SR", extra)
     assert logic.is_forwardable(mgdata.TOMO, "MG", extra)

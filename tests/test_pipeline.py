@@ -120,6 +120,48 @@ def test_poison_image_is_left_out(tmp_path, model_dir, study):
     assert any("not assessable" in w for w in result.warnings)
 
 
+def test_poison_image_is_an_unused_image(tmp_path, model_dir, study):
+    job = job_of(study)
+    bad = tmp_path / "bad.dcm"
+    bad.write_text("junk")
+    pipe = pipe_for(tmp_path, model_dir, study)
+    pipe.images.files[job.images[0].sop_instance_uid] = bad
+    result = pipe.run(job)
+    (unused,) = result.unused_images
+    assert (unused.slot, unused.reason.value) == (job.images[0].slot, "unreadable")
+
+
+def test_nothing_usable_is_reported_with_the_reasons(tmp_path, model_dir):
+    """A job with no usable image (the listener queues it so): the run marks the study
+    not assessable with every image's reason, and the SR (evidence: the images looked at)
+    says why."""
+    from pydicom import dcmread
+
+    from mammo_density.logsetup import uid_hash
+    from mammo_density.plugin.assembly import StudyAssembler
+    from mammo_density.plugin.state import StateDB
+    from mammo_density.worker.sr import read_density_sr
+    from tests.services import require_testdata
+
+    settings = settings_for(tmp_path, model_dir)
+    files = [require_testdata("real-mg", "fo-dicom", "OutOfBoundsOverlay.dcm")]
+    received = []
+    assert receive(settings, files, received.append) == [0]
+    db = StateDB(settings.state_db)
+    (row,) = db.instances("1.2.124.1")
+    StudyAssembler(db, received.append, stable_seconds=0.0).check_stable(now=row.received_at + 1)
+    (job,) = received
+    assert job.images == [] and [u.reason.value for u in job.unused_images] == ["stereotactic"]
+    result = node_pipeline(settings, owns_outbox=True).run(job)
+    assert not result.assessable and result.unused_images == job.unused_images
+    assert "stereotactic" in db.study("1.2.124.1")["last_error"]
+    assert result.sr is not None, result.warnings
+    text = read_density_sr(dcmread(result.sr.path))["text"]
+    assert "not assessable" in text and "images not used: L-CC stereotactic" in text
+    assert uid_hash(row.sop_uid) == job.unused_images[0].image
+    db.close()
+
+
 def test_dense2_set_when_installed(tmp_path, model_dir, dense_dir, study):
     pipe = pipe_for(tmp_path, model_dir, study, dense_model_dir=dense_dir)
     result = pipe.run(job_of(study))

@@ -251,6 +251,22 @@ def test_partial_study_has_only_supported_groups(tmp_path: Path) -> None:
     assert got["not_for_clinical_use"] is False
 
 
+def test_images_not_used_are_named_in_the_text(tmp_path: Path) -> None:
+    from mammo_density.study.reasons import Reason
+    from mammo_density.study.unused import unused_image
+
+    sources = srdata.mg_study()
+    man = srdata.manifest()
+    result = srdata.result_for(sources, man=man)
+    result.unused_images = [unused_image("1.2.3.4", Reason.SPOT_COMPRESSION, slot="R-CC"),
+                            unused_image("1.2.3.5", Reason.QUALITY_CONTROL)]
+    path = _save(build_density_sr(result, sources, man), tmp_path)
+    assert_valid(path)
+    text = read_density_sr(pydicom.dcmread(path))["text"]
+    assert "views used: R-CC, L-CC, R-MLO, L-MLO" in text
+    assert "images not used: R-CC spot_compression; ?-? quality_control" in text
+
+
 @pytest.mark.services
 def test_not_assessable_result_gives_text_only_report(tmp_path: Path) -> None:
     sources = srdata.mg_study(["R-CC"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mammo_density.views import SLOTS
+from mammo_density.study.slots import SLOTS
 
 TASKS = ("birads4", "dense2")
 

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mammo_density.study.slots import SCREENING_VIEWS
+
 log = logging.getLogger(__name__)
 
 DENSITY_CLASSES = ("A", "B", "C", "D")
@@ -243,7 +245,7 @@ def write_manifest_csv(path: str | Path, records: Iterable[ImageRecord],
 
 def screening_records(records: Iterable[ImageRecord]) -> list[ImageRecord]:
     """Only the four screening views (CC and MLO of each breast)."""
-    return [r for r in records if r.view in ("CC", "MLO")]
+    return [r for r in records if r.view in SCREENING_VIEWS]
 
 
 def exam_labels(records: Iterable[ImageRecord]) -> dict[str, str]:

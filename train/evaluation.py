@@ -28,9 +28,9 @@ def load_checkpoint_models(run_dir: Path, *, which: str = "best") -> dict[str, t
     """``{slot: (model in eval mode, checkpoint dict)}`` from ``run_dir/<slot>/<which>.pth``."""
     import torch
 
+    from mammo_density.study.slots import SLOTS
     from mammo_density.train.data import TASKS
     from mammo_density.train.model import DensityResNet
-    from mammo_density.views import SLOTS
 
     out = {}
     for slot in SLOTS:

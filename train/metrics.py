@@ -6,9 +6,13 @@ true density). Levels (METHOD.md, "Combining the four views"):
 - ``view:<slot>``: each view's network alone.
 - ``breast:R`` / ``breast:L`` / ``breast``: mean of the breast's views' probabilities
   (the method's "right breast" / "left breast" rows); ground truth = the breast's label.
-- ``exam``: the method's "all views" row. Four-class: the denser of the two breasts'
-  classes (its extra rule); dense/non-dense: mean of the four views' probabilities.
-  Ground truth = the exam's label (the denser breast).
+- ``exam``: the method's "all views" row, by the deployed exam rule: the functions of
+  :mod:`mammo_density.study.exam`, which worker/combine.py calls too (class and P(dense)
+  per task; ``tests/test_exam_rule.py`` checks both agree). Ground truth = the exam's
+  label (the denser breast).
+
+Class predictions at every level break ties as the deployed rule does
+(:func:`mammo_density.study.exam.denser_argmax`).
 
 Per level: accuracy, linear-weighted Cohen's kappa, confusion matrix, per-class recall,
 dense/non-dense accuracy and ROC AUC of P(dense), each with a bootstrap 95% interval
@@ -27,9 +31,11 @@ from pathlib import Path
 
 import numpy as np
 
+from mammo_density.study.exam import decide_birads4, decide_dense2, denser_argmax
+from mammo_density.study.slots import SLOTS
 from mammo_density.train.data import DENSITY_CLASSES, TASKS, cohen_kappa
 
-SLOT_ORDER = ("R-CC", "L-CC", "R-MLO", "L-MLO")
+SLOT_ORDER = SLOTS
 
 
 @dataclass
@@ -124,7 +130,7 @@ def build_levels(preds: Iterable[Prediction], task: str) -> dict[str, LevelData]
     rows: dict[str, list[tuple[int, int, float, int]]] = defaultdict(list)
 
     def add(level: str, truth: str, probs: np.ndarray, exam: str) -> None:
-        rows[level].append((_task_index(truth, task), int(np.argmax(probs)),
+        rows[level].append((_task_index(truth, task), denser_argmax(probs),
                             _dense_prob(probs, task), exam_idx[exam]))
 
     by_breast: dict[tuple[str, str], list[Prediction]] = defaultdict(list)
@@ -150,15 +156,13 @@ def build_levels(preds: Iterable[Prediction], task: str) -> dict[str, LevelData]
         assert truth is not None
         y = _task_index(truth, task)
         if task == "birads4":
-            # The method's rule: the denser of the two breasts' classes; P(dense) of the
-            # exam is that of the breast with the higher P(dense).
-            classes = [int(np.argmax(m)) for m, _ in sides.values()]
-            pred = max(classes)
-            dense = max(_dense_prob(m, task) for m, _ in sides.values())
+            decision = decide_birads4({lat: m for lat, (m, _) in sides.items()},
+                                      DENSITY_CLASSES)
+            pred, dense = decision.category, decision.p_dense
         else:
             exam_preds = [p for p in preds if p.exam_id == exam]
-            mean = np.mean([p.probs for p in exam_preds], axis=0)
-            pred, dense = int(np.argmax(mean)), _dense_prob(mean, task)
+            dense, is_dense = decide_dense2([_dense_prob(p.probs, task) for p in exam_preds])
+            pred = int(is_dense)
         rows["exam"].append((y, pred, dense, exam_idx[exam]))
 
     out = {}

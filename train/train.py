@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
 
+from mammo_density.study.slots import SLOTS
 from mammo_density.train import data as mdata
 from mammo_density.train.args import get_args_parser
 from mammo_density.train.dataset import ArrayCache, DensityDataset, compute_normalisation
@@ -45,7 +46,6 @@ from mammo_density.train.distributed import (
 )
 from mammo_density.train.engine import evaluate, train_one_epoch
 from mammo_density.train.model import DensityResNet
-from mammo_density.views import SLOTS
 
 log = logging.getLogger(__name__)
 

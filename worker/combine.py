@@ -1,22 +1,14 @@
-"""The method's rules for combining the per-view scores (METHOD.md, "Combining the four views").
+"""The per-view scores of a study -> its result objects (exam, breasts, partial).
 
-- Exam probabilities: the mean of the available views' softmax scores.
-- Per breast: the mean of that breast's (one or two) views; its class is the argmax.
-- Exam class (BI-RADS): the denser of the two breasts' classes.
-- Dense / non-dense: from a dense2 model set when one ran (mean of the views' P(dense),
-  per breast the mean of its views; ``dense`` is ``p_dense >= 0.5``). Without one it is
-  derived from the four-class result so that the two never contradict each other in a
-  report: ``dense`` is "exam class is C or D", and ``p_dense`` is P(C) + P(D) of the
-  breast that gave the exam its class (the denser breast; of two breasts with the same
-  class, the higher). The mean of all four views could say "non-dense" beside an exam
-  class C when one breast is C and the other B. ``dense_source`` says which source.
+The exam rule itself (the denser breast, ties to the denser class, P(dense) of the
+winning breast, dense2 threshold) is :mod:`mammo_density.study.exam`, which
+``evaluate`` (train/metrics.py) measures with the same functions. Here:
 
-Tie rules (written down because they decide borderline exams):
-
-- argmax ties between classes go to the DENSER class (higher letter): a screening
-  programme would rather offer supplemental imaging than miss a dense breast, and it
-  matches the exam rule "the denser breast wins";
-- two breasts with the same class: that class; ``dense`` at exactly 0.5 is dense.
+- Exam probabilities: the mean of the available views' softmax scores (for display).
+- Per breast: the mean of that breast's (one or two) views.
+- Dense / non-dense: from a dense2 model set when one ran for every view, else derived
+  from the four-class result so that the two never contradict each other in a report;
+  ``dense_source`` says which.
 
 Missing views: whatever is there is used and the result is marked partial with the
 missing slots listed; a breast with no view is absent from ``breasts``; with no view at
@@ -32,9 +24,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mammo_density.result import BIRADS, BreastResult, ExamResult
-from mammo_density.views import SLOTS
+from mammo_density.study.exam import (
+    DENSE_CLASSES,
+    decide_birads4,
+    decide_dense2,
+    denser_argmax,
+)
+from mammo_density.study.slots import SIDES, SLOTS, slots_of_side
 
-DENSE_CLASSES = ("C", "D")
 PROB_SUM_TOLERANCE = 1e-3
 
 
@@ -62,13 +59,6 @@ def _check_probs(slot: str, probs: Sequence[float], n: int) -> np.ndarray:
     if abs(total - 1.0) > PROB_SUM_TOLERANCE:
         raise ValueError(f"probabilities of {slot} sum to {total:.4f}, not 1")
     return np.clip(p, 0.0, None) / total
-
-
-def denser_argmax(p: Sequence[float]) -> int:
-    """Index of the largest value; ties go to the higher (denser) index."""
-    arr = np.asarray(p, dtype=np.float64)
-    best = float(arr.max())
-    return int(np.flatnonzero(np.isclose(arr, best, rtol=0.0, atol=1e-12))[-1])
 
 
 def _as_dict(p: np.ndarray, classes: Sequence[str]) -> dict[str, float]:
@@ -114,28 +104,31 @@ def combine(view_probs: Mapping[str, Sequence[float]], *,
     if not probs:
         return Combination(exam=None, breasts={}, partial=True, missing_views=missing)
 
-    dense_idx = [classes.index(c) for c in DENSE_CLASSES if c in classes]
+    means: dict[str, np.ndarray] = {}
+    side_slots: dict[str, list[str]] = {}
+    for side in SIDES:
+        slots = [s for s in slots_of_side(side) if s in probs]
+        if slots:
+            side_slots[side] = slots
+            means[side] = np.mean([probs[s] for s in slots], axis=0)
+    decision = decide_birads4(means, classes)
     breasts: dict[str, BreastResult] = {}
-    for side in ("R", "L"):
-        slots = [s for s in SLOTS if s.startswith(side + "-") and s in probs]
-        if not slots:
-            continue
-        mean = np.mean([probs[s] for s in slots], axis=0)
-        p_dense = (float(np.mean([dense[s] for s in slots])) if use_dense2
-                   else float(mean[dense_idx].sum()))
-        breasts[side] = BreastResult(category=classes[denser_argmax(mean)],  # type: ignore[arg-type]
-                                     probabilities=_as_dict(mean, classes), views=slots,
-                                     p_dense=p_dense)
+    for side, mean in means.items():
+        p_dense = (decide_dense2([dense[s] for s in side_slots[side]])[0] if use_dense2
+                   else decision.breast_p_dense[side])
+        breasts[side] = BreastResult(
+            category=classes[decision.breast_categories[side]],  # type: ignore[arg-type]
+            probabilities=_as_dict(mean, classes), views=side_slots[side], p_dense=p_dense)
     exam_mean = np.mean(list(probs.values()), axis=0)
-    category = max((b.category for b in breasts.values()), key=classes.index)
+    category = classes[decision.category]
     if use_dense2:
-        p_dense, source = float(np.mean([dense[s] for s in probs])), "dense2"
-        dense_flag = p_dense >= 0.5
+        p_dense, dense_flag = decide_dense2([dense[s] for s in probs])
+        source = "dense2"
     else:
-        p_dense = max(b.p_dense or 0.0 for b in breasts.values() if b.category == category)
-        source, dense_flag = "birads4", category in DENSE_CLASSES
-    exam = ExamResult(category=category, probabilities=_as_dict(exam_mean, classes),
-                      dense=dense_flag, p_dense=p_dense, dense_source=source)
+        p_dense, source, dense_flag = decision.p_dense, "birads4", category in DENSE_CLASSES
+    exam = ExamResult(category=category,  # type: ignore[arg-type]
+                      probabilities=_as_dict(exam_mean, classes), dense=dense_flag,
+                      p_dense=p_dense, dense_source=source)
     return Combination(exam=exam, breasts=breasts, partial=bool(missing),
                        missing_views=missing)
 

@@ -11,6 +11,9 @@ Sources, best first:
    time, or Exposure in mAs), AnodeTargetMaterial, FilterMaterial, ExposureControlMode and
    the percent glandular tissue vendors write in CommentsOnRadiationDose.
 
+Quality-control images (flat field, phantom: :func:`mammo_density.study.gate.is_quality_control`)
+are not patient exposures and are not counted.
+
 One exposure can be stored twice (For Processing and For Presentation); such images count
 once (same IrradiationEventUID, or same laterality, view, acquisition time and exposure).
 When a dose report is present its events are the views; an image header of the same event
@@ -29,7 +32,9 @@ from pydicom.dataset import Dataset
 
 from mammo_density.logsetup import uid_hash
 from mammo_density.result import BreastDose, DoseSummary, ViewDose
-from mammo_density.views import view_info
+from mammo_density.study.gate import is_quality_control
+from mammo_density.study.sop import is_structured_report
+from mammo_density.study.views import view_info
 from mammo_density.worker.rdsr import RdsrEvent, RdsrReport, is_rdsr, parse_rdsr, scope_study_uids
 
 log = logging.getLogger(__name__)
@@ -39,7 +44,6 @@ _GLANDULAR_KEYWORD = re.compile(r"GLAND\w*\s*(?:TISSUE)?\s*[:=]?\s*(\d+(?:[.,]\d
 _PERCENT = re.compile(r"(\d+(?:[.,]\d+)?)\s*%")
 _BARE_NUMBER = re.compile(r"^\s*(\d+(?:[.,]\d+)?)\s*$")
 
-_SR_PREFIX = "1.2.840.10008.5.1.4.1.1.88."  # structured reports other than dose: skipped
 
 #: Fields whose absence is reported in :attr:`DoseSummary.missing`.
 _KEY_FIELDS = ("agd_mgy", "thickness_mm", "kvp", "force_n")
@@ -269,6 +273,10 @@ def extract_dose(image_datasets: Sequence[Dataset], rdsr_datasets: Sequence[Data
     for ds in image_datasets:
         if is_rdsr(ds):
             continue
+        if is_quality_control(ds):
+            log.info("image %s: quality-control image, not counted as an exposure",
+                     uid_hash(str(ds.get("SOPInstanceUID", ""))))
+            continue
         try:
             vd = view_dose(ds)
         except Exception as err:
@@ -387,7 +395,7 @@ def extract_dose_from_files(paths: Sequence[str | Path], *,
             continue
         if is_rdsr(ds):
             reports.append(ds)  # no pixel data: the whole content tree was read
-        elif not str(ds.get("SOPClassUID", "")).startswith(_SR_PREFIX):
+        elif not is_structured_report(str(ds.get("SOPClassUID", ""))):
             images.append(ds)
     summary = extract_dose(images, reports, study_uid=study_uid)
     if unreadable:

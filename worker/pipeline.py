@@ -49,7 +49,11 @@ from mammo_density.logsetup import uid_hash
 from mammo_density.manifest import MANIFEST_NAME, ModelManifest, manifest_digest, read_manifest
 from mammo_density.result import ModelRef, SRRef, StudyResult, ViewResult
 from mammo_density.spool_layout import ImageSource, NotInSpool, SpoolImages
-from mammo_density.views import SLOTS, view_info
+from mammo_density.study import gate, sop
+from mammo_density.study.reasons import Reason
+from mammo_density.study.slots import SLOTS
+from mammo_density.study.unused import describe, unused_image
+from mammo_density.study.views import view_info
 from mammo_density.worker.combine import combine
 from mammo_density.worker.decode import DecodeError
 from mammo_density.worker.models import (
@@ -65,7 +69,6 @@ from mammo_density.worker.sinks import ResultHooks, SROutbox, StudyStates
 
 log = logging.getLogger(__name__)
 
-RDSR_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.88.67"
 
 
 def default_decode_workers() -> int:
@@ -420,8 +423,18 @@ class Pipeline:
                             "NOT FOR CLINICAL USE")
         if job.partial:
             warnings.append("study assessed after the stable timeout with views missing")
+        unused = list(job.unused_images) + [
+            unused_image(im.sop_instance_uid, Reason.UNREADABLE, prepared.failed[im.slot],
+                         slot=im.slot) for im in job.images if im.slot in prepared.failed]
+        implants = any(gate.implant_present(h) for h in prepared.headers.values())
+        if implants:
+            warnings.append("breast implants present (BreastImplantPresent YES): density "
+                            "of implant-bearing breasts is less reliable")
         if not comb.assessable:
             reasons = "; ".join(f"{s}: {r}" for s, r in prepared.failed.items())
+            gated = [u for u in unused if u.reason is not Reason.UNREADABLE]
+            if gated:
+                reasons += ("; " if reasons else "") + "images not used: " + describe(gated)
             warnings.append("not assessable: " + (reasons or "no screening image (R/L CC/MLO)"))
         views = []
         header_by_slot = dict(prepared.headers)
@@ -449,7 +462,8 @@ class Pipeline:
             study_instance_uid=job.study_instance_uid, revision=job.revision,
             study_date=study_date, exam=comb.exam, breasts=comb.breasts, views=views,
             partial=comb.partial, assessable=comb.assessable,
-            missing_views=comb.missing_views, model=model_ref, warnings=warnings)
+            missing_views=comb.missing_views, unused_images=unused, implant_present=implants,
+            model=model_ref, warnings=warnings)
         timings = {k: round(v, 2) for k, v in prepared.timings_ms.items()}
         timings.update({k: round(v, 2) for k, v in inferred.timings_ms.items()})
         timings["decide"] = round((time.perf_counter() - t0) * 1000.0, 2)
@@ -459,9 +473,9 @@ class Pipeline:
 
             image_headers = list(prepared.headers.values())
             others = read_headers(self.images, job.study_instance_uid, job.other_sop_uids)
-            rdsr = [ds for ds in others if str(ds.get("SOPClassUID", "")) == RDSR_SOP_CLASS]
+            rdsr = [ds for ds in others if str(ds.get("SOPClassUID", "")) in sop.RDSR_CLASSES]
             extra_images = [ds for ds in others if str(ds.get("Modality", "")) == "MG"
-                            and str(ds.get("SOPClassUID", "")) != RDSR_SOP_CLASS]
+                            and str(ds.get("SOPClassUID", "")) not in sop.RDSR_CLASSES]
             result.dose = extract_dose(image_headers + extra_images, rdsr,
                                        study_uid=job.study_instance_uid)
         except Exception as err:
@@ -495,6 +509,17 @@ class Pipeline:
         return bool(row and row.get("status") == "done"
                     and int(row.get("result_revision") or 0) >= job.revision)
 
+    def sr_sources(self, job: StudyJob, result: StudyResult,
+                   sources: Sequence[Dataset]) -> list[Dataset]:
+        """The SR's evidence: the images used; with none used, the images looked at and
+        not used, so that the radiologist sees why the study was not assessable."""
+        if sources or not result.unused_images:
+            return list(sources)
+        return [ds for ds in read_headers(self.images, job.study_instance_uid,
+                                          job.other_sop_uids)
+                if str(ds.get("Modality", "")).upper() == "MG"
+                and not sop.is_structured_report(str(ds.get("SOPClassUID", "")))]
+
     def report(self, job: StudyJob, result: StudyResult, *,
                sources: Sequence[Dataset] | None = None) -> StudyResult:
         """Screening rules, SR into the outbox, hooks, state: each step on its own.
@@ -507,6 +532,7 @@ class Pipeline:
         if sources is None:
             sources = read_headers(self.images, job.study_instance_uid,
                                    used or [im.sop_instance_uid for im in job.images])
+        sources = self.sr_sources(job, result, sources)
         sources = [ds for ds in sources
                    if str(ds.get("SOPInstanceUID", "")) in set(used)] or list(sources)
         try:
@@ -570,7 +596,8 @@ class Pipeline:
             self.record_state("mark_failed", job, reason)
             return StudyResult(study_instance_uid=job.study_instance_uid,
                                revision=job.revision, assessable=False, partial=job.partial,
-                               missing_views=list(job.missing_views), warnings=[reason])
+                               missing_views=list(job.missing_views),
+                               unused_images=list(job.unused_images), warnings=[reason])
         sources = [prepared.headers[s] for s in SLOTS if s in prepared.headers]
         result = self.report(job, result, sources=sources)
         log.info("study %s revision %d: %s in %.0f ms", uid, job.revision,

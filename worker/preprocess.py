@@ -56,7 +56,8 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 
-from mammo_density.views import laterality_of
+from mammo_density.study.sop import dataset_is_for_presentation
+from mammo_density.study.views import laterality_of
 from mammo_density.worker.decode import Decoded, DecodeError, decode_frame, reduced_shape
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,6 @@ WORKING_OVERSAMPLE = 1.25
 MAX_LEVEL = 4
 #: Margin above the background level from which a pixel may be breast.
 BACKGROUND_THRESHOLD = 0.05
-_FOR_PRESENTATION_SOP = "1.2.840.10008.5.1.4.1.1.1.2"
 
 __all__ = [
     "BACKGROUND_THRESHOLD",
@@ -161,13 +161,6 @@ def _first(value: object) -> float | None:
         return None
 
 
-def _is_for_presentation(ds: Dataset) -> bool:
-    intent = str(ds.get("PresentationIntentType", "") or "").upper()
-    if intent:
-        return intent == "FOR PRESENTATION"
-    return str(ds.get("SOPClassUID", "")) == _FOR_PRESENTATION_SOP
-
-
 def _apply_window(x: np.ndarray, center: float, width: float, function: str) -> np.ndarray:
     """VOI window to [0, 1] (PS3.3 C.11.2.1.2), on float32 in place where possible."""
     if function == "SIGMOID":
@@ -195,7 +188,7 @@ def _data_range(x: np.ndarray) -> tuple[float, float]:
 def _to_unit(ds: Dataset, x: np.ndarray, info: PreprocessInfo) -> np.ndarray:
     """Stored values (after the modality LUT) -> [0, 1], higher = denser."""
     mono1 = str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1"
-    if _is_for_presentation(ds):
+    if dataset_is_for_presentation(ds):
         center = _first(ds.get("WindowCenter"))
         width = _first(ds.get("WindowWidth"))
         if center is not None and width is not None and width > 0:

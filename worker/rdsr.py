@@ -21,15 +21,13 @@ from dataclasses import dataclass, field
 
 from pydicom.dataset import Dataset
 
-from mammo_density.views import VIEW_CODES
+from mammo_density.study.codes import LATERALITY, VIEW_BY_CODE
+from mammo_density.study.sop import RDSR_CLASSES
 
 log = logging.getLogger(__name__)
 
 #: SOP classes of dose reports we read.
-RDSR_SOP_CLASSES = frozenset({
-    "1.2.840.10008.5.1.4.1.1.88.67",  # X-Ray Radiation Dose SR
-    "1.2.840.10008.5.1.4.1.1.88.76",  # Enhanced X-Ray Radiation Dose SR
-})
+RDSR_SOP_CLASSES = RDSR_CLASSES
 
 # Concept codes (CodeValue; designators DCM unless noted).
 ACCUMULATED_DATA = "113702"           # Accumulated X-Ray Dose Data
@@ -53,8 +51,9 @@ ACQUIRED_IMAGE = "113795"
 LATERALITY_CONCEPTS = ("G-C171", "272741003")
 STUDY_UID_CONCEPT = "110180"
 
-_RIGHT = {"T-04020", "G-A100", "24028007", "80248007"}
-_LEFT = {"T-04030", "G-A101", "7771000", "73056007"}
+# CID 244 laterality, and the anatomy codes "right breast" / "left breast" (SRT, SCT).
+_RIGHT = {*LATERALITY["R"].values, "T-04020", "80248007"}
+_LEFT = {*LATERALITY["L"].values, "T-04030", "73056007"}
 
 _DOSE_UNITS_TO_MGY = {"mgy": 1.0, "dgy": 100.0, "gy": 1000.0, "ugy": 0.001, "cgy": 10.0}
 _EXPOSURE_UNITS_TO_UAS = {"uas": 1.0, "ua.s": 1.0, "mas": 1000.0, "ma.s": 1000.0, "as": 1e6,
@@ -197,9 +196,9 @@ def parse_event(container: Dataset) -> RdsrEvent:
             rank = 0 if code in ANATOMY else 1
             sides.append((rank, side))
             if code == IMAGE_VIEW:
-                ev.view = VIEW_CODES.get(code_value(item)[0]) or code_value(item)[1] or None
+                ev.view = VIEW_BY_CODE.get(code_value(item)[0]) or code_value(item)[1] or None
         elif code == IMAGE_VIEW and vtype == "CODE":
-            ev.view = VIEW_CODES.get(code_value(item)[0]) or code_value(item)[1] or None
+            ev.view = VIEW_BY_CODE.get(code_value(item)[0]) or code_value(item)[1] or None
         elif vtype == "IMAGE":
             for ref in item.get("ReferencedSOPSequence") or ():
                 uid = str(ref.get("ReferencedSOPInstanceUID", ""))

@@ -64,7 +64,10 @@ from mammo_density import __version__
 from mammo_density.logsetup import uid_hash
 from mammo_density.manifest import ModelManifest
 from mammo_density.result import BIRADS, StudyResult
-from mammo_density.views import SLOTS, laterality_of, view_info
+from mammo_density.study import codes, sop
+from mammo_density.study.slots import SLOTS
+from mammo_density.study.unused import describe
+from mammo_density.study.views import laterality_of, view_info
 
 log = logging.getLogger(__name__)
 
@@ -78,20 +81,11 @@ PRIVATE_SCHEME = "99MDENS"
 _UID_NAMESPACE = "mammo-density/sr/1"
 
 # --- codes (PS3.16; SR.md) ------------------------------------------------------------
-CLASS_CODES: dict[str, Code] = {
-    "A": Code("129716005", "SCT", "Almost entirely fat"),
-    "B": Code("129717001", "SCT", "Scattered fibroglandular densities"),
-    "C": Code("129718006", "SCT", "Heterogeneously dense"),
-    "D": Code("129719003", "SCT", "Extremely dense"),
-}
+CLASS_CODES: dict[str, Code] = {cat: c.code for cat, c in codes.DENSITY.items()}  # CID 6000
 CLASS_BY_CODE = {code.value: cat for cat, code in CLASS_CODES.items()}
 BREAST_COMPOSITION = Code("129715009", "SCT", "Breast composition")
 BREAST = Code("76752008", "SCT", "Breast")
-LATERALITY_CODES: dict[str, Code] = {
-    "R": Code("24028007", "SCT", "Right"),
-    "L": Code("7771000", "SCT", "Left"),
-    "B": Code("51440002", "SCT", "Right and left"),
-}
+LATERALITY_CODES: dict[str, Code] = {s: c.code for s, c in codes.LATERALITY.items()}  # CID 244
 SIDE_BY_CODE = {code.value: side for side, code in LATERALITY_CODES.items()}
 PROCEDURE = Code("36626-0", "LN", "Breast - bilateral Mammogram")
 FINDING = Code("121071", "DCM", "Finding")
@@ -105,17 +99,7 @@ PERCENT = Code("%", "UCUM", "Percent")
 MGY = Code("mGy", "UCUM", "Milligray")
 DEVICE = Code("121007", "DCM", "Device")
 PROCESSING_EQUIPMENT = Code("109102", "DCM", "Processing Equipment")
-VIEW_CODES: dict[str, Code] = {  # CID 4014
-    "CC": Code("399162004", "SCT", "cranio-caudal"),
-    "MLO": Code("399368009", "SCT", "medio-lateral oblique"),
-    "ML": Code("399260004", "SCT", "medio-lateral"),
-    "LM": Code("399352003", "SCT", "latero-medial"),
-    "LMO": Code("399099002", "SCT", "latero-medial oblique"),
-    "XCCL": Code("399192003", "SCT", "cranio-caudal exaggerated laterally"),
-    "XCCM": Code("399101009", "SCT", "cranio-caudal exaggerated medially"),
-    "FB": Code("399196000", "SCT", "caudo-cranial (from below)"),
-    "SIO": Code("399188001", "SCT", "superolateral to inferomedial oblique"),
-}
+VIEW_CODES: dict[str, Code] = {v: c.code for v, c in codes.VIEWS.items() if c.sct}  # CID 4014
 VIEW_BY_CODE = {code.value: view for view, code in VIEW_CODES.items()}
 
 CLASS_TEXT = {
@@ -252,7 +236,9 @@ def _class_measurements(probabilities: dict[str, float]) -> list[Measurement]:
 
 
 def _slot_names(result: StudyResult, sources: Sequence[Dataset]) -> list[str]:
-    slots = {v.slot for v in map(view_info, sources) if v.slot}
+    unused = {u.image for u in result.unused_images}
+    slots = {v.slot for v in map(view_info, (ds for ds in sources if uid_hash(
+        str(ds.get("SOPInstanceUID", ""))) not in unused)) if v.slot}
     slots |= {f"{v.laterality}-{v.view}" for v in result.views}
     return [s for s in SLOTS if s in slots]
 
@@ -278,8 +264,12 @@ def summary_text(result: StudyResult, sources: Sequence[Dataset], *,
                          f"{SIDE_NAMES[side]} not assessed")
         text = (f"Breast density (AI): {exam.category} - {CLASS_TEXT[exam.category]} "
                 f"({', '.join(sides)}); dense: {'yes' if exam.dense else 'no'}")
+        if result.unused_images:  # (a not-assessable result says why in its warnings)
+            views += f"; images not used: {describe(result.unused_images)}"
         if result.partial or missing:
             text += f" (partial study{views})"
+        elif result.unused_images:
+            text += f" ({views[2:]})"
     if not_for_clinical_use:
         text += f" - {NOT_FOR_CLINICAL_USE}"
     return text
@@ -327,8 +317,9 @@ def build_density_sr(result: StudyResult, sources: Sequence[Dataset], manifest: 
         The model's manifest: name/version go into the algorithm identification and the
         device observer; ``not_for_clinical_use`` marks SeriesDescription and the text.
     comprehensive_3d
-        Write Comprehensive 3D SR Storage (``1.2.840.10008.5.1.4.1.1.88.34``) instead of
-        Comprehensive SR (``...88.33``); the content is the same.
+        Write Comprehensive 3D SR Storage instead of Comprehensive SR
+        (:data:`mammo_density.study.sop.COMPREHENSIVE_3D_SR` / ``COMPREHENSIVE_SR``); the
+        content is the same.
 
     Returns
     -------
@@ -471,7 +462,7 @@ def warm_up() -> float:
     for slot in SLOTS:
         side, view = slot.split("-")
         ds = Dataset()
-        ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1.2"
+        ds.SOPClassUID = sop.MG_FOR_PRESENTATION
         ds.SOPInstanceUID = generate_uid(entropy_srcs=[study, slot])
         ds.StudyInstanceUID = study
         ds.SeriesInstanceUID = generate_uid(entropy_srcs=[study, "series"])
@@ -526,9 +517,9 @@ def read_density_sr(ds: Dataset) -> dict[str, Any]:
         ``not_for_clinical_use``, ``assessable``.
     """
     sop_class = str(ds.SOPClassUID)
-    if sop_class == "1.2.840.10008.5.1.4.1.1.88.34":
+    if sop_class == sop.COMPREHENSIVE_3D_SR:
         sr = hd.sr.Comprehensive3DSR.from_dataset(ds)
-    elif sop_class == "1.2.840.10008.5.1.4.1.1.88.33":
+    elif sop_class == sop.COMPREHENSIVE_SR:
         sr = hd.sr.ComprehensiveSR.from_dataset(ds)
     else:
         raise ValueError(f"not a Comprehensive (3D) SR: SOP class {sop_class}")

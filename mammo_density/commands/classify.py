@@ -1,14 +1,16 @@
 """``mammo-density classify PATH...``: assess studies from files, offline.
 
 Files and folders (searched recursively) of one or more studies are grouped by
-StudyInstanceUID; each image is slotted with :func:`mammo_density.views.view_info` using
-the listener's rules (For Presentation preferred over For Processing; of retakes the
-latest acquisition wins). Every other file of a study (extra views, dose reports) goes
-with it for the dose figures. Unreadable files are reported on stderr and skipped; every
-other study still gets its result.
+StudyInstanceUID; each image goes through the listener's rules: the screening-image gate
+(mammo_density.study.gate) and image selection (mammo_density.study.selection: For
+Presentation preferred over For Processing; of retakes the latest acquisition wins).
+Every other file of a study (extra views, dose reports) goes with it for the dose
+figures. Unreadable files are reported on stderr and skipped; every other study still
+gets its result.
 
-Output: a readable table, or with ``--json`` one StudyResult JSON object per line.
-``--sr-out DIR`` also writes each study's density SR there.
+Output: a readable table, or with ``--json`` one StudyResult JSON object per line; images
+not used are listed with their reason under the table, and in the JSON's
+``unused_images``. ``--sr-out DIR`` also writes each study's density SR there.
 """
 
 from __future__ import annotations
@@ -25,13 +27,12 @@ import pydicom
 
 from mammo_density.config import Settings
 from mammo_density.job import JobImage, StudyJob
-from mammo_density.views import SLOTS, view_info
+from mammo_density.study import gate, sop
+from mammo_density.study.selection import acquisition_key, choose
+from mammo_density.study.slots import SLOTS
+from mammo_density.study.unused import describe, from_note, unused_image
 
 log = logging.getLogger(__name__)
-
-MG_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.2"
-MG_FOR_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.2.1"
-_SR_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -44,6 +45,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="write each study's density SR (DICOM) into DIR")
     p.add_argument("--model-dir", metavar="DIR", help="model registry entry to use "
                    "(default: settings.model_dir, else the bundled demo model)")
+    p.add_argument("--digitised-film", action="store_true",
+                   help="assess digitised film (Secondary Capture, Modality MG) too; "
+                   "default: the digitised_film setting (off)")
     p.set_defaults(func=run)
 
 
@@ -52,11 +56,13 @@ class _Candidate:
     path: str
     sop_uid: str
     sop_class: str
+    kind: str | None
     slot: str | None
     for_presentation: bool
     acquired: str
-    instance_number: int
-    order: int
+    instance_number: int | None
+    seq: int
+    note: str
 
 
 @dataclass
@@ -92,10 +98,9 @@ def iter_files(paths: Iterable[str | Path]) -> Iterable[tuple[Path, bool]]:
             yield path, True
 
 
-def collect_jobs(paths: Iterable[str | Path]) -> Collected:
-    """Group the DICOM files under ``paths`` into one :class:`StudyJob` per study."""
-    from mammo_density.plugin.assembly import acquisition_key
-
+def collect_jobs(paths: Iterable[str | Path], *, digitised_film: bool = False) -> Collected:
+    """Group the DICOM files under ``paths`` into one :class:`StudyJob` per study, with the
+    listener's rules (gate, selection); ``digitised_film`` as the setting of that name."""
     out = Collected()
     studies: dict[str, list[_Candidate]] = {}
     for order, (path, _explicit) in enumerate(iter_files(paths)):
@@ -111,17 +116,14 @@ def collect_jobs(paths: Iterable[str | Path]) -> Collected:
             out.unreadable.append((str(path), f"not a readable DICOM file "
                                               f"({type(err).__name__})"))
             continue
-        slot = None
-        if sop_class in (MG_FOR_PRESENTATION, MG_FOR_PROCESSING):
-            slot = view_info(ds).slot
-        intent = str(ds.get("PresentationIntentType", "") or "").upper()
-        for_presentation = (intent == "FOR PRESENTATION" if intent
-                            else sop_class == MG_FOR_PRESENTATION)
+        verdict = gate.screen(ds, digitised_film=digitised_film)
         number = ds.get("InstanceNumber")
         studies.setdefault(study_uid, []).append(_Candidate(
-            path=str(path.resolve()), sop_uid=sop_uid, sop_class=sop_class, slot=slot,
-            for_presentation=for_presentation, acquired=acquisition_key(ds),
-            instance_number=int(number) if number not in (None, "") else -1, order=order))
+            path=str(path.resolve()), sop_uid=sop_uid, sop_class=sop_class,
+            kind=verdict.kind, slot=verdict.slot, for_presentation=verdict.for_presentation,
+            acquired=acquisition_key(ds),
+            instance_number=int(number) if number not in (None, "") else None, seq=order,
+            note=verdict.note))
     for study_uid, cands in studies.items():
         seen: set[str] = set()
         unique = []
@@ -130,23 +132,22 @@ def collect_jobs(paths: Iterable[str | Path]) -> Collected:
                 seen.add(c.sop_uid)
                 unique.append(c)
                 out.files.setdefault(c.sop_uid, c.path)
-        chosen: dict[str, _Candidate] = {}
-        for slot in SLOTS:
-            options = [c for c in unique if c.slot == slot]
-            preferred = [c for c in options if c.for_presentation] or options
-            if preferred:
-                chosen[slot] = max(preferred,
-                                   key=lambda c: (c.acquired, c.instance_number, c.order))
+        choice = choose(c for c in unique if c.kind == sop.KIND_IMAGE)
+        chosen = choice.images
         used = {c.sop_uid for c in chosen.values()}
+        passed = {c.sop_uid: reason for c, reason in choice.passed_over}
+        unused = [unused_image(c.sop_uid, passed[c.sop_uid], slot=c.slot)
+                  if c.sop_uid in passed else from_note(c.sop_uid, c.note)
+                  for c in unique if c.kind in sop.IMAGE_KINDS and c.sop_uid not in used]
         images = [JobImage(slot=s, sop_instance_uid=chosen[s].sop_uid,
                            sop_class_uid=chosen[s].sop_class) for s in SLOTS if s in chosen]
         others = [c.sop_uid for c in unique if c.sop_uid not in used
-                  and not (c.sop_class.startswith(_SR_PREFIX)
-                           and c.sop_class != "1.2.840.10008.5.1.4.1.1.88.67")]
-        missing = [s for s in SLOTS if s not in chosen]
+                  and not (sop.is_structured_report(c.sop_class)
+                           and c.sop_class not in sop.RDSR_CLASSES)]
+        missing = choice.missing
         out.jobs.append(StudyJob(study_instance_uid=study_uid, images=images,
                                  other_sop_uids=others, partial=bool(missing),
-                                 missing_views=missing))
+                                 missing_views=missing, unused_images=unused))
     return out
 
 
@@ -163,6 +164,10 @@ def format_table(results: Sequence) -> str:
         notes = []
         if r.partial:
             notes.append("partial, missing " + ",".join(r.missing_views))
+        if r.unused_images:
+            notes.append(f"{len(r.unused_images)} not used: {describe(r.unused_images)}")
+        if r.implant_present:
+            notes.append("implants")
         if not r.assessable:
             notes.append("NOT ASSESSABLE")
         if r.sr is not None:
@@ -181,6 +186,11 @@ def format_table(results: Sequence) -> str:
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h)
               for i, h in enumerate(header)]
     lines = [_fmt_row(header, widths)] + [_fmt_row(row, widths) for row in rows]
+    unused = [(r.study_instance_uid, u) for r in results for u in r.unused_images]
+    if unused:
+        lines += ["", "images not used:"]
+        lines += [f"  {study}  image {u.image}  {u.slot or '-'}  {u.reason.value}: {u.text}"
+                  for study, u in unused]
     return "\n".join(lines)
 
 
@@ -202,7 +212,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     from mammo_density.worker.pipeline import Pipeline
     from mammo_density.worker.sinks import FolderSRs
 
-    collected = collect_jobs(args.paths)
+    collected = collect_jobs(args.paths, digitised_film=settings.digitised_film
+                             or getattr(args, "digitised_film", False))
     for path, reason in collected.unreadable:
         print(f"mammo-density classify: skipped {path}: {reason}", file=sys.stderr)
     if not collected.jobs:

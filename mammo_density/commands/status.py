@@ -31,7 +31,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _summary(result: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The few result fields worth a line: exam category, dense, partial."""
+    """The few result fields worth a line: exam category, dense, partial, and the images
+    not used with their reasons."""
     if not result:
         return None
     exam = result.get("exam") or {}
@@ -39,6 +40,9 @@ def _summary(result: dict[str, Any] | None) -> dict[str, Any] | None:
         "category": exam.get("category") or exam.get("birads") or exam.get("density_class"),
         "dense": exam.get("dense"),
         "partial": result.get("partial"),
+        "unused_images": [
+            {k: u.get(k) for k in ("image", "slot", "reason", "text")}
+            for u in result.get("unused_images") or [] if isinstance(u, dict)],
     }
 
 
@@ -180,6 +184,11 @@ def _print(data: dict[str, Any], *, as_json: bool) -> None:
             if status == "failed" and row["last_error"]:
                 line += f"  {row['last_error'][:100]}"
             print(line)
+            if status == "failed" and len(row["last_error"] or "") > 100:
+                print(f"             {row['last_error'][:1000]}")
+            for u in (row["result"] or {}).get("unused_images") or []:
+                print(f"             not used: image {u['image']} {u['slot'] or '-'} "
+                      f"{u['reason']}: {u['text']}")
     oldest = data["oldest_in_flight"]
     if oldest:
         print(f"oldest in flight: {oldest['study_uid']} ({oldest['status']}, "

@@ -74,7 +74,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--codes-only", action="store_true",
                    help="omit ViewPosition; the view is only in ViewCodeSequence")
     p.add_argument("--legacy-codes", action="store_true",
-                   help="SRT view codes (R-10242, R-10226) instead of SCT")
+                   help="legacy SNOMED RT (SRT) view codes instead of SNOMED CT")
     p.add_argument("--class-mix", type=_mix, default=None,
                    help="shares of A,B,C,D (default 0.13,0.31,0.45,0.10)")
     p.add_argument("--label-noise", type=_share, default=0.03,

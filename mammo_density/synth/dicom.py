@@ -24,12 +24,14 @@ from pydicom.uid import (
     RLELossless,
 )
 
+from mammo_density.study import codes, sop
+from mammo_density.study.codes import Concept
 from mammo_density.synth.dose import Exposure
 from mammo_density.synth.phantom import patient_orientation
 from mammo_density.synth.profiles import VendorProfile
 
-MG_FOR_PRESENTATION = UID("1.2.840.10008.5.1.4.1.1.1.2")
-MG_FOR_PROCESSING = UID("1.2.840.10008.5.1.4.1.1.1.2.1")
+MG_FOR_PRESENTATION = UID(sop.MG_FOR_PRESENTATION)
+MG_FOR_PROCESSING = UID(sop.MG_FOR_PROCESSING)
 
 #: CLI name -> transfer syntax UID
 TRANSFER_SYNTAXES: dict[str, UID] = {
@@ -40,16 +42,10 @@ TRANSFER_SYNTAXES: dict[str, UID] = {
     "rle": RLELossless,
 }
 
-#: (SCT code, SRT legacy code, meaning) of the views (CID 4014) and modifiers (CID 4015)
-VIEW_CODES: dict[str, tuple[str, str, str]] = {
-    "CC": ("399162004", "R-10242", "cranio-caudal"),
-    "MLO": ("399368009", "R-10226", "medio-lateral oblique"),
-    "XCCL": ("399192008", "R-1024A", "cranio-caudal exaggerated laterally"),
-}
-MODIFIER_CODES: dict[str, tuple[str, str, str]] = {
-    "spot": ("399055006", "R-102D7", "spot compression"),
-    "magnification": ("399163009", "R-102D6", "magnification"),
-}
+#: The views (CID 4014) and modifiers (CID 4015) the generator writes, from the one table.
+VIEW_CODES: dict[str, Concept] = {v: codes.VIEWS[v] for v in ("CC", "MLO", "XCCL")}
+MODIFIER_CODES: dict[str, Concept] = {"spot": codes.MODIFIERS["spot compression"],
+                                      "magnification": codes.MODIFIERS["magnification"]}
 BREAST_CODE = ("76752008", "T-04000", "Breast")
 
 
@@ -70,11 +66,14 @@ class ImageSpec:
     uids: dict[str, str] = field(default_factory=dict)
 
 
-def _code(values: tuple[str, str, str], legacy: bool) -> Dataset:
+def _code(values: Concept | tuple[str, str, str], legacy: bool) -> Dataset:
+    """A code item: (SCT code, SRT legacy code, meaning), SRT when ``legacy``."""
+    sct, srt, meaning = ((values.sct, values.srt, values.meaning)
+                         if isinstance(values, Concept) else values)
     item = Dataset()
-    item.CodeValue = values[1] if legacy else values[0]
+    item.CodeValue = srt if legacy else sct
     item.CodingSchemeDesignator = "SRT" if legacy else "SCT"
-    item.CodeMeaning = values[2]
+    item.CodeMeaning = meaning
     return item
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from pydicom.uid import generate_uid
 
+from mammo_density.study.slots import SLOTS, split_slot
 from mammo_density.synth.dicom import (
     TRANSFER_SYNTAXES,
     ImageSpec,
@@ -59,8 +60,7 @@ GLANDULAR_RANGE: dict[str, tuple[float, float]] = {
 MEAN_AGE: dict[str, float] = {"A": 68.0, "B": 64.0, "C": 58.0, "D": 53.0}
 EXTRAS: tuple[str, ...] = ("retake", "xccl", "spot", "missing", "for-processing")
 SIZES: dict[str, int] = {"small": 8, "full": 1}
-STANDARD_VIEWS: tuple[tuple[str, str], ...] = (("R", "CC"), ("L", "CC"), ("R", "MLO"),
-                                               ("L", "MLO"))
+STANDARD_VIEWS: tuple[tuple[str, str], ...] = tuple(split_slot(s) for s in SLOTS)
 MANIFEST_COLUMNS: tuple[str, ...] = (
     "exam_id", "patient_id", "study_instance_uid", "sop_instance_uid", "laterality", "view",
     "path", "density", "true_density", "split", "vendor", "extra",
@@ -342,7 +342,7 @@ def generate(outdir: str | os.PathLike, studies: int = 10, seed: int = 0,
         each listed extra with probability ``extras_rate``.
     for_processing : write every image as For Processing instead of For Presentation.
     codes_only : omit ViewPosition, leave the view to ViewCodeSequence.
-    legacy_codes : SRT codes (R-10242, R-10226) instead of SCT.
+    legacy_codes : the legacy SNOMED RT (SRT) view codes instead of SNOMED CT.
     class_mix : shares of A, B, C, D (normalised).
     label_noise : chance that a breast's reader label is one class off.
     breast_differ : chance that one breast is one class less dense than the other.

@@ -10,10 +10,11 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+from mammo_density.study.slots import SLOTS, split_slot
 from mammo_density.synth.generate import CLASSES, generate
 from mammo_density.synth.readback import display_image
 
-ORDER = (("R", "CC"), ("L", "CC"), ("R", "MLO"), ("L", "MLO"))
+ORDER = tuple(split_slot(s) for s in SLOTS)
 
 
 def write_preview(png: str | Path, seed: int = 0, vendor: str = "hologic",

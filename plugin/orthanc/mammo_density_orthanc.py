@@ -284,7 +284,8 @@ class Router:
         out = []
         for series in _get_json(f"/studies/{study_id}/series"):
             modality = str(series.get("MainDicomTags", {}).get("Modality", "")).upper()
-            if modality != "MG" and not (modality == "SR" and logic.XRAY_DOSE_SR in wanted):
+            if modality not in ("MG", "") and \
+                    not (modality == "SR" and logic.XRAY_DOSE_SR in wanted):
                 continue
             for instance_id in series.get("Instances", []):
                 try:

@@ -7,28 +7,38 @@ the script's folder) and in the tests as
 (``/instances/{id}/simplified-tags``, ``DicomInstance.GetInstanceSimplifiedJson``):
 keyword -> string, sequences as lists of dicts.
 
-The laterality / view rules mirror :mod:`mammo_density.views` (tests check they agree).
+This is a stdlib copy of rules whose one home is :mod:`mammo_density.study` (it cannot
+import the project inside Orthanc): the SOP classes (``study.sop``), the slots
+(``study.slots``), the view codes and view reading (``study.codes``, ``study.views``) and
+the header checks of the screening-image gate (``study.gate``).
+``tests/test_orthanc_logic.py`` checks that every table here equals the study package's
+and that both give the same slot and gate reason on the same headers; change the study
+package first, then this copy, and the test tells you when they differ.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+SIDES: tuple[str, ...] = ("R", "L")
+SCREENING_VIEWS: tuple[str, ...] = ("CC", "MLO")
 SLOTS: tuple[str, ...] = ("R-CC", "L-CC", "R-MLO", "L-MLO")
 
-# SOP classes the AI node classifies or reads (DESIGN.md "Study assembly rules").
+# SOP classes the AI node classifies or reads.
 MG_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.2"
 MG_FOR_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.2.1"
 BREAST_TOMOSYNTHESIS = "1.2.840.10008.5.1.4.1.1.13.1.3"
 XRAY_DOSE_SR = "1.2.840.10008.5.1.4.1.1.88.67"
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 MAMMO_IMAGE_CLASSES = frozenset({MG_FOR_PRESENTATION, MG_FOR_PROCESSING})
 
-# View codes of CID 4014 (SNOMED CT and legacy SNOMED RT), as in mammo_density.views.
+# View codes of CID 4014 (SNOMED CT and legacy SNOMED RT) -> the view's short name.
 VIEW_CODES: dict[str, str] = {
     "399162004": "CC", "R-10242": "CC",
     "399368009": "MLO", "R-10226": "MLO",
@@ -43,9 +53,23 @@ VIEW_CODES: dict[str, str] = {
     "127457009": "SPECIMEN", "G-8310": "SPECIMEN",
     "R-102CF": "XCC",
 }
-_VIEW_POSITIONS = frozenset({"CC", "MLO", "ML", "LM", "LMO", "XCCL", "XCCM", "XCC", "FB",
-                             "SIO", "ISO", "RL", "RM", "AT", "CV"})
-_MODIFIED_POSITIONS = frozenset({"RL", "RM", "AT", "CV"})
+_VIEW_POSITIONS = frozenset(VIEW_CODES.values())
+# ViewPosition spellings of modified views -> the SCT code of their CID 4015 modifier.
+_MODIFIED_POSITIONS: dict[str, str] = {"RL": "399197002", "RM": "399226006",
+                                       "AT": "399011000", "CV": "399161006"}
+_IMPLANT_DISPLACED_SUFFIX = "ID"
+_IMPLANT_DISPLACED = "399209000"
+
+# The header checks of the screening-image gate that Orthanc's tags allow.
+MIN_FIELD_MM = 80.0
+MIN_MATRIX_PX = 128
+HINT_FIELDS = ("ImageType", "SeriesDescription", "ProtocolName", "BodyPartExamined",
+               "ViewPosition", "PerformedProcedureStepDescription")
+QC_WORDS = ("QC", "QA", "PHANTOM", "FLATFIELD", "FLAT FIELD", "CALIBRATION", "CONSTANCY",
+            "UNIFORMITY", "QUALITY CONTROL")
+STEREO_WORDS = ("STEREO", "STEREOTACTIC", "STEREOTAXIS", "BIOPSY")
+SPECIMEN_WORDS = ("SPECIMEN",)
+_WORD = re.compile(r"[A-Z0-9]+")
 
 # SR codes (SR.md).
 CODE_REPORT = "126000"              # Imaging Measurement Report (DCM)
@@ -87,6 +111,9 @@ class PluginSettings:
         ``max_retry_seconds``; give up (state ``failed``) after ``max_retries`` failures.
     forward_tomosynthesis, forward_dose_reports
         Also send Breast Tomosynthesis images / X-Ray Radiation Dose SRs of the study.
+    forward_digitised_film
+        Also send Secondary Capture images with Modality MG (digitised film; the node
+        assesses them only with its ``digitised_film`` setting).
     metadata
         Name (declared in ``UserMetadata``) or index (>= 1024) of the study metadata
         holding the forward state; by default ``"MammoDensity"`` where ``UserMetadata``
@@ -106,6 +133,7 @@ class PluginSettings:
     max_retries: int = 30
     forward_tomosynthesis: bool = False
     forward_dose_reports: bool = False
+    forward_digitised_film: bool = False
     metadata: str = "MammoDensity"
     global_property: int = 9301
     recovery_delay_seconds: float = 60.0
@@ -121,6 +149,7 @@ class PluginSettings:
             "MaxRetries": self.max_retries,
             "ForwardTomosynthesis": self.forward_tomosynthesis,
             "ForwardDoseReports": self.forward_dose_reports,
+            "ForwardDigitisedFilm": self.forward_digitised_film,
             "Metadata": self.metadata,
             "GlobalProperty": self.global_property,
             "RecoveryDelaySeconds": self.recovery_delay_seconds,
@@ -137,6 +166,7 @@ _KEYS = {
     "MaxRetries": ("max_retries", int),
     "ForwardTomosynthesis": ("forward_tomosynthesis", bool),
     "ForwardDoseReports": ("forward_dose_reports", bool),
+    "ForwardDigitisedFilm": ("forward_digitised_film", bool),
     "Metadata": ("metadata", str),
     "GlobalProperty": ("global_property", int),
     "RecoveryDelaySeconds": ("recovery_delay_seconds", float),
@@ -275,13 +305,17 @@ def view_of(tags: Mapping[str, Any]) -> tuple[str | None, tuple[str, ...]]:
     position = _text(tags.get("ViewPosition")).upper()
     if position in _VIEW_POSITIONS:
         view = position
-        if position in _MODIFIED_POSITIONS:
-            view, modifiers = None, [position]
+    elif position in _MODIFIED_POSITIONS:
+        modifiers.append(_MODIFIED_POSITIONS[position])
+    elif position.endswith(_IMPLANT_DISPLACED_SUFFIX) and \
+            position[:-len(_IMPLANT_DISPLACED_SUFFIX)] in _VIEW_POSITIONS:
+        view = position[:-len(_IMPLANT_DISPLACED_SUFFIX)]
+        modifiers.append(_IMPLANT_DISPLACED)
     for item in _items(tags, "ViewCodeSequence"):
         if view is None and _code(item) in VIEW_CODES:
             view = VIEW_CODES[_code(item)]
         for mod in _items(item, "ViewModifierCodeSequence"):
-            if _code(mod):
+            if _code(mod) and _code(mod) not in modifiers:
                 modifiers.append(_code(mod))
     for mod in _items(tags, "ViewModifierCodeSequence"):
         if _code(mod) and _code(mod) not in modifiers:
@@ -289,11 +323,64 @@ def view_of(tags: Mapping[str, Any]) -> tuple[str | None, tuple[str, ...]]:
     return view, tuple(modifiers)
 
 
+def _words(tags: Mapping[str, Any]) -> str:
+    parts = []
+    for keyword in HINT_FIELDS:
+        value = tags.get(keyword)
+        if value is None:
+            continue
+        if isinstance(value, list):
+            value = " ".join(str(v) for v in value)
+        parts.append(" ".join(_WORD.findall(str(value).upper())))
+    return " " + " ".join(p for p in parts if p) + " "
+
+
+def _float(value: Any) -> float | None:
+    try:
+        return float(_text(value))
+    except ValueError:
+        return None
+
+
+def _spacing(tags: Mapping[str, Any]) -> tuple[float, float] | None:
+    for keyword in ("ImagerPixelSpacing", "PixelSpacing"):
+        value = tags.get(keyword)
+        parts = value if isinstance(value, list) else str(value or "").split("\\")
+        numbers = [_float(v) for v in parts[:2]]
+        if len(numbers) == 2 and numbers[0] and numbers[1] and \
+                numbers[0] > 0 and numbers[1] > 0:
+            return numbers[0], numbers[1]
+    return None
+
+
+def gate_reason(tags: Mapping[str, Any]) -> str:
+    """The screening-image gate's reason code for the checks the tags allow (quality
+    control, stereotactic, specimen, too small); ``""`` when none applies."""
+    words = _words(tags)
+    view, _ = view_of(tags)
+    if any(f" {w} " in words for w in QC_WORDS):
+        return "quality_control"
+    if any(f" {w} " in words for w in STEREO_WORDS):
+        return "stereotactic"
+    if view == "SPECIMEN" or any(f" {w} " in words for w in SPECIMEN_WORDS):
+        return "specimen"
+    rows, cols = _float(tags.get("Rows")), _float(tags.get("Columns"))
+    if rows is not None and cols is not None:
+        if min(rows, cols) < MIN_MATRIX_PX:
+            return "too_small"
+        spacing = _spacing(tags)
+        if spacing and min(rows * spacing[0], cols * spacing[1]) < MIN_FIELD_MM:
+            return "too_small"
+    return ""
+
+
 def slot_of(tags: Mapping[str, Any]) -> str | None:
-    """The screening slot (``"R-CC"`` ...) an image fills, or ``None``."""
+    """The screening slot (``"R-CC"`` ...) an image fills, or ``None`` (also when the
+    gate's header checks keep it out)."""
     laterality = laterality_of(tags)
     view, modifiers = view_of(tags)
-    if laterality in ("R", "L") and view in ("CC", "MLO") and not modifiers:
+    if laterality in SIDES and view in SCREENING_VIEWS and not modifiers \
+            and not gate_reason(tags):
         return f"{laterality}-{view}"
     return None
 
@@ -305,22 +392,28 @@ def forwardable_classes(settings: PluginSettings) -> frozenset[str]:
         classes.add(BREAST_TOMOSYNTHESIS)
     if settings.forward_dose_reports:
         classes.add(XRAY_DOSE_SR)
+    if settings.forward_digitised_film:
+        classes.add(SECONDARY_CAPTURE)
     return frozenset(classes)
 
 
 def is_forwardable(sop_class_uid: str, modality: str, settings: PluginSettings) -> bool:
     """Whether an instance goes to the AI node.
 
-    Mammography images (Modality MG, a mammography SOP class) do; the density SR coming
-    back (Comprehensive SR, Modality SR) never does, which is what keeps the routing free
-    of loops. Dose SRs only with ``ForwardDoseReports``.
+    Mammography images (a mammography SOP class, Modality MG or empty: anonymisation
+    often strips it) do; the density SR coming back (Comprehensive SR, Modality SR) never
+    does, which is what keeps the routing free of loops. Dose SRs only with
+    ``ForwardDoseReports``; Secondary Capture only with ``ForwardDigitisedFilm`` and
+    Modality MG.
     """
     sop_class_uid = sop_class_uid.strip()
     if sop_class_uid not in forwardable_classes(settings):
         return False
     if sop_class_uid == XRAY_DOSE_SR:
         return True
-    return modality.strip().upper() == "MG"
+    if sop_class_uid == SECONDARY_CAPTURE:
+        return modality.strip().upper() == "MG"
+    return modality.strip().upper() in ("MG", "")
 
 
 @dataclass(frozen=True)
@@ -610,7 +703,7 @@ def latest_result(results: Iterable[dict[str, Any] | None]) -> dict[str, Any] | 
 __all__ = [
     "FAILED", "FORWARDED", "QUEUED", "RETRYING", "SLOTS", "UNFINISHED", "WAITING",
     "InstanceInfo", "PluginSettings", "StudySlots", "after_failure", "after_success",
-    "backoff_delay", "backoff_schedule", "dump_state", "forwardable_classes",
+    "backoff_delay", "backoff_schedule", "dump_state", "forwardable_classes", "gate_reason",
     "instance_info", "is_density_sr", "is_forwardable", "laterality_of", "latest_result",
     "load_pending", "load_state", "new_state", "parse_density_sr", "parse_settings",
     "resolve_metadata_name", "slot_of", "to_forward", "view_of",

@@ -7,6 +7,7 @@ import logging
 from collections.abc import Iterable
 from pathlib import Path
 
+from mammo_density.study.slots import SCREENING_VIEWS
 from mammo_density.train.data import ImageRecord, normalise_density, write_manifest_csv
 
 log = logging.getLogger(__name__)
@@ -52,12 +53,38 @@ def density(value: str) -> str | None:
         return None
 
 
+def gate_records(records: Iterable[ImageRecord], *, digitised_film: bool = False,
+                 ) -> tuple[list[ImageRecord], dict[str, int]]:
+    """The records whose DICOM file passes the screening-image gate
+    (:func:`mammo_density.study.gate.screen_file`: no QA, stereotactic, specimen, stub,
+    spot or magnification images), and how many were dropped per reason code. Files that
+    are not DICOM (``.dcm`` / ``.dicom``) are kept as they are."""
+    from mammo_density.study.gate import screen_file
+
+    kept: list[ImageRecord] = []
+    dropped: dict[str, int] = {}
+    for r in records:
+        if Path(r.path).suffix.lower() not in (".dcm", ".dicom"):
+            kept.append(r)
+            continue
+        verdict = screen_file(r.path, digitised_film=digitised_film)
+        if verdict.slot is None:
+            code = verdict.reason.value if verdict.reason else "not_an_image"
+            dropped[code] = dropped.get(code, 0) + 1
+        else:
+            kept.append(r)
+    if dropped:
+        log.info("screening-image gate dropped %s", ", ".join(
+            f"{n} {code}" for code, n in sorted(dropped.items())))
+    return kept, dropped
+
+
 def finish(records: Iterable[ImageRecord], out_csv: Path, *, name: str,
            extra_columns: tuple[str, ...] = ()) -> list[ImageRecord]:
     """Keep labelled screening images (CC/MLO), write the manifest, log a summary."""
     kept, skipped = [], 0
     for r in records:
-        if r.density is None or r.view not in ("CC", "MLO"):
+        if r.density is None or r.view not in SCREENING_VIEWS:
             skipped += 1
             continue
         kept.append(r)

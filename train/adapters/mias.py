@@ -52,7 +52,9 @@ def pgm_to_dicom(pgm: Path, out: Path, *, laterality: str, patient: str) -> Path
     if img is None:
         raise AdapterError(f"{pgm}: unreadable image")
     img = np.ascontiguousarray(img.astype(np.uint8))
-    sop_class = "1.2.840.10008.5.1.4.1.1.1.2"  # Digital Mammography X-Ray Image - Presentation
+    from mammo_density.study.sop import MG_FOR_PRESENTATION
+
+    sop_class = MG_FOR_PRESENTATION
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = sop_class
     meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=["mias", pgm.name])
