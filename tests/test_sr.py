@@ -251,6 +251,7 @@ def test_partial_study_has_only_supported_groups(tmp_path: Path) -> None:
     assert got["not_for_clinical_use"] is False
 
 
+@pytest.mark.services
 def test_images_not_used_are_named_in_the_text(tmp_path: Path) -> None:
     from mammo_density.study.reasons import Reason
     from mammo_density.study.unused import unused_image
