@@ -9,7 +9,12 @@ APT_PACKAGES := redis-server orthanc orthanc-python dcmtk dicom3tools libopenjp2
 # Debian package -> a file it installs, to tell whether it is there.
 APT_PROBES := /usr/bin/redis-server /usr/sbin/Orthanc /usr/share/orthanc/plugins/libOrthancPython.so /usr/bin/storescu /usr/bin/dciodvfy
 
-.PHONY: setup system-deps serve test test-unit lint clean
+# The OHIF check (tests/viewer/ohif_check.sh): a web viewer and a browser, not part of
+# `make test`.
+VIEWER_APT_PACKAGES := orthanc-dicomweb chromium npm
+VIEWER_APT_PROBES := /usr/share/orthanc/plugins/libOrthancDicomWeb.so /usr/bin/chromium /usr/bin/npm
+
+.PHONY: setup system-deps viewer-deps viewer-check serve test test-unit lint clean
 
 setup: $(VENV)/.installed
 
@@ -31,6 +36,16 @@ system-deps:
 	  echo "installing Debian packages: $(APT_PACKAGES)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES); \
 	fi
+
+viewer-deps: setup system-deps
+	@missing=0; for f in $(VIEWER_APT_PROBES); do [ -e $$f ] || missing=1; done; \
+	if [ $$missing = 1 ]; then \
+	  echo "installing Debian packages: $(VIEWER_APT_PACKAGES)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(VIEWER_APT_PACKAGES); \
+	fi
+
+viewer-check: viewer-deps
+	$(BIN)/python -m tests.viewer.ohif_check
 
 # The main job on its embedded default: DICOM listener + in-process pipeline, no Redis,
 # no Orthanc. Data under ~/.local/share/mammo-density unless MAMMO_DENSITY_DATA_DIR says.

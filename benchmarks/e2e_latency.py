@@ -1,7 +1,8 @@
-"""End-to-end latency: last image stored in Orthanc -> density SR stored in Orthanc.
+"""End-to-end latency: last image stored in Orthanc -> density SR (and summary image)
+stored in Orthanc.
 
     .venv/bin/python -m benchmarks.e2e_latency [--studies 20] [--cores 2] [--broker]
-        [--model-dir DIR] [--data DIR] [--json]
+        [--model-dir DIR] [--data DIR] [--no-summary] [--json]
 
 Real processes on loopback: Orthanc 1.10 with the routing plugin
 (plugin/orthanc/mammo_density_orthanc.py), ``mammo-density serve`` (embedded pipeline by
@@ -10,7 +11,8 @@ bundled demo model unless ``--model-dir`` names another registry entry. Each stu
 synthetic 4-view full-field screening study in JPEG 2000 lossless (``mammo_density.synth``,
 cached under ``--data``). For each study the four images go to Orthanc over one pynetdicom
 association; the clock starts when the last C-STORE response arrives and stops when
-Orthanc's change log shows the SR's NewInstance (polled every 5 ms). Hops included:
+Orthanc's change log shows the SR's and the summary image's NewInstance (polled every
+5 ms; ``--no-summary`` turns the summary image off, ``sr_median_s`` is the SR alone). Hops included:
 Orthanc -> plugin -> C-STORE to the node -> assembly -> decode/preprocess/infer -> SR
 build -> outbox C-STORE -> Orthanc. One warm-up study is not counted. ``--cores 2``
 pins every process to two CPUs (``sched_setaffinity``), like the 2-core target machine.
@@ -87,10 +89,13 @@ def last_change(server: OrthancServer) -> int:
     return int(requests.get(server.url + "/changes?last", timeout=10).json()["Last"])
 
 
-def wait_for_sr(server: OrthancServer, since: int, timeout: float = 120.0) -> float:
-    """Poll Orthanc's change log until a new SR instance appears; time of detection."""
+def wait_for_reports(server: OrthancServer, since: int, modalities: set[str],
+                     timeout: float = 120.0) -> dict[str, float]:
+    """Poll Orthanc's change log until a new instance of each of ``modalities`` ("SR",
+    "OT" = the summary image) appears; time of detection per modality."""
     deadline = time.perf_counter() + timeout
     session = requests.Session()
+    seen: dict[str, float] = {}
     while time.perf_counter() < deadline:
         data = session.get(server.url + f"/changes?since={since}&limit=100", timeout=10).json()
         now = time.perf_counter()
@@ -100,10 +105,13 @@ def wait_for_sr(server: OrthancServer, since: int, timeout: float = 120.0) -> fl
                 continue
             tags = session.get(server.url + f"/instances/{change['ID']}/simplified-tags",
                                timeout=10).json()
-            if tags.get("Modality") == "SR":
-                return now
+            modality = tags.get("Modality")
+            if modality in modalities and modality not in seen:
+                seen[modality] = now
+        if set(seen) == modalities:
+            return seen
         time.sleep(0.005)
-    raise TimeoutError("no SR arrived in Orthanc")
+    raise TimeoutError(f"not all of {sorted(modalities)} arrived in Orthanc: {sorted(seen)}")
 
 
 def forward_seconds(log: Path) -> list[float]:
@@ -123,8 +131,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="model registry entry (default: the bundled demo model)")
     parser.add_argument("--data", type=Path,
                         default=Path(tempfile.gettempdir()) / "mammo-density-e2e-bench")
+    parser.add_argument("--no-summary", action="store_true",
+                        help="no summary image (sr_summary_image off): the SR alone")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
+    wanted = {"SR"} if args.no_summary else {"SR", "OT"}
 
     if args.cores:
         cpus = sorted(os.sched_getaffinity(0))[: args.cores]
@@ -142,8 +153,10 @@ def main(argv: list[str] | None = None) -> int:
                    broker_url=redis.url if redis else "",
                    extra={"MAMMO_DENSITY_STABLE_SECONDS": "60"})
     env.pop("OMP_NUM_THREADS", None)
+    env["MAMMO_DENSITY_SR_SUMMARY_IMAGE"] = "false" if args.no_summary else "true"
     processes: list[NodeProcess] = []
     latencies: list[float] = []
+    sr_latencies: list[float] = []
     try:
         server.start()
         env["MAMMO_DENSITY_SR_DESTINATIONS"] = f"ORTHANC@127.0.0.1:{server.dicom_port}"
@@ -155,9 +168,11 @@ def main(argv: list[str] | None = None) -> int:
         for i, paths in enumerate(all_studies):
             since = last_change(server)
             t0 = send(paths, server.dicom_port)
-            t1 = wait_for_sr(server, since)
+            seen = wait_for_reports(server, since, wanted)
+            t1 = max(seen.values())
             if i > 0:
                 latencies.append(t1 - t0)
+                sr_latencies.append(seen["SR"] - t0)
             print(f"study {i:2d}: {t1 - t0:6.3f} s{' (warm-up)' if i == 0 else ''}",
                   file=sys.stderr)
     finally:
@@ -171,7 +186,9 @@ def main(argv: list[str] | None = None) -> int:
         "studies": len(latencies),
         "pipeline": "celery+redis" if args.broker else "embedded",
         "cores": len(os.sched_getaffinity(0)),
+        "summary_image": not args.no_summary,
         "median_s": round(statistics.median(latencies), 3),
+        "sr_median_s": round(statistics.median(sr_latencies), 3),
         "p95_s": round(percentile(latencies, 0.95), 3),
         "min_s": round(min(latencies), 3),
         "max_s": round(max(latencies), 3),

@@ -1,11 +1,14 @@
-"""Time building and saving one density SR (4-view study), and the outbox's durable write.
+"""Time building and saving one density SR and one summary image (4-view study), and the
+outbox's durable write.
 
     .venv/bin/python -m benchmarks.sr_build [--repeat 50] [--json]
 
 Prints the first (cold) build, then median / p95 over ``--repeat`` builds of:
 build (``build_density_sr``), save (``save_as`` to memory), build+save (wall clock and
 this process's CPU time, which other load on the machine disturbs less), the outbox's
-durable write (temp file + fsync + rename), and the read-back (``read_density_sr``).
+durable write (temp file + fsync + rename), and the read-back (``read_density_sr``); then
+the same for the summary image (``build_summary_image`` with four 192 px thumbnails:
+render + SCImage, save, durable write).
 The 1-minute load average is printed with the figures.
 """
 
@@ -20,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
@@ -30,6 +34,7 @@ from mammo_density.result import BreastDose, BreastResult, DoseSummary, ExamResu
 from mammo_density.study.slots import SLOTS
 from mammo_density.study.sop import MG_FOR_PRESENTATION
 from mammo_density.worker.sr import build_density_sr, read_density_sr
+from mammo_density.worker.summary import build_summary_image
 
 
 def _headers() -> list[Dataset]:
@@ -110,12 +115,40 @@ def main(argv: list[str] | None = None) -> int:
             both.append(t2 - t0)
             durable.append(t3 - t2)
             read.append(t4 - t3)
+    thumbs = {slot: np.linspace(0, 255, 192 * 192, dtype=np.uint8).reshape(192, 192)
+              for slot in SLOTS}
+    t0 = time.perf_counter()
+    build_summary_image(result, sources, manifest, view_images=thumbs)
+    sc_first = time.perf_counter() - t0
+    sc_build, sc_save, sc_both, sc_durable, sc_cpu = [], [], [], [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(args.repeat):
+            c0 = time.process_time()
+            t0 = time.perf_counter()
+            sc = build_summary_image(result, sources, manifest, view_images=thumbs)
+            t1 = time.perf_counter()
+            sc_buf = io.BytesIO()
+            sc.save_as(sc_buf, enforce_file_format=True)
+            t2 = time.perf_counter()
+            sc_cpu.append(time.process_time() - c0)
+            write_durably(sc, Path(tmp) / f"{i}.dcm")
+            t3 = time.perf_counter()
+            sc_build.append(t1 - t0)
+            sc_save.append(t2 - t1)
+            sc_both.append(t2 - t0)
+            sc_durable.append(t3 - t2)
     report = {
         "first_build_ms": round(first * 1e3, 1),
         "build": _stats(build), "save": _stats(save), "build_and_save": _stats(both),
         "build_and_save_cpu": _stats(cpu),
         "durable_write": _stats(durable), "read_back": _stats(read),
         "sr_bytes": len(buf.getvalue()), "repeat": args.repeat,
+        "summary_first_build_ms": round(sc_first * 1e3, 1),
+        "summary_build": _stats(sc_build), "summary_save": _stats(sc_save),
+        "summary_build_and_save": _stats(sc_both),
+        "summary_build_and_save_cpu": _stats(sc_cpu),
+        "summary_durable_write": _stats(sc_durable),
+        "summary_bytes": len(sc_buf.getvalue()),
         "load_average_1min": round(os.getloadavg()[0], 2), "cpus": os.cpu_count(),
     }
     if args.json:
@@ -123,10 +156,13 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(f"first build: {report['first_build_ms']} ms   SR size: {report['sr_bytes']} B   "
               f"load average {report['load_average_1min']} on {report['cpus']} CPUs")
+        print(f"summary image: first build {report['summary_first_build_ms']} ms, "
+              f"{report['summary_bytes']} B")
         for key in ("build", "save", "build_and_save", "build_and_save_cpu", "durable_write",
-                    "read_back"):
+                    "read_back", "summary_build", "summary_save", "summary_build_and_save",
+                    "summary_build_and_save_cpu", "summary_durable_write"):
             s = report[key]
-            print(f"{key:18s} median {s['median_ms']:7.2f} ms   p95 {s['p95_ms']:7.2f} ms")
+            print(f"{key:28s} median {s['median_ms']:7.2f} ms   p95 {s['p95_ms']:7.2f} ms")
     return 0
 
 

@@ -233,6 +233,9 @@ class Settings(BaseSettings):
         "address); 0 = not configured: @caller deliveries are recorded as skipped",
     )
     comprehensive_3d_sr: bool = Field(False, description="write Comprehensive 3D SR instead")
+    sr_summary_image: bool = Field(
+        True, description="also send a summary image (Secondary Capture) of the result to "
+        "the SR destinations, in the same study")
 
     # --- screening-image gate (mammo_density.study.gate) --------------------------------
     digitised_film: bool = Field(
@@ -251,6 +254,11 @@ class Settings(BaseSettings):
     hooks_include_patient_ids: bool = Field(
         False, description="not supported: hook payloads never carry patient identifiers"
     )
+    fhir_url: str = Field(
+        "", description="FHIR server base URL: each result is POSTed there as a transaction "
+        "Bundle of Observations (hook 'fhir'); empty = off")
+    fhir_token: SecretStr = Field(SecretStr(""), description="bearer token for fhir_url")
+    fhir_timeout: float = Field(10.0, gt=0, description="network timeout of one FHIR POST, s")
     dose_reference_mgy: float = Field(
         2.5, gt=0, description="AGD reference level (mGy) at 45 mm compressed thickness"
     )
@@ -369,7 +377,8 @@ class Settings(BaseSettings):
 
 
 # Settings that may hold a URL with a password: masked wherever they are shown.
-_URL_SETTINGS = frozenset({"broker_url", "result_backend", "registry_url", "webhook_url"})
+_URL_SETTINGS = frozenset({"broker_url", "result_backend", "registry_url", "webhook_url",
+                           "fhir_url"})
 
 
 class ConfigError(Exception):

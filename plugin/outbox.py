@@ -1,5 +1,9 @@
 """The persistent SR outbox: write the SR first, then deliver it, retrying until it lands.
 
+It carries every object the node writes back to the PACS: the density SR and the summary
+image (a Secondary Capture, docs/sr.md) go through the same rows, retries and rules; each
+object's kind is its Modality (``SR``, ``OT``), and supersession works per kind.
+
 Layout under the data directory::
 
     outbox/<SOPInstanceUID>.dcm       SRs not yet delivered everywhere (and, with no
@@ -27,10 +31,12 @@ Rules:
   shows them with their last error.
 - Supersession: an SR of a newer revision of the same study (a different
   SOPInstanceUID; the revision is the SR's InstanceNumber) supersedes the older SR's
-  *undelivered* rows: the older one is not sent any more, because it would put an
-  outdated result beside the current one in the PACS. SRs already delivered stay
-  delivered (an SR cannot be recalled). An SR that arrives after a newer one of the same
-  study is written to disk but recorded as superseded straight away.
+  *undelivered* rows (an object supersedes only objects of its own kind: the summary
+  image of a revision never stops that revision's SR): the older one is not sent any
+  more, because it would put an outdated result beside the current one in the PACS.
+  SRs already delivered stay delivered (an SR cannot be recalled). An SR that arrives
+  after a newer one of the same study is written to disk but recorded as superseded
+  straight away.
 - ``@caller`` sends back to the AE that sent the study: its AE title and peer address
   come with the job, the port from ``settings.caller_port``. Without a port (or an
   unknown caller) the row is recorded as ``skipped`` with the reason, shown by ``status``.
@@ -87,6 +93,7 @@ CREATE TABLE IF NOT EXISTS srs (
     calling_aet  TEXT NOT NULL DEFAULT '',
     peer_host    TEXT NOT NULL DEFAULT '',
     created_at   REAL NOT NULL,
+    kind         TEXT NOT NULL DEFAULT 'SR',
     routed       INTEGER NOT NULL DEFAULT 1
 );
 CREATE INDEX IF NOT EXISTS srs_study ON srs(study_uid);
@@ -112,6 +119,10 @@ CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(status, next_try);
 
 PENDING, DELIVERED, SKIPPED, SUPERSEDED = "pending", "delivered", "skipped", "superseded"
 DIMSE_TLS = "dimse-tls"  # the ``kind`` of a tls:AET@host:port delivery
+#: Set by ``enqueue``: a delivery loop in the same process starts its next round at once
+#: instead of at its next tick (the SR and then the summary image go out as soon as each
+#: is written; enqueues from other processes are seen at the tick).
+_WORK = threading.Event()
 _CLAIM_SECONDS = 300.0  # a claimed row is not picked up again for this long (crash guard)
 
 
@@ -165,6 +176,8 @@ class Outbox:
         with self._connect() as db:
             db.executescript(_SCHEMA)
             columns = {r["name"] for r in db.execute("PRAGMA table_info(srs)")}
+            if "kind" not in columns:  # an outbox written before the summary image
+                db.execute("ALTER TABLE srs ADD COLUMN kind TEXT NOT NULL DEFAULT 'SR'")
             if "routed" not in columns:  # an outbox from before routing by the owner
                 db.execute("ALTER TABLE srs ADD COLUMN routed INTEGER NOT NULL DEFAULT 1")
 
@@ -233,6 +246,7 @@ class Outbox:
         if str(sr.get("StudyInstanceUID", study_uid)) != study_uid:
             raise ValueError("enqueue: study_uid differs from the SR's StudyInstanceUID")
         revision = int(sr.get("InstanceNumber", 1) or 1)
+        kind = str(sr.get("Modality", "") or "SR").upper()
         with self._connect() as db:
             known = db.execute("SELECT path FROM srs WHERE sop_uid = ?", (sop_uid,)).fetchone()
         if known is not None:
@@ -248,10 +262,10 @@ class Outbox:
         with self._transaction() as db:
             db.execute(
                 "INSERT INTO srs (sop_uid, study_uid, series_uid, revision, path, calling_aet,"
-                " peer_host, created_at, routed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0)"
+                " peer_host, created_at, kind, routed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0)"
                 " ON CONFLICT(sop_uid) DO UPDATE SET path = excluded.path",
                 (sop_uid, study_uid, str(sr.get("SeriesInstanceUID", "")), revision, str(path),
-                 calling_aet, peer_host, time.time()),
+                 calling_aet, peer_host, time.time(), kind),
             )
         if not self.owner:
             log.info("SR stored in the outbox; serve decides its destinations",
@@ -279,11 +293,11 @@ class Outbox:
                             (sop_uid,)).fetchone()
             if sr is None:  # routed already (by another loop of the same owner)
                 return
-            study_uid, revision = sr["study_uid"], int(sr["revision"])
+            study_uid, revision, kind = sr["study_uid"], int(sr["revision"]), sr["kind"]
             targets = self._targets(sr["calling_aet"], sr["peer_host"])
             newer = db.execute(
-                "SELECT 1 FROM srs WHERE study_uid = ? AND sop_uid != ? AND revision > ?"
-                " LIMIT 1", (study_uid, sop_uid, revision),
+                "SELECT 1 FROM srs WHERE study_uid = ? AND kind = ? AND sop_uid != ?"
+                " AND revision > ? LIMIT 1", (study_uid, kind, sop_uid, revision),
             ).fetchone()
             for t in targets:
                 status, error = PENDING, ""
@@ -302,10 +316,10 @@ class Outbox:
             if newer is None:
                 superseded = db.execute(
                     "UPDATE deliveries SET status = ?, last_error = ? WHERE status = ? AND"
-                    " sop_uid IN (SELECT sop_uid FROM srs WHERE study_uid = ? AND sop_uid != ?"
-                    " AND revision <= ?)",
+                    " sop_uid IN (SELECT sop_uid FROM srs WHERE study_uid = ? AND kind = ?"
+                    " AND sop_uid != ? AND revision <= ?)",
                     (SUPERSEDED, "superseded by a newer SR of the study", PENDING, study_uid,
-                     sop_uid, revision),
+                     kind, sop_uid, revision),
                 ).rowcount
                 if superseded:
                     log.info("superseded %d older SR deliveries", superseded,
@@ -316,6 +330,7 @@ class Outbox:
         else:
             log.warning("SR kept in %s: no SR destination is configured (sr_destinations)",
                         self.dir, extra=extra)
+        _WORK.set()
         self._maybe_retire(sop_uid)
 
     def deliver_due(self) -> int:
@@ -341,8 +356,9 @@ class Outbox:
             return db.execute(sql, params).rowcount
 
     def run_forever(self, stop: threading.Event, interval: float = 1.0) -> None:
-        """Deliver due SRs every ``interval`` seconds until ``stop`` is set (after making
-        every pending delivery due: see the restart rule above)."""
+        """Deliver due SRs every ``interval`` seconds, and at once after an ``enqueue`` in
+        this process, until ``stop`` is set (seen within ``interval``); at start, every
+        pending delivery is made due (see the restart rule above)."""
         log.info("SR outbox running (%d destination(s))", len(self.settings.sr_destinations))
         try:
             due = self.retry_now()
@@ -352,11 +368,12 @@ class Outbox:
         if due:
             log.info("SR outbox: %d undelivered SR deliveries due now (start-up)", due)
         while not stop.is_set():
+            _WORK.clear()
             try:
                 self.deliver_due()
             except Exception:  # never let the loop die; the rows stay on disk
                 log.exception("SR outbox loop error")
-            stop.wait(interval)
+            _WORK.wait(interval)  # a tick, or sooner when something was enqueued
 
     def pending(self, limit: int = 200) -> list[dict[str, Any]]:
         """Undelivered SR deliveries (pending, or skipped with a reason), oldest first."""

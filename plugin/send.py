@@ -12,6 +12,7 @@ present ``sr_tls_cert``/``sr_tls_key`` when the PACS asks for a client certifica
 
 from __future__ import annotations
 
+import copy
 import logging
 import ssl
 from pathlib import Path
@@ -62,6 +63,10 @@ def c_store(ds: Dataset, *, ae_title: str, host: str, port: int, calling_aet: st
     ae.dimse_timeout = timeout
     ae.network_timeout = timeout
     ae.connection_timeout = timeout
+    native = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    compressed = native is not None and native.is_compressed
+    if compressed:  # e.g. the JPEG summary image: as it is, else decompressed below
+        ae.add_requested_context(ds.SOPClassUID, [native])
     ae.add_requested_context(ds.SOPClassUID, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
     try:
         assoc = ae.associate(host, port, ae_title=ae_title,
@@ -79,6 +84,10 @@ def c_store(ds: Dataset, *, ae_title: str, host: str, port: int, calling_aet: st
         if not assoc.accepted_contexts:
             raise DeliveryError(f"{where} accepts no presentation context for SOP class "
                                 f"{ds.SOPClassUID}")
+        if compressed and not any(c.transfer_syntax[0] == native
+                                  for c in assoc.accepted_contexts):
+            ds = copy.deepcopy(ds)
+            ds.decompress()  # the peer takes only uncompressed data
         status = assoc.send_c_store(ds)
     finally:
         if assoc.is_established:

@@ -23,6 +23,7 @@ from tests.services import REPO, OrthancServer, free_port, stop_process, wait_fo
 SCRIPT = REPO / "plugin" / "orthanc" / "mammo_density_orthanc.py"
 NODE_AET = "MAMMODENSITY"
 COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 
 
 def node_env(data_dir: Path, *, orthanc_dicom_port: int, model_dir: Path | None,
@@ -113,20 +114,27 @@ def routing_config(node_port: int, **section) -> dict:
     }
 
 
-def study_srs(server: OrthancServer, study_uid: str) -> list[str]:
-    """Orthanc IDs of the Comprehensive SR instances in the study."""
+def study_srs(server: OrthancServer, study_uid: str, *, modality: str = "SR",
+              sop_class: str = COMPREHENSIVE_SR) -> list[str]:
+    """Orthanc IDs of the Comprehensive SR instances in the study (or, with
+    ``modality``/``sop_class``, of other objects the node writes back)."""
     oid = server.find_study(study_uid)
     if oid is None:
         return []
     out = []
     for series in server.get(f"/studies/{oid}/series").json():
-        if series["MainDicomTags"].get("Modality") != "SR":
+        if series["MainDicomTags"].get("Modality") != modality:
             continue
         for iid in series["Instances"]:
             meta = server.get(f"/instances/{iid}/metadata/SopClassUid").text
-            if meta.strip() == COMPREHENSIVE_SR:
+            if meta.strip() == sop_class:
                 out.append(iid)
     return out
+
+
+def study_summaries(server: OrthancServer, study_uid: str) -> list[str]:
+    """Orthanc IDs of the summary images (Secondary Capture, Modality OT) in the study."""
+    return study_srs(server, study_uid, modality="OT", sop_class=SECONDARY_CAPTURE)
 
 
 def sr_dataset(server: OrthancServer, instance_id: str) -> pydicom.Dataset:

@@ -307,6 +307,12 @@ def dciodvfy(path: Path | str) -> tuple[list[str], list[str]]:
     return errors, warnings
 
 
+def dsr2html(path: Path | str) -> subprocess.CompletedProcess:
+    """dcmtk's HTML rendering of an SR (what a person sees in an SR viewer)."""
+    exe = require_binary("dsr2html")
+    return subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=60)
+
+
 def dsrdump(path: Path | str) -> subprocess.CompletedProcess:
     exe = require_binary("dsrdump")
     return subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=60)

@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+import pydicom
 import pytest
 
 from mammo_density.commands.compose import node_pipeline
@@ -213,8 +214,10 @@ def test_killed_worker_study_completes_once(tmp_path, redis_url, model_dir, reco
         print(f"redelivered and completed {redelivered_after:.1f} s after the kill")
         assert row["status"] == "done", row["last_error"]
         assert row["result_revision"] == job.revision
-        srs = sorted(settings.outbox_dir.rglob("*.dcm"))
-        assert len(srs) == 1, srs
+        written = sorted(settings.outbox_dir.rglob("*.dcm"))
+        kinds = [pydicom.dcmread(p, stop_before_pixels=True).Modality for p in written]
+        assert sorted(kinds) == ["OT", "SR"], written  # one SR, one summary image
+        srs = [p for p, kind in zip(written, kinds, strict=True) if kind == "SR"]
         assert json.loads(json.dumps(row["result"]))["sr"]["sop_instance_uid"] in srs[0].name
         # redelivered within seconds (visibility timeout + restore sweep), not an hour
         assert redelivered_after < VISIBILITY_S + 30

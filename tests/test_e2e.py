@@ -2,9 +2,10 @@
 
 storescu -> Orthanc (routing plugin) -> ``mammo-density serve`` -> pipeline (a Celery
 ``mammo-density worker`` over a real Redis, or the embedded default) -> density SR
-C-STOREd back -> found in the same study through Orthanc's REST API, its codes equal to
-what ``mammo-density classify`` reports for the same images (and, with the bundled demo
-model, to the synthetic study's ground truth).
+C-STOREd back with the summary image -> both found in the same study, each exactly once,
+through Orthanc's REST API, the SR's codes equal to what ``mammo-density classify``
+reports for the same images (and, with the bundled demo model, to the synthetic study's
+ground truth).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from tests.e2e_nodes import (
     serve,
     sr_dataset,
     study_srs,
+    study_summaries,
     wait_for,
     worker,
 )
@@ -84,14 +86,16 @@ def send_study(server: OrthancServer, paths: list[Path]) -> None:
 
 def check_sr_matches_classify(server: OrthancServer, study, expected: dict,
                               processes: list[NodeProcess]) -> dict:
-    """The SR in Orthanc carries classify's classes; exactly one SR; the plugin shows it."""
+    """The SR in Orthanc carries classify's classes; exactly one SR and one summary image;
+    the plugin shows the result."""
     def arrived() -> list[str]:
         for proc in processes:
             assert proc.running(), f"{proc.args[0]} exited:\n{proc.tail()}"
-        return study_srs(server, study.study_instance_uid)
+        srs = study_srs(server, study.study_instance_uid)
+        return srs if srs and study_summaries(server, study.study_instance_uid) else []
 
     ids = wait_for(arrived, SR_TIMEOUT,
-                   "the density SR in Orthanc",
+                   "the density SR and the summary image in Orthanc",
                    [p.tail for p in processes] + [server.tail_log])
     sr = read_density_sr(sr_dataset(server, ids[0]))
     assert sr["study_instance_uid"] == study.study_instance_uid
@@ -106,6 +110,9 @@ def check_sr_matches_classify(server: OrthancServer, study, expected: dict,
     # Nothing else comes back: no loop, no second report.
     wait_for(lambda: server.get(f"/studies/{oid}").json().get("IsStable"), 60, "stable study")
     assert len(study_srs(server, study.study_instance_uid)) == 1
+    [summary] = study_summaries(server, study.study_instance_uid)
+    preview = server.get(f"/instances/{summary}/preview")
+    assert preview.status_code == 200 and preview.headers["Content-Type"] == "image/png"
     return sr
 
 
@@ -166,8 +173,8 @@ def test_node_down_and_orthanc_restarts(orthanc_factory, tmp_path: Path, study,
     """With a fixed-weight test model (MAMMO_DENSITY_MODEL_DIR): the AI node is down when
     the study arrives; Orthanc restarts while the plugin
     retries; the node comes up; Orthanc crashes right after the forward and stays down
-    while the node tries to deliver the SR; Orthanc restarts. Exactly one SR ends up in
-    the study, with classify's classes."""
+    while the node tries to deliver the SR; ``serve`` restarts; Orthanc restarts. Exactly
+    one SR and one summary image end up in the study, the SR with classify's classes."""
     node_port = free_port()
     server = orthanc_factory(script=SCRIPT, extra={
         **routing_config(node_port, RetrySeconds=0.5, MaxRetrySeconds=2, MaxRetries=1000),
@@ -196,6 +203,10 @@ def test_node_down_and_orthanc_restarts(orthanc_factory, tmp_path: Path, study,
         wait_for(lambda: "SR delivery to ORTHANC" in node.tail(200) and
                  "failed (attempt" in node.tail(200), 120, "a failed SR delivery",
                  [node.tail])
+        node.stop()  # serve restarts while the PACS is still down: the outbox is on disk
+        node.start()
+        wait_for(lambda: node.tail(400).count("failed (attempt") >= 3, 60,
+                 "failed deliveries after the restart", [node.tail])
         server.start()
         check_sr_matches_classify(server, study, expected, [node])
     finally:

@@ -129,6 +129,17 @@ def test_event_id_stable_and_patient_ids_opt_in(tmp_path):
         _settings(tmp_path, hooks_include_patient_ids=True)
 
 
+def test_payload_carries_the_mqsa_sentence_beside_each_category(tmp_path):
+    from mammo_density.wording import MQSA_SENTENCES
+
+    payload = build_payload(make_result(right="D"), _settings(tmp_path))
+    exam = payload["exam"]
+    assert exam["mqsa_sentence"] == MQSA_SENTENCES[exam["category"]]
+    assert exam["mqsa_sentence"].startswith("The breasts are extremely dense")
+    for breast in payload["breasts"].values():
+        assert breast["mqsa_sentence"] == MQSA_SENTENCES[breast["category"]]
+
+
 def test_webhook_signed_queued_while_down_and_delivered_once_after_restart(tmp_path, receiver):
     settings = _settings(tmp_path, webhook_url=receiver.url, webhook_secret=SECRET,
                          webhook_timeout=2.0)

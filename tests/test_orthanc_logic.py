@@ -324,6 +324,25 @@ def test_parse_partial_and_demo_sr() -> None:
     assert got["not_for_clinical_use"] is True
 
 
+def test_three_view_study_is_partial_with_both_breasts() -> None:
+    """Both breasts assessed, one view missing: the coded flag says partial (before 0.2
+    the plugin counted breasts and said not partial)."""
+    sr = _sr(slots=("R-CC", "R-MLO", "L-CC"))
+    got = logic.parse_density_sr(simplify(sr))
+    assert set(got["breasts"]) == {"R", "L"}
+    assert got["partial"] is True and got["overall"]["partial"] is True
+    assert read_density_sr(sr)["partial"] is True
+    assert logic.parse_density_sr(simplify(_sr()))["partial"] is False
+
+
+def test_plugin_codes_agree_with_the_sr_module() -> None:
+    from mammo_density.worker import sr as srmod
+
+    assert {c.value: k for k, c in srmod.PROBABILITY_CODES.items()} == logic.PROBABILITY_CODES
+    assert srmod.PARTIAL.value == logic.CODE_PARTIAL and srmod.DENSE.value == logic.CODE_DENSE
+    assert logic.CLASS_CODES == srmod.CLASS_BY_CODE
+
+
 def test_other_instances_are_not_density_reports() -> None:
     assert logic.parse_density_sr(simplify(mgdata.mg("1.2", "R", "CC"))) is None
     assert logic.parse_density_sr(simplify(mgdata.rdsr("1.2"))) is None

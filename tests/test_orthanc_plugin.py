@@ -142,6 +142,7 @@ def test_four_views_forwarded_once_sr_never_forwarded(routed: OrthancServer, ai_
     assert result["overall"]["category"] == "C" and result["overall"]["dense"] is True
     assert {s: b["category"] for s, b in result["breasts"].items()} == {"R": "C", "L": "B"}
     assert result["not_for_clinical_use"] is True
+    assert result["partial"] is False
     assert data["forward"]["state"] == "forwarded"
 
     status = routed.get("/mammo-density/status").json()
@@ -173,6 +174,14 @@ def test_partial_study_waits_for_stable_other_studies_ignored(
     time.sleep(1.0)
     assert len(ai_node.uids()) == 3
     assert study_state(routed, str(ct[0].StudyInstanceUID))["forward"] is None
+
+    # Its SR (both breasts assessed, L-MLO missing) is shown as a partial study.
+    man = srdata.manifest()
+    sr = build_density_sr(srdata.result_for(partial, man=man), partial, man)
+    send([sr], tmp_path / "sr", routed.dicom_port)
+    result = study_state(routed, str(partial[0].StudyInstanceUID))["result"]
+    assert set(result["breasts"]) == {"R", "L"}
+    assert result["partial"] is True and result["overall"]["partial"] is True
 
 
 def test_ai_node_down_retries_survive_restart_and_give_up(orthanc_factory,

@@ -210,6 +210,14 @@ def test_run_writes_sr_and_state(tmp_path, model_dir, study):
     pending = Outbox(settings).pending()
     assert isinstance(pending, list)
     assert "report" in result.timings_ms
+    # the summary image went into the outbox beside the SR, with the four thumbnails
+    import pydicom
+
+    written = [pydicom.dcmread(p) for p in settings.outbox_dir.rglob("*.dcm")]
+    [summary] = [ds for ds in written if ds.Modality == "OT"]
+    assert summary.StudyInstanceUID == study.study_instance_uid
+    assert len(summary.SourceImageSequence) == 4
+    assert "summary_image" in result.timings_ms
 
 
 def test_run_marks_poison_study_failed(tmp_path, model_dir, study):

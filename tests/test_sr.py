@@ -1,9 +1,12 @@
-"""The density SR (SR.md): validity (dciodvfy, dsrdump), read-back with highdicom,
-codes, partial and not-assessable studies, real vendor headers, deterministic UIDs."""
+"""The density SR (docs/sr.md): validity (dciodvfy, dsrdump), read-back with highdicom,
+codes, readability (SEPARATE containers, dsr2html labels), partial and not-assessable
+studies, real vendor headers, deterministic UIDs."""
 
 from __future__ import annotations
 
 import copy
+import html
+import re
 from pathlib import Path
 
 import highdicom as hd
@@ -12,13 +15,17 @@ import pytest
 from pydicom.sr.coding import Code
 
 from mammo_density.result import StudyResult
+from mammo_density.wording import MQSA_SENTENCES
 from mammo_density.worker.sr import build_density_sr, read_density_sr, sr_uids
 from tests import srdata
-from tests.services import dciodvfy, dsrdump, require_testdata
+from tests.services import dciodvfy, dsr2html, dsrdump, require_testdata
+
+pytestmark = pytest.mark.services
 
 COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 CLASS_CODES = {"A": "129716005", "B": "129717001", "C": "129718006", "D": "129719003"}
+PROB_CODES = {"A": "PROB-A", "B": "PROB-B", "C": "PROB-C", "D": "PROB-D"}
 EXPECTED_WARNING = "99MDENS"
 
 
@@ -71,7 +78,10 @@ def test_header_attributes(four_view) -> None:
     assert ds.Modality == "SR"
     assert ds.SeriesNumber == 9901
     assert "density" in ds.SeriesDescription.lower()
-    assert "not for clinical use" in ds.SeriesDescription
+    assert ds.SeriesDescription.startswith("NOT FOR CLINICAL USE")
+    for keyword in ("SeriesDate", "SeriesTime", "ContentDate", "ContentTime"):
+        assert str(ds.get(keyword, "")).strip(), keyword
+    assert (ds.SeriesDate, ds.SeriesTime) <= (ds.ContentDate, ds.ContentTime)
     assert ds.CompletionFlag == "COMPLETE"
     assert ds.VerificationFlag == "UNVERIFIED"
     assert ds.SpecificCharacterSet == "ISO_IR 192"
@@ -89,6 +99,71 @@ def test_header_attributes(four_view) -> None:
     assert "109102" in purposes
     schemes = {item.CodingSchemeDesignator for item in ds.CodingSchemeIdentificationSequence}
     assert "99MDENS" in schemes
+
+
+def _containers(item):
+    if item.get("ValueType") == "CONTAINER":
+        yield item
+    for child in item.get("ContentSequence", []):
+        yield from _containers(child)
+
+
+def test_every_container_is_separate(four_view) -> None:
+    *_, path = four_view
+    ds = pydicom.dcmread(path)
+    containers = list(_containers(ds))
+    assert len(containers) >= 6  # report, library (+ group), measurements, 3 groups
+    assert {c.ContinuityOfContent for c in containers} == {"SEPARATE"}
+
+
+def test_sentence_first_then_values(four_view) -> None:
+    """The overall group comes first and opens with the readable sentence."""
+    *_, path = four_view
+    report = hd.sr.srread(path).content
+    measurements = next(it for it in report[0].ContentSequence
+                    if it.ConceptNameCodeSequence[0].CodeValue == "126010")
+    first_group = measurements.ContentSequence[0]
+    first_item = first_group.ContentSequence[0]
+    assert first_item.ValueType == "TEXT"
+    assert first_item.ConceptNameCodeSequence[0].CodeValue == "121071"
+    assert first_item.TextValue == (
+        "BI-RADS breast density (AI): C. " + MQSA_SENTENCES["C"] +
+        " Right breast C, left breast B. Dense: yes. NOT FOR CLINICAL USE (demo model).")
+
+
+def _html_text(page: str) -> str:
+    return html.unescape(re.sub(r"<[^>]+>", "", page))
+
+
+def test_dsr2html_labels_every_value(four_view) -> None:
+    """Each number dsr2html shows has its label; probabilities read as probabilities."""
+    _sources, result, _, _sr, path = four_view
+    proc = dsr2html(path)
+    assert proc.returncode == 0, proc.stderr
+    page = proc.stdout
+    lines = page.splitlines()
+    numbers = 0
+    for i, line in enumerate(lines):
+        value = re.fullmatch(r'<span class="under">(-?\d[\d.]*)( .*)?</span>', line)
+        if value:
+            numbers += 1
+            assert re.fullmatch(r"<b>[^<]*[A-Za-z][^<]*:</b><br>", lines[i - 1]), \
+                f"unlabelled value {line!r} after {lines[i - 1]!r}"
+        for m in re.finditer(r"(\S[^=<>]*?) = (-?\d[\d.]*)", _html_text(line)):
+            assert re.search(r"[A-Za-z]", m.group(1)), f"unlabelled value in {line!r}"
+    # 4 probabilities x 3 groups + 2 AGD values
+    assert numbers == 14, numbers
+    text = _html_text(page)
+    assert "%" not in text  # the old "84.1591 %" read as percent density
+    names = {"A": "almost entirely fatty", "B": "scattered fibroglandular density",
+             "C": "heterogeneously dense", "D": "extremely dense"}
+    for side, label in (("R", "Right"), ("L", "Left")):
+        block = text[text.index(f"{label} breast composition"):]
+        for cat, name in names.items():
+            p = round(result.breasts[side].probabilities[cat], 2)
+            assert f"Probability of BI-RADS {cat} ({name}):\n{p:g} 1\n" in block, cat
+    # the readable sentence comes before the first value
+    assert text.index("BI-RADS breast density (AI): C.") < text.index("Probability of BI-RADS")
 
 
 def test_srread_reads_back_every_value(four_view) -> None:
@@ -145,18 +220,22 @@ def test_srread_reads_back_every_value(four_view) -> None:
             assert quals["129715009"].value == CLASS_CODES[result.exam.category]
             assert quals["DENSE"].value == "373066001"  # Yes
             assert schemes["DENSE"] == "99MDENS"
+            assert quals["PARTIAL"].value == "373067005"  # No
+            assert schemes["PARTIAL"] == "99MDENS"
             assert texts["121071"].startswith(
-                "Breast density (AI): C - heterogeneously dense (right C, left B); dense: yes")
-            assert texts["121071"].endswith("not for clinical use")
+                "BI-RADS breast density (AI): C. The breasts are heterogeneously dense")
+            assert texts["121071"].endswith("NOT FOR CLINICAL USE (demo model).")
             srcs = {s.referenced_sop_instance_uid for s in group.source_images}
             assert srcs == set(by_uid)
             continue
         breast = result.breasts[side]
         assert quals["129715009"].value == CLASS_CODES[breast.category]
         nums = {m.name.value: m for m in group.get_measurements()}
-        for cat, code in CLASS_CODES.items():
-            assert nums[code].unit.value == "%"
-            assert nums[code].value == pytest.approx(breast.probabilities[cat] * 100)
+        for cat, code in PROB_CODES.items():
+            assert nums[code].name.scheme_designator == "99MDENS"
+            assert nums[code].name.meaning.startswith(f"Probability of BI-RADS {cat} (")
+            assert (nums[code].unit.value, nums[code].unit.scheme_designator) == ("1", "UCUM")
+            assert nums[code].value == round(breast.probabilities[cat], 2)
         agd = nums["111637"]
         assert agd.unit.value == "mGy"
         assert agd.value == pytest.approx(result.dose.breasts[side].agd_mgy)
@@ -172,8 +251,12 @@ def test_reader_matches_result(four_view) -> None:
     assert got["overall"] == "C"
     assert got["dense"] is True
     for side in ("R", "L"):
-        assert got["probabilities"][side] == pytest.approx(result.breasts[side].probabilities)
-    assert got["probabilities"]["overall"] == pytest.approx(result.exam.probabilities)
+        assert got["probabilities"][side] == pytest.approx(result.breasts[side].probabilities,
+                                                           abs=0.0051)
+    assert got["probabilities"]["overall"] == pytest.approx(result.exam.probabilities,
+                                                            abs=0.0051)
+    assert got["partial"] is False
+    assert got["series_date"] and got["series_time"] and got["content_date"]
     assert got["agd_mgy"] == pytest.approx({"R": 1.23, "L": 1.5})
     assert got["algorithm"] == {"name": man.name, "version": man.version}
     assert got["not_for_clinical_use"] is True
@@ -244,11 +327,12 @@ def test_partial_study_has_only_supported_groups(tmp_path: Path) -> None:
     assert set(groups) == {"Left breast composition", "Overall breast composition"}
     got = read_density_sr(pydicom.dcmread(path))
     assert got["categories"] == {"L": "B"} and got["overall"] == "B" and got["dense"] is False
-    assert "views used: L-CC, L-MLO" in got["text"]
-    assert "missing: R-CC, R-MLO" in got["text"]
-    assert "right not assessed" in got["text"]
-    assert "not for clinical use" not in got["text"]
+    assert got["partial"] is True
+    assert "Partial study. Views used: L-CC, L-MLO; missing: R-CC, R-MLO." in got["text"]
+    assert "Right breast not assessed, left breast B." in got["text"]
+    assert "NOT FOR CLINICAL USE" not in got["text"]
     assert got["not_for_clinical_use"] is False
+    assert not pydicom.dcmread(path).SeriesDescription.startswith("NOT FOR CLINICAL USE")
 
 
 @pytest.mark.services
@@ -264,8 +348,9 @@ def test_images_not_used_are_named_in_the_text(tmp_path: Path) -> None:
     path = _save(build_density_sr(result, sources, man), tmp_path)
     assert_valid(path)
     text = read_density_sr(pydicom.dcmread(path))["text"]
-    assert "views used: R-CC, L-CC, R-MLO, L-MLO" in text
-    assert "images not used: R-CC spot_compression; ?-? quality_control" in text
+    assert "Views used: R-CC, L-CC, R-MLO, L-MLO; images not used: R-CC spot_compression;" \
+        " ?-? quality_control." in text
+    assert "Partial study" not in text
 
 
 @pytest.mark.services
@@ -282,7 +367,9 @@ def test_not_assessable_result_gives_text_only_report(tmp_path: Path) -> None:
     got = read_density_sr(pydicom.dcmread(path))
     assert got["assessable"] is False and got["overall"] is None and got["dense"] is None
     assert got["categories"] == {} and got["probabilities"] == {}
-    assert got["text"].startswith("Breast density (AI): not assessable (image too small")
+    assert got["partial"] is True
+    assert got["text"].startswith(
+        "BI-RADS breast density (AI): not assessable (image too small")
     assert "missing: L-CC, R-MLO, L-MLO" in got["text"]
 
 

@@ -3,12 +3,13 @@
 A hook is a Python callable ``hook(payload: dict) -> None``. Hooks that also take a
 ``settings`` keyword (the built-ins do) get the node's settings. A hook is named
 
-- by an entry point in the group ``mammo_density.hooks`` (built in: ``webhook``,
+- by an entry point in the group ``mammo_density.hooks`` (built in: ``webhook``, ``fhir``,
   ``registry``; a site package can add its own), or
 - as ``module:callable`` in ``settings.hooks``.
 
 Active hooks: ``registry`` (unless ``settings.registry_enabled`` is false), ``webhook``
-(when ``settings.webhook_url`` is set), and every name in ``settings.hooks``.
+(when ``settings.webhook_url`` is set), ``fhir`` (FHIR Observations, when
+``settings.fhir_url`` is set) and every name in ``settings.hooks``.
 
 :func:`dispatch` writes one row per hook and event into an SQLite queue under
 ``data_dir`` (``hooks.sqlite3``, WAL) and returns at once: it never raises into the
@@ -20,7 +21,8 @@ processes never deliver the same row at the same time; a process killed mid-deli
 leaves the row to be retried after the lease, which is why receivers de-duplicate on the
 event id.
 
-The payload is the result JSON (density, dose, recommendations, model, study UIDs) plus
+The payload is the result JSON (density, dose, recommendations, model, study UIDs), with
+the MQSA report sentence as ``mqsa_sentence`` beside each category (exam and breasts), plus
 ``event_id`` (sha256 of study UID, revision and model sha256: stable across retries and
 re-runs), ``event_time`` (UTC, when dispatched) and ``schema``. Patient identifiers are
 added under ``patient`` only when ``settings.hooks_include_patient_ids`` is true.
@@ -45,6 +47,7 @@ from typing import Any
 
 from mammo_density.logsetup import uid_hash
 from mammo_density.result import StudyResult
+from mammo_density.wording import payload_wording
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +87,7 @@ def event_id(result: StudyResult) -> str:
 def build_payload(result: StudyResult, settings: Any, *,
                   patient: dict | None = None) -> dict[str, Any]:
     """The JSON document every hook receives."""
-    payload: dict[str, Any] = result.model_dump(mode="json")
+    payload: dict[str, Any] = payload_wording(result.model_dump(mode="json"))
     payload["schema"] = PAYLOAD_SCHEMA
     payload["event_id"] = event_id(result)
     payload["event_time"] = datetime.now(UTC).isoformat(timespec="seconds")
@@ -104,6 +107,9 @@ def _builtin(name: str) -> Hook | None:
     if name == "registry":
         from mammo_density.worker.registry import registry_hook
         return registry_hook
+    if name == "fhir":
+        from mammo_density.worker.fhir import fhir_hook
+        return fhir_hook
     return None
 
 
@@ -137,6 +143,8 @@ def active_hooks(settings: Any) -> list[str]:
         names.append("registry")
     if getattr(settings, "webhook_url", ""):
         names.append("webhook")
+    if getattr(settings, "fhir_url", ""):
+        names.append("fhir")
     for name in getattr(settings, "hooks", []) or []:
         if name not in names:
             names.append(name)

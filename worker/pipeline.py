@@ -92,6 +92,8 @@ class Prepared:
     warnings: list[str] = field(default_factory=list)
     timings_ms: dict[str, float] = field(default_factory=dict)
     headers: dict[str, Dataset] = field(default_factory=dict, repr=False)
+    #: small uint8 copies of the model inputs, for the summary image (:data:`THUMBNAIL`)
+    thumbnails: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     @property
     def slots(self) -> list[str]:
@@ -107,7 +109,10 @@ class Prepared:
         arrays = {
             str(size): {slot: encode_array(arr) for slot, arr in per_slot.items()}
             for size, per_slot in self.inputs.items()}
+        thumbnails = {slot: base64.b64encode(zlib.compress(t.tobytes(), 1)).decode("ascii")
+                      for slot, t in self.thumbnails.items()}
         return {"study_instance_uid": self.study_instance_uid, "arrays": arrays,
+                "thumbnails": thumbnails,
                 "encoding": ARRAY_ENCODING, "sop_uids": self.sop_uids,
                 "failed": self.failed, "warnings": self.warnings,
                 "timings_ms": self.timings_ms}
@@ -120,7 +125,13 @@ class Prepared:
         for size_text, per_slot in payload.get("arrays", {}).items():
             size = int(size_text)
             inputs[size] = {slot: decode_array(text, size) for slot, text in per_slot.items()}
+        thumbnails = {}
+        for slot, text in (payload.get("thumbnails") or {}).items():
+            raw = np.frombuffer(zlib.decompress(base64.b64decode(text)), dtype=np.uint8)
+            if raw.size == THUMBNAIL * THUMBNAIL:
+                thumbnails[slot] = raw.reshape(THUMBNAIL, THUMBNAIL)
         return cls(study_instance_uid=payload["study_instance_uid"], inputs=inputs,
+                   thumbnails=thumbnails,
                    sop_uids=dict(payload.get("sop_uids", {})),
                    failed=dict(payload.get("failed", {})),
                    warnings=list(payload.get("warnings", [])),
@@ -128,6 +139,16 @@ class Prepared:
 
 
 ARRAY_ENCODING = "u16-fixed-zlib-b64"
+#: Side of the thumbnails kept for the summary image (uint8; travel with the payload).
+THUMBNAIL = 192
+
+
+def thumbnail(arr: np.ndarray) -> np.ndarray:
+    """A model input as a ``THUMBNAIL`` x ``THUMBNAIL`` uint8 picture (area average)."""
+    import cv2
+
+    grey = (np.clip(arr, 0.0, 1.0) * 255.0).astype(np.uint8)
+    return cv2.resize(grey, (THUMBNAIL, THUMBNAIL), interpolation=cv2.INTER_AREA)
 
 
 def encode_array(arr: np.ndarray) -> str:
@@ -377,6 +398,8 @@ class Pipeline:
             prepared.sop_uids[slot] = by_slot[slot].sop_instance_uid
             for size, arr in (arrays or {}).items():
                 prepared.inputs.setdefault(size, {})[slot] = arr
+            if arrays and self.settings.sr_summary_image:
+                prepared.thumbnails[slot] = thumbnail(arrays[max(arrays)])
         prepared.timings_ms["prepare"] = (time.perf_counter() - t0) * 1000.0
         return prepared
 
@@ -521,11 +544,14 @@ class Pipeline:
                 and not sop.is_structured_report(str(ds.get("SOPClassUID", "")))]
 
     def report(self, job: StudyJob, result: StudyResult, *,
-               sources: Sequence[Dataset] | None = None) -> StudyResult:
-        """Screening rules, SR into the outbox, hooks, state: each step on its own.
+               sources: Sequence[Dataset] | None = None,
+               thumbnails: dict[str, np.ndarray] | None = None) -> StudyResult:
+        """Screening rules, SR and summary image into the outbox, hooks, state: each step
+        on its own.
 
         ``sources`` are the assessed images' headers (the SR's evidence); read from the
-        image source when not given."""
+        image source when not given. ``thumbnails`` (per slot) are drawn on the summary
+        image."""
         t0 = time.perf_counter()
         uid = uid_hash(job.study_instance_uid)
         used = [v.sop_instance_uid for v in result.views]
@@ -557,6 +583,22 @@ class Pipeline:
             except Exception as err:
                 log.exception("study %s: SR not written", uid)
                 result.warnings.append(f"SR not written: {type(err).__name__}: {err}")
+        # after the SR: the outbox may send it meanwhile
+        if self.outbox is not None and self.settings.sr_summary_image:
+            try:
+                from mammo_density.worker.summary import build_summary_image
+
+                t_sc = time.perf_counter()
+                sc = build_summary_image(result, sources, self.manifest,
+                                         view_images=thumbnails)
+                self.outbox.enqueue(sc, study_uid=job.study_instance_uid,
+                                    calling_aet=job.calling_aet, peer_host=job.peer_host)
+                result.timings_ms["summary_image"] = round(
+                    (time.perf_counter() - t_sc) * 1000.0, 2)
+            except Exception as err:
+                log.exception("study %s: summary image not written", uid)
+                result.warnings.append(
+                    f"summary image not written: {type(err).__name__}: {err}")
         if self.hooks is not None:
             try:
                 self.hooks.dispatch(result)
@@ -599,7 +641,7 @@ class Pipeline:
                                missing_views=list(job.missing_views),
                                unused_images=list(job.unused_images), warnings=[reason])
         sources = [prepared.headers[s] for s in SLOTS if s in prepared.headers]
-        result = self.report(job, result, sources=sources)
+        result = self.report(job, result, sources=sources, thumbnails=prepared.thumbnails)
         log.info("study %s revision %d: %s in %.0f ms", uid, job.revision,
                  result.exam.category if result.exam else "not assessable",
                  result.timings_ms.get("total", 0.0))

@@ -1,4 +1,4 @@
-"""The density Structured Report (../shared/SR.md), built with highdicom only.
+"""The density Structured Report (docs/sr.md), built with highdicom only.
 
 A Comprehensive SR (or, as an option, Comprehensive 3D SR) whose root is TID 1500
 "Imaging Measurement Report":
@@ -7,18 +7,29 @@ A Comprehensive SR (or, as an option, Comprehensive 3D SR) whose root is TID 150
 - procedure reported: (36626-0, LN) "Breast - bilateral Mammogram";
 - image library: every image used, with Image Laterality (111027, DCM) and Image View
   (111031, DCM) added to each entry (highdicom's automatic library leaves them out);
+- first, an overall group ("Overall breast composition", laterality Bilateral) opening
+  with the readable sentence (:func:`mammo_density.wording.report_sentence`: BI-RADS
+  category, the MQSA sentence, each breast, dense yes/no, partial-study and
+  not-for-clinical-use notes), then the denser breast's class, the dense flag and the
+  partial-study flag (private scheme ``99MDENS``, values SNOMED Yes/No);
 - one TID 1501 measurement group per assessed breast ("Right breast composition",
-  "Left breast composition") with the per-class probabilities in %, the class, the
-  accumulated AGD where known and the breast's images as source of measurement;
-- an overall group ("Overall breast composition", laterality Bilateral) with the denser
-  breast's class, the dense flag (private scheme ``99MDENS``) and one readable line.
+  "Left breast composition") with the class, one probability per class (a private code
+  per class, "Probability of BI-RADS C (heterogeneously dense)", value 0-1 with two
+  decimals, UCUM unit "1"; never "%", which would read as percent density), the
+  accumulated AGD where known and the breast's images as source of measurement.
+
+Every container is SEPARATE (ContinuityOfContent), so SR viewers such as dcmtk's
+``dsr2html`` show each value on its own line with its label; SeriesDate/SeriesTime and
+ContentDate/ContentTime are set, and a demo model's SeriesDescription *starts* with
+"NOT FOR CLINICAL USE" (viewers cut long descriptions at the end). docs/sr.md describes
+the layout and the codes.
 
 Not-assessable result: the SR still goes out, so the radiologist sees that the AI looked
 at the study and why it gave no class. It has only the overall group, with the finding
-site, the algorithm and one TEXT line "Breast density (AI): not assessable (...)"; no
-composition, no dense flag, no probabilities. A study without any usable source image
-header cannot have an SR at all (the SR needs evidence): :func:`build_density_sr` raises
-``ValueError`` then.
+site, the algorithm, the sentence "BI-RADS breast density (AI): not assessable (...)"
+and the partial-study flag; no composition, no dense flag, no probabilities. A study
+without any usable source image header cannot have an SR at all (the SR needs
+evidence): :func:`build_density_sr` raises ``ValueError`` then.
 
 UIDs are deterministic (:func:`sr_uids`): the same study, model and input images give the
 same Series/SOP Instance UIDs, so a re-run is idempotent downstream; a changed input
@@ -28,6 +39,7 @@ gives a new SOP Instance UID in the same series.
 from __future__ import annotations
 
 import copy
+import datetime
 import hashlib
 import io
 import logging
@@ -68,19 +80,25 @@ from mammo_density.study import codes, sop
 from mammo_density.study.slots import SLOTS
 from mammo_density.study.unused import describe
 from mammo_density.study.views import laterality_of, view_info
+from mammo_density.wording import (
+    CLASS_NAMES,
+    NOT_FOR_CLINICAL_USE,
+    probability_label,
+    reasons,
+    report_sentence,
+)
 
 log = logging.getLogger(__name__)
 
 # --- fixed identity of the SR series --------------------------------------------------
 SERIES_NUMBER = 9901
-SERIES_DESCRIPTION = "AI breast density"
-NOT_FOR_CLINICAL_USE = "not for clinical use"
+SERIES_DESCRIPTION = "AI breast density (BI-RADS)"
 MANUFACTURER = "mammo-density"
 DEVICE_NAME = "mammo-density"
 PRIVATE_SCHEME = "99MDENS"
 _UID_NAMESPACE = "mammo-density/sr/1"
 
-# --- codes (PS3.16; SR.md) ------------------------------------------------------------
+# --- codes (PS3.16; docs/sr.md) -------------------------------------------------------
 CLASS_CODES: dict[str, Code] = {cat: c.code for cat, c in codes.DENSITY.items()}  # CID 6000
 CLASS_BY_CODE = {code.value: cat for cat, code in CLASS_CODES.items()}
 BREAST_COMPOSITION = Code("129715009", "SCT", "Breast composition")
@@ -93,22 +111,22 @@ AGD = Code("111637", "DCM", "Accumulated Average Glandular Dose")
 IMAGE_LATERALITY = Code("111027", "DCM", "Image Laterality")
 IMAGE_VIEW = Code("111031", "DCM", "Image View")
 DENSE = Code("DENSE", PRIVATE_SCHEME, "Dense breast tissue")
+PARTIAL = Code("PARTIAL", PRIVATE_SCHEME, "Partial study")
 YES = Code("373066001", "SCT", "Yes")
 NO = Code("373067005", "SCT", "No")
-PERCENT = Code("%", "UCUM", "Percent")
+NO_UNITS = Code("1", "UCUM", "no units")
+PERCENT = Code("%", "UCUM", "Percent")  # read back from SRs written before 0.2 only
+#: Per-class probability, named as one (private codes PROB-A ... PROB-D).
+PROBABILITY_CODES: dict[str, Code] = {
+    c: Code(f"PROB-{c}", PRIVATE_SCHEME, probability_label(c)) for c in BIRADS}
+CLASS_BY_PROBABILITY_CODE = {code.value: cat for cat, code in PROBABILITY_CODES.items()}
 MGY = Code("mGy", "UCUM", "Milligray")
 DEVICE = Code("121007", "DCM", "Device")
 PROCESSING_EQUIPMENT = Code("109102", "DCM", "Processing Equipment")
 VIEW_CODES: dict[str, Code] = {v: c.code for v, c in codes.VIEWS.items() if c.sct}  # CID 4014
 VIEW_BY_CODE = {code.value: view for view, code in VIEW_CODES.items()}
 
-CLASS_TEXT = {
-    "A": "almost entirely fatty",
-    "B": "scattered fibroglandular densities",
-    "C": "heterogeneously dense",
-    "D": "extremely dense",
-}
-SIDE_NAMES = {"R": "right", "L": "left"}
+CLASS_TEXT = CLASS_NAMES
 GROUP_NAMES = {"R": "Right breast composition", "L": "Left breast composition",
                "B": "Overall breast composition"}
 
@@ -189,6 +207,10 @@ def _header_copy(src: Dataset) -> Dataset:
     return hdr
 
 
+#: The header of a source image as the report objects copy it (SR and summary image).
+source_header = _header_copy
+
+
 def _library_copy(hdr: Dataset) -> Dataset:
     """The header as the image library sees it.
 
@@ -226,12 +248,14 @@ def _check_sources(sources: Sequence[Dataset], study_uid: str) -> None:
                 f"sources[{i}] belongs to another study than result.study_instance_uid")
 
 
-def _percent(p: float) -> float:
-    return round(max(0.0, min(1.0, float(p))) * 100.0, 4)
+def _probability(p: float) -> float:
+    """A class probability as written: 0-1, two decimals."""
+    return round(max(0.0, min(1.0, float(p))), 2)
 
 
 def _class_measurements(probabilities: dict[str, float]) -> list[Measurement]:
-    return [Measurement(name=CLASS_CODES[c], value=_percent(probabilities[c]), unit=PERCENT)
+    return [Measurement(name=PROBABILITY_CODES[c], value=_probability(probabilities[c]),
+                        unit=NO_UNITS)
             for c in BIRADS if c in probabilities]
 
 
@@ -245,34 +269,41 @@ def _slot_names(result: StudyResult, sources: Sequence[Dataset]) -> list[str]:
 
 def summary_text(result: StudyResult, sources: Sequence[Dataset], *,
                  not_for_clinical_use: bool = False) -> str:
-    """The one readable line of the overall group (also used by logs and tests)."""
+    """The readable sentence that opens the overall group (also on the summary image)."""
     used = _slot_names(result, sources)
     missing = [s for s in result.missing_views if s not in used] or \
         ([s for s in SLOTS if s not in used] if result.partial else [])
-    views = f"; views used: {', '.join(used) or 'none'}"
-    if missing:
-        views += f"; missing: {', '.join(missing)}"
-    if result.exam is None or not result.assessable:
-        reason = "; ".join(result.warnings) if result.warnings else "no usable views"
-        text = f"Breast density (AI): not assessable ({reason}){views}"
-    else:
-        exam = result.exam
-        sides = []
-        for side in ("R", "L"):
-            b = result.breasts.get(side)
-            sides.append(f"{SIDE_NAMES[side]} {b.category}" if b else
-                         f"{SIDE_NAMES[side]} not assessed")
-        text = (f"Breast density (AI): {exam.category} - {CLASS_TEXT[exam.category]} "
-                f"({', '.join(sides)}); dense: {'yes' if exam.dense else 'no'}")
-        if result.unused_images:  # (a not-assessable result says why in its warnings)
-            views += f"; images not used: {describe(result.unused_images)}"
-        if result.partial or missing:
-            text += f" (partial study{views})"
-        elif result.unused_images:
-            text += f" ({views[2:]})"
-    if not_for_clinical_use:
-        text += f" - {NOT_FOR_CLINICAL_USE}"
-    return text
+    assessable = result.assessable and result.exam is not None
+    exam = result.exam if assessable else None
+    return report_sentence(
+        category=exam.category if exam else None,
+        sides={side: (b.category if (b := result.breasts.get(side)) else None)
+               for side in ("R", "L")},
+        dense=exam.dense if exam else None,
+        used=used, missing=missing,
+        not_used=describe(result.unused_images) if exam is not None else "",
+        reasons=reasons(result.warnings, assessable=assessable),
+        not_for_clinical_use=not_for_clinical_use)
+
+
+def series_description(demo: bool, what: str = SERIES_DESCRIPTION) -> str:
+    """SeriesDescription: a demo model's starts with NOT FOR CLINICAL USE (viewers cut
+    the end of long descriptions)."""
+    return (f"{NOT_FOR_CLINICAL_USE} - {what}" if demo else what)[:64]
+
+
+def is_demo(result: StudyResult, manifest: ModelManifest) -> bool:
+    """True when the model says NOT FOR CLINICAL USE (manifest or result)."""
+    return bool(manifest.not_for_clinical_use
+                or (result.model is not None and result.model.not_for_clinical_use))
+
+
+def _separate(item: Any) -> None:
+    """ContinuityOfContent SEPARATE on a container and every container below it."""
+    if str(item.get("ValueType", "")) == "CONTAINER" or "ContinuityOfContent" in item:
+        item.ContinuityOfContent = "SEPARATE"
+    for child in item.get("ContentSequence", []):
+        _separate(child)
 
 
 def _library_descriptors(hdr: Dataset) -> list[CodeContentItem]:
@@ -304,7 +335,7 @@ def _add_laterality_and_view(report: MeasurementReport, headers: dict[str, Datas
 
 def build_density_sr(result: StudyResult, sources: Sequence[Dataset], manifest: ModelManifest,
                      *, comprehensive_3d: bool = False) -> Dataset:
-    """Build the density SR of one study (SR.md).
+    """Build the density SR of one study (docs/sr.md).
 
     Parameters
     ----------
@@ -337,8 +368,7 @@ def build_density_sr(result: StudyResult, sources: Sequence[Dataset], manifest: 
     by_uid = {str(h.SOPInstanceUID): h for h in headers}
     series_uid, instance_uid = sr_uids(result, manifest, sources,
                                        comprehensive_3d=comprehensive_3d)
-    demo = bool(manifest.not_for_clinical_use
-                or (result.model is not None and result.model.not_for_clinical_use))
+    demo = is_demo(result, manifest)
 
     algorithm = AlgorithmIdentification(name=manifest.name, version=manifest.version,
                                         manufacturer=MANUFACTURER)
@@ -364,9 +394,30 @@ def build_density_sr(result: StudyResult, sources: Sequence[Dataset], manifest: 
                                                referenced_sop_instance_uid=h.SOPInstanceUID)
                 for h in headers if side is None or laterality_of(h) == side]
 
-    groups: list[MeasurementsAndQualitativeEvaluations] = []
     assessable = result.assessable and result.exam is not None
-    if assessable:
+    exam = result.exam if assessable else None
+    partial = bool(result.partial or result.missing_views)
+    evaluations = [QualitativeEvaluation(PARTIAL, YES if partial else NO)]
+    if exam is not None:
+        evaluations[:0] = [QualitativeEvaluation(BREAST_COMPOSITION, CLASS_CODES[exam.category]),
+                           QualitativeEvaluation(DENSE, YES if exam.dense else NO)]
+    overall = MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=tracking(GROUP_NAMES["B"]),
+        finding_type=BREAST_COMPOSITION,
+        finding_sites=[FindingSite(BREAST, laterality=LATERALITY_CODES["B"])],
+        algorithm_id=algorithm,
+        measurements=_class_measurements(exam.probabilities) if exam else None,
+        qualitative_evaluations=evaluations,
+        source_images=sources_for(None),
+    )
+    # The readable sentence first: viewers that show the group show it before any value.
+    overall[0].ContentSequence.insert(0, TextContentItem(
+        name=FINDING,
+        value=summary_text(result, headers, not_for_clinical_use=demo),
+        relationship_type=RelationshipTypeValues.CONTAINS,
+    ))
+    groups: list[MeasurementsAndQualitativeEvaluations] = [overall]
+    if exam is not None:
         for side in ("R", "L"):
             breast = result.breasts.get(side)
             if breast is None:
@@ -387,26 +438,6 @@ def build_density_sr(result: StudyResult, sources: Sequence[Dataset], manifest: 
                 source_images=sources_for(side) or None,
             ))
 
-    exam = result.exam if assessable else None
-    overall = MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=tracking(GROUP_NAMES["B"]),
-        finding_type=BREAST_COMPOSITION,
-        finding_sites=[FindingSite(BREAST, laterality=LATERALITY_CODES["B"])],
-        algorithm_id=algorithm,
-        measurements=_class_measurements(exam.probabilities) if exam else None,
-        qualitative_evaluations=[
-            QualitativeEvaluation(BREAST_COMPOSITION, CLASS_CODES[exam.category]),
-            QualitativeEvaluation(DENSE, YES if exam.dense else NO),
-        ] if exam else None,
-        source_images=sources_for(None),
-    )
-    overall[0].ContentSequence.append(TextContentItem(
-        name=FINDING,
-        value=summary_text(result, headers, not_for_clinical_use=demo),
-        relationship_type=RelationshipTypeValues.CONTAINS,
-    ))
-    groups.append(overall)
-
     report = MeasurementReport(
         observation_context=ObservationContext(observer_device_context=device),
         procedure_reported=PROCEDURE,
@@ -414,8 +445,9 @@ def build_density_sr(result: StudyResult, sources: Sequence[Dataset], manifest: 
         referenced_images=[_library_copy(h) for h in headers],
     )
     _add_laterality_and_view(report, by_uid)
+    _separate(report[0])
 
-    description = SERIES_DESCRIPTION + (f" ({NOT_FOR_CLINICAL_USE})" if demo else "")
+    now = datetime.datetime.now().replace(microsecond=0)
     sop_class = hd.sr.Comprehensive3DSR if comprehensive_3d else hd.sr.ComprehensiveSR
     sr = sop_class(
         evidence=headers,
@@ -427,7 +459,11 @@ def build_density_sr(result: StudyResult, sources: Sequence[Dataset], manifest: 
         manufacturer=MANUFACTURER,
         manufacturer_model_name=f"{manifest.name} {manifest.version}"[:64],
         software_versions=f"mammo-density {__version__}",
-        series_description=description,
+        series_description=series_description(demo),
+        series_date=now.date(),
+        series_time=now.time(),
+        content_date=now.date(),
+        content_time=now.time(),
         is_complete=True,
         is_final=False,
         is_verified=False,
@@ -445,6 +481,7 @@ def build_density_sr(result: StudyResult, sources: Sequence[Dataset], manifest: 
             contribution_description="AI breast density assessment",
         )],
     )
+    _separate(sr)
     log.debug("built density SR",
               extra={"study": uid_hash(study_uid), "sr": uid_hash(instance_uid)})
     return sr
@@ -533,6 +570,11 @@ def read_density_sr(ds: Dataset) -> dict[str, Any]:
         "series_description": str(ds.get("SeriesDescription", "")),
         "categories": {}, "overall": None, "dense": None, "probabilities": {},
         "agd_mgy": {}, "text": "", "algorithm": {}, "images": {}, "sources": {},
+        "partial": None,
+        "series_date": str(ds.get("SeriesDate", "")),
+        "series_time": str(ds.get("SeriesTime", "")),
+        "content_date": str(ds.get("ContentDate", "")),
+        "content_time": str(ds.get("ContentTime", "")),
     }
     for group in report.get_image_measurement_groups(finding_type=BREAST_COMPOSITION):
         sites = group.finding_sites
@@ -542,7 +584,9 @@ def read_density_sr(ds: Dataset) -> dict[str, Any]:
         key = "overall" if side == "B" else side
         probs: dict[str, float] = {}
         for m in group.get_measurements():
-            if m.name.value in CLASS_BY_CODE:
+            if m.name.value in CLASS_BY_PROBABILITY_CODE:
+                probs[CLASS_BY_PROBABILITY_CODE[m.name.value]] = float(m.value)
+            elif m.name.value in CLASS_BY_CODE:  # before 0.2: CID 6000 code, in %
                 probs[CLASS_BY_CODE[m.name.value]] = float(m.value) / 100.0
             elif m.name == AGD:
                 out["agd_mgy"][side] = float(m.value)
@@ -557,6 +601,8 @@ def read_density_sr(ds: Dataset) -> dict[str, Any]:
                     out["categories"][side] = category
             elif q.name == DENSE:
                 out["dense"] = q.value == YES
+            elif q.name == PARTIAL:
+                out["partial"] = q.value == YES
         out["sources"][key] = [str(s.referenced_sop_instance_uid) for s in group.source_images]
         for item in group[0].ContentSequence:
             if item.ValueType != "TEXT":
@@ -584,9 +630,21 @@ def read_density_sr(ds: Dataset) -> dict[str, Any]:
                 uid = str(entry.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
                 out["images"][uid] = info
     out["assessable"] = out["overall"] is not None
-    out["not_for_clinical_use"] = NOT_FOR_CLINICAL_USE in out["series_description"].lower()
+    out["not_for_clinical_use"] = \
+        NOT_FOR_CLINICAL_USE.lower() in out["series_description"].lower()
+    if out["partial"] is None:  # SRs before 0.2 did not code it
+        out["partial"] = len(out["categories"]) < 2
     return out
 
 
-__all__ = ["build_density_sr", "model_identity", "read_density_sr", "sr_uids", "summary_text",
-           "warm_up"]
+__all__ = [
+    "build_density_sr",
+    "is_demo",
+    "model_identity",
+    "read_density_sr",
+    "series_description",
+    "source_header",
+    "sr_uids",
+    "summary_text",
+    "warm_up",
+]

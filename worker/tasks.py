@@ -162,7 +162,8 @@ def infer(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 def decide(data: dict[str, Any], job_json: dict[str, Any]) -> dict[str, Any]:
-    """CPU side: the method's rules and the result (headers read from the spool)."""
+    """CPU side: the method's rules and the result (headers read from the spool). The
+    result travels on with the thumbnails ``prepare`` made for the summary image."""
     if data.get("skipped"):
         return data
     job = StudyJob.model_validate(job_json)
@@ -177,17 +178,22 @@ def decide(data: dict[str, Any], job_json: dict[str, Any]) -> dict[str, Any]:
         raise
     except Exception as err:
         return _failed(pipeline, job, _reason("decide", err))
-    return result.model_dump(mode="json")
+    return {"result": result.model_dump(mode="json"),
+            "thumbnails": data["prepared"].get("thumbnails") or {}}
 
 
 def report(data: dict[str, Any], job_json: dict[str, Any]) -> dict[str, Any]:
-    """CPU side, where the data directory is: SR -> outbox, hooks, state."""
+    """CPU side, where the data directory is: SR and summary image -> outbox, hooks,
+    state."""
     if data.get("skipped"):
         return data
     job = StudyJob.model_validate(job_json)
     pipeline = get_pipeline()
     try:
-        result = pipeline.report(job, StudyResult.model_validate(data))
+        result = StudyResult.model_validate(data["result"])
+        thumbnails = Prepared.from_payload({"study_instance_uid": job.study_instance_uid,
+                                            "thumbnails": data.get("thumbnails")}).thumbnails
+        result = pipeline.report(job, result, thumbnails=thumbnails)
     except TRANSIENT_ERRORS:
         raise
     except Exception as err:

@@ -219,7 +219,9 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     if not collected.jobs:
         print("mammo-density classify: no DICOM studies found", file=sys.stderr)
         return 1
-    pipeline = Pipeline(settings, images=FileImages(collected.files),
+    # --sr-out gets the SRs only (the summary image is for the PACS's viewers)
+    pipeline = Pipeline(settings.model_copy(update={"sr_summary_image": False}),
+                        images=FileImages(collected.files),
                         outbox=FolderSRs(args.sr_out) if args.sr_out else None)
     try:
         pipeline.models  # noqa: B018 - load once, fail early with the reason

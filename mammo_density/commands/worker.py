@@ -88,6 +88,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 from mammo_density.worker.sr import warm_up
 
                 warm_up()
+                if settings.sr_summary_image:
+                    from mammo_density.worker import summary
+
+                    summary.warm_up()
             except Exception:
                 log.exception("SR warm-up failed")
         if preload:

@@ -540,7 +540,9 @@ $('#study').live('pagebeforeshow', function() {
       var r = s.result;
       if (r && r.overall) {
         var line = r.overall.text || ('BI-RADS ' + r.overall.category);
-        if (r.not_for_clinical_use) { line += ' [demo model: not for clinical use]'; }
+        if (r.not_for_clinical_use && line.toUpperCase().indexOf('NOT FOR CLINICAL USE') < 0) {
+          line += ' [demo model: NOT FOR CLINICAL USE]';
+        }
         text.text(line);
       } else if (s.forward && s.forward.state) {
         text.text('No density report yet (forward: ' + s.forward.state +

@@ -71,7 +71,7 @@ STEREO_WORDS = ("STEREO", "STEREOTACTIC", "STEREOTAXIS", "BIOPSY")
 SPECIMEN_WORDS = ("SPECIMEN",)
 _WORD = re.compile(r"[A-Z0-9]+")
 
-# SR codes (SR.md).
+# SR codes (docs/sr.md).
 CODE_REPORT = "126000"              # Imaging Measurement Report (DCM)
 CODE_BREAST_COMPOSITION = "129715009"  # SCT
 CODE_FINDING = "121071"             # DCM, TEXT summary line
@@ -86,6 +86,11 @@ CLASS_CODES: dict[str, str] = {
     "129718006": "C",  # Heterogeneously dense
     "129719003": "D",  # Extremely dense
 }
+#: Per-class probabilities (0-1), private scheme 99MDENS (docs/sr.md); SRs written before
+#: 0.2 used the CID 6000 class codes as the NUM names, in %.
+PROBABILITY_CODES: dict[str, str] = {f"PROB-{c}": c for c in "ABCD"}
+CODE_DENSE = "DENSE"                # 99MDENS
+CODE_PARTIAL = "PARTIAL"            # 99MDENS
 SIDE_CODES: dict[str, str] = {"24028007": "R", "7771000": "L", "51440002": "B"}
 YES_NO_CODES: dict[str, bool] = {"373066001": True, "373067005": False}
 
@@ -649,6 +654,7 @@ def parse_density_sr(tags: Mapping[str, Any]) -> dict[str, Any] | None:
         group: dict[str, Any] = {"category": None, "code": None, "probabilities": {},
                                  "agd_mgy": None}
         dense: bool | None = None
+        partial: bool | None = None
         text = ""
         for child in _children(item):
             concept = _concept(child)
@@ -656,6 +662,8 @@ def parse_density_sr(tags: Mapping[str, Any]) -> dict[str, Any] | None:
             if concept == CODE_BREAST_COMPOSITION and value_type == "CODE":
                 group["code"] = _value_code(child)
                 group["category"] = CLASS_CODES.get(group["code"])
+            elif concept in PROBABILITY_CODES and value_type == "NUM":
+                group["probabilities"][PROBABILITY_CODES[concept]] = _number(child)
             elif concept in CLASS_CODES and value_type == "NUM":
                 percent = _number(child)
                 group["probabilities"][CLASS_CODES[concept]] = (
@@ -668,13 +676,16 @@ def parse_density_sr(tags: Mapping[str, Any]) -> dict[str, Any] | None:
                 algorithm["version"] = _text(child.get("TextValue"))
             elif concept == CODE_FINDING and value_type == "TEXT":
                 text = _text(child.get("TextValue"))
+            elif concept == CODE_PARTIAL and value_type == "CODE":
+                partial = YES_NO_CODES.get(_value_code(child))
             elif value_type == "CODE" and _value_code(child) in YES_NO_CODES:
                 dense = YES_NO_CODES[_value_code(child)]
         if side in ("R", "L"):
             breasts[side] = group
         elif side == "B" or dense is not None or text:
             overall = {"category": group["category"], "code": group["code"],
-                       "dense": dense, "text": text, "probabilities": group["probabilities"]}
+                       "dense": dense, "partial": partial, "text": text,
+                       "probabilities": group["probabilities"]}
     description = _text(tags.get("SeriesDescription"))
     date, tm = _text(tags.get("ContentDate")), _text(tags.get("ContentTime"))
     return {
@@ -685,7 +696,8 @@ def parse_density_sr(tags: Mapping[str, Any]) -> dict[str, Any] | None:
         "algorithm": algorithm,
         "breasts": breasts,
         "overall": overall,
-        "partial": len(breasts) < 2,
+        "partial": (overall["partial"] if overall and overall["partial"] is not None
+                    else len(breasts) < 2),  # SRs before 0.2 did not code it
         "assessable": bool(breasts) or bool(overall and overall["category"]),
         "not_for_clinical_use": "not for clinical use" in description.lower(),
         "series_description": description,
