@@ -153,7 +153,7 @@ def test_worker_classifies_received_study(tmp_path, redis_url, model_dir, record
         sr_uid = result["sr"]["sop_instance_uid"]
         outbox = Outbox(settings, owner=True)
         assert outbox.deliveries(sr_uid) == []
-        assert outbox.route_new() == 1
+        assert outbox.route_new() == 2  # the SR and the summary image
         assert [d["destination"] for d in outbox.deliveries(sr_uid)] == ["PACS@127.0.0.1:1"]
 
         # poison: every spooled image unreadable -> failed once, with the reason
