@@ -1,6 +1,6 @@
 """Study assembly: which spooled image fills which screening slot, and when a study goes.
 
-Rules (DESIGN.md, "Study assembly rules"):
+Rules (docs/architecture.md; the study rules themselves live in mammo_density/study/):
 
 - Which images may fill a slot is the screening-image gate's rule
   (:mod:`mammo_density.study.gate`, applied at ingest); images it keeps out are stored,
