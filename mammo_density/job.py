@@ -11,6 +11,8 @@ job from an older version, say) is ignored.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field
 
 from mammo_density.result import UnusedImage
@@ -49,6 +51,9 @@ class StudyJob(BaseModel):
         (:mod:`mammo_density.study.gate`, :mod:`mammo_density.study.selection`).
     calling_aet, peer_host
         Who sent the study (for "back to the caller" SR delivery).
+    source
+        ``listener`` (received over the network; partial means the stable timeout
+        passed) or ``files`` (``classify``, offline; partial means views absent).
     """
 
     study_instance_uid: str
@@ -60,6 +65,7 @@ class StudyJob(BaseModel):
     unused_images: list[UnusedImage] = Field(default_factory=list)
     calling_aet: str = ""
     peer_host: str = ""
+    source: Literal["listener", "files"] = "listener"
 
     def image_for(self, slot: str) -> JobImage | None:
         return next((im for im in self.images if im.slot == slot), None)

@@ -65,3 +65,19 @@ def configure_logging(verbosity: int = 0, fmt: str = "text") -> None:
     # (with unhashed UIDs). Keep them at WARNING unless debugging with -vv.
     for name in ("pynetdicom", "highdicom"):
         logging.getLogger(name).setLevel(logging.DEBUG if verbosity > 1 else logging.WARNING)
+    # Python warnings (the project raises none; glymur on JP2 boxes, pydicom on odd
+    # values do) go to the log at DEBUG, not as raw lines on stderr.
+    logging.captureWarnings(True)
+    warnings_log = logging.getLogger("py.warnings")
+    for old in list(warnings_log.filters):
+        if isinstance(old, _ThirdPartyWarnings):
+            warnings_log.removeFilter(old)
+    warnings_log.addFilter(_ThirdPartyWarnings())
+
+
+class _ThirdPartyWarnings(logging.Filter):
+    """Demote captured Python warnings to DEBUG (shown with ``-v``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger().isEnabledFor(logging.DEBUG)

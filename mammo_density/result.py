@@ -31,12 +31,31 @@ class ModelRef(BaseModel):
     dense_model: str | None = Field(None, description="name/version of a dense2 set, if used")
 
 
+class ViewQuality(BaseModel):
+    """How trustworthy one view's model input is (from preprocessing)."""
+
+    low_confidence: bool = Field(False, description="any flag set")
+    flags: list[str] = Field(default_factory=list, description=(
+        "reasons for low confidence: tiny image, no breast found, small breast area, "
+        "breast covering little of the image, heavy cropping, out-of-distribution "
+        "intensity"))
+    notes: list[str] = Field(default_factory=list, description=(
+        "what the crop removed (film edges, adjacent body parts); informative"))
+    breast_area_cm2: float | None = Field(None, description="None without pixel spacing")
+    breast_fraction: float = Field(0.0, description="share of the image that is breast")
+    foreground_left_out: float = Field(0.0, description=(
+        "share of the image's foreground left out of the breast (labels, body parts)"))
+    breast_grey_levels: float = Field(0.0, description=(
+        "stored grey levels between the breast's 5th and 99.5th percentiles"))
+
+
 class ViewResult(BaseModel):
     laterality: Side
     view: ScreeningView
     sop_instance_uid: str
     probabilities: dict[str, float] = Field(description="per BI-RADS class, sums to 1")
     p_dense: float | None = Field(None, description="from a dense2 model, where one ran")
+    quality: ViewQuality | None = None
 
 
 class BreastResult(BaseModel):
@@ -136,10 +155,13 @@ class StudyResult(BaseModel):
     dose: DoseSummary | None = None
     recommendations: list[Recommendation] = Field(default_factory=list)
     sr: SRRef | None = None
+    low_confidence: bool = Field(False, description=(
+        "the class should not be relied on without a reader's look (reasons say why)"))
+    low_confidence_reasons: list[str] = Field(default_factory=list)
 
 
 __all__ = [
     "BIRADS", "BreastDose", "BreastResult", "Category", "DoseSummary", "ExamResult",
     "ModelRef", "Recommendation", "SRRef", "ScreeningView", "Side", "Slot", "StudyResult",
-    "UnusedImage", "ViewDose", "ViewResult",
+    "UnusedImage", "ViewDose", "ViewQuality", "ViewResult",
 ]

@@ -73,6 +73,7 @@ def reasons(warnings: Iterable[str], *, assessable: bool) -> list[str]:
 def report_sentence(*, category: str | None, sides: dict[str, str | None], dense: bool | None,
                     used: Sequence[str] = (), missing: Sequence[str] = (),
                     not_used: str = "", reasons: Iterable[str] = (),
+                    low_confidence: Sequence[str] = (),
                     not_for_clinical_use: bool = False) -> str:
     """The readable sentence of a result, category first.
 
@@ -95,6 +96,8 @@ def report_sentence(*, category: str | None, sides: dict[str, str | None], dense
         Images left out and why, one line (``R-CC spot_compression; L-MLO too_small``).
     reasons
         Why the study (or a view) could not be assessed.
+    low_confidence
+        Why an assessed exam is low-confidence (input quality, an unsure model).
     """
     parts: list[str] = []
     if category is None:
@@ -114,6 +117,8 @@ def report_sentence(*, category: str | None, sides: dict[str, str | None], dense
     note = views_note(used, missing, not_used)
     if note:
         parts.append(("Partial study. " if category is not None and missing else "") + note)
+    if low_confidence:
+        parts.append("Low confidence, review the images: " + "; ".join(low_confidence) + ".")
     if not_for_clinical_use:
         parts.append(f"{NOT_FOR_CLINICAL_USE} (demo model).")
     return " ".join(parts)

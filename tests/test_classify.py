@@ -67,6 +67,10 @@ def test_classify_json_and_sr_out(folder, model_dir, tmp_path, capsys):
     for r in results:
         assert r.assessable and r.exam is not None and r.sr is not None
         assert r.partial and len(r.missing_views) == 1
+        # offline wording: no stable timeout in classify
+        assert not any("stable timeout" in w for w in r.warnings), r.warnings
+        assert f"partial study: views missing ({r.missing_views[0]})" in r.warnings
+        assert all(v.quality is not None and v.quality.breast_fraction > 0 for v in r.views)
     assert "broken.dcm" in captured.err
     srs = sorted(out.glob("*.dcm"))
     assert len(srs) == 2
@@ -110,6 +114,65 @@ def test_classify_nothing_found(tmp_path, model_dir, capsys):
     rc = main(["-q", "classify", str(tmp_path / "empty"), "--model-dir", str(model_dir)])
     assert rc == 1
     assert "no DICOM studies" in capsys.readouterr().err
+
+
+def _study_folder(folder: Path, make) -> str:
+    """Four views of one study, each image made by ``make(slot, study_uid)``."""
+    from pydicom.uid import generate_uid
+
+    from mammo_density.views import SLOTS
+    from tests.mg_images import write
+
+    study = generate_uid()
+    for slot in SLOTS:
+        write(make(slot, study), folder / f"{slot}.dcm")
+    return study
+
+
+def _mg(slot: str, study: str, pixels):
+    from tests.mg_images import mg_dataset
+
+    side, view = slot.split("-")
+    ds = mg_dataset(pixels, laterality=side, view=view, study_uid=study,
+                    orientation=("A", "R") if side == "L" else ("A", "L"))
+    ds.ImagerPixelSpacing = [0.5, 0.5]
+    return ds
+
+
+def test_classify_exits_1_when_nothing_is_assessable(tmp_path, model_dir, capsys):
+    """Every image of the study is undecodable (JPEG 2000 of another size than the
+    header's): not assessable, the reason names the real sizes, exit status 1."""
+    from tests.mg_images import breast_image, encode
+
+    def mislabelled(slot, study):
+        ds = encode(_mg(slot, study, breast_image(256, 208, seed=3)), "j2k")
+        ds.Rows, ds.Columns = 300, 260  # large enough for the gate
+        return ds
+
+    study = _study_folder(tmp_path, mislabelled)
+    rc = main(["-q", "classify", str(tmp_path), "--model-dir", str(model_dir)])
+    captured = capsys.readouterr()
+    assert rc == 1
+    row = next(ln for ln in captured.out.splitlines() if study in ln)
+    assert "NOT ASSESSABLE" in row and "256x208" in row and "300x260" in row
+    assert "nothing assessable" in captured.err
+
+
+def test_classify_flags_low_confidence(tmp_path, model_dir, capsys):
+    """A study whose breasts span a handful of grey levels: assessed (exit 0), flagged
+    low-confidence with the reason, per view and for the exam, in JSON and the table."""
+    from tests.mg_images import breast_image
+
+    flat = (breast_image(256, 208, seed=4) // 200).astype("uint16")
+    _study_folder(tmp_path, lambda slot, study: _mg(slot, study, flat))
+    rc = main(["-q", "classify", str(tmp_path), "--json", "--model-dir", str(model_dir)])
+    assert rc == 0
+    result = StudyResult.model_validate_json(capsys.readouterr().out.strip())
+    assert result.assessable and result.low_confidence
+    assert any("out-of-distribution intensity" in r for r in result.low_confidence_reasons)
+    assert all(v.quality.low_confidence for v in result.views)
+    rc = main(["-q", "classify", str(tmp_path), "--model-dir", str(model_dir)])
+    assert rc == 0 and "LOW CONFIDENCE" in capsys.readouterr().out
 
 
 def test_classify_says_why_images_are_not_used(model_dir, tmp_path, capsys, monkeypatch):

@@ -22,10 +22,12 @@ from tests.services import require_testdata
 
 SIZE = 64
 #: Reduced-resolution decode vs full decode + area average, on [0, 1] model inputs.
-#: Measured on this phantom at 128 px from 2048 x 1664 (level 3, 6 seeds): mean |diff|
-#: 0.002-0.0065, 99th percentile 0.044-0.072. The residue: the wavelet low-pass vs the box
-#: average at edges, and the breast's bounding box moving by +-1 working pixel.
-REDUCED_MEAN_TOL = 0.01
+#: Measured on this phantom at 128 px from 2048 x 1664 (level 3, seeds 4 and 9): mean
+#: |diff| 0.015, 99th percentile 0.084 (mdp-1.1, scaled on the whole image's range:
+#: 0.002-0.0065 and 0.044-0.072; the breast-tissue scale of mdp-2 stretches the breast
+#: about 2x, and the differences with it). The residue: the wavelet low-pass vs
+#: the box average at edges, and the breast's bounding box moving by +-1 working pixel.
+REDUCED_MEAN_TOL = 0.02
 REDUCED_P99_TOL = 0.1
 
 
@@ -50,7 +52,8 @@ def test_every_transfer_syntax_decodes(syntax, base, tmp_path):
     out = load_model_input(ds, SIZE, reduced=False)
     assert out.shape == (SIZE, SIZE) and out.dtype == np.float32
     assert out.min() >= 0.0 and out.max() <= 1.0
-    tol = 0.05 if syntax in LOSSY else 1e-6
+    # lossy: the breast-tissue intensity scale (mdp-2) stretches the codec error ~1.7x
+    tol = 0.1 if syntax in LOSSY else 1e-6
     assert np.abs(out - ref).mean() <= tol / 5 and np.abs(out - ref).max() <= tol * 4
     # the decoded pixels match the header's Rows x Columns
     assert decode_frame(ds).pixels.shape == (512, 416)

@@ -5,7 +5,8 @@
 #   train/make_demo_model.sh                 # work files in /tmp/mammo-density-demo
 #   WORK=/data/demo OUT=/tmp/entry train/make_demo_model.sh
 #
-# About 20-30 min on a 2-core VM (most of it training; the four views two at a time).
+# About 20-30 min on a 2-core VM (most of it training; the four views two at a time;
+# 24 min on 2026-11-27 with the machine shared).
 # Steps whose output already exists in WORK are skipped (delete WORK to start over).
 set -euo pipefail
 
@@ -39,7 +40,7 @@ $MD "${EVAL_CMD[@]}"
 
 # 4. Export: ONNX per view, checker + ONNX Runtime parity, manifest with sha256s + metrics.
 rm -rf "$OUT"
-$MD export --run "$WORK/run" --out "$OUT" --name demo-synthetic-birads4 --version 0.1.0 \
+$MD export --run "$WORK/run" --out "$OUT" --name demo-synthetic-birads4 --version 0.2.0 \
   --not-for-clinical-use --metrics "$WORK/eval/metrics.json" \
   --training-data "synthetic images from mammo-density synth (seed $TRAIN_SEED, $TRAIN_STUDIES studies, small size, hologic profile), not for clinical use; metrics on a held-out synthetic set (seed $TEST_SEED, $TEST_STUDIES studies) against true_density" \
   --intended-use "demonstration and testing of the mammo-density pipeline on synthetic images; NOT FOR CLINICAL USE" \

@@ -103,6 +103,22 @@ def j2k_decomposition_levels(frame: bytes) -> int:
     raise DecodeError("JPEG 2000 codestream has no COD segment")
 
 
+def j2k_size(frame: bytes) -> tuple[int, int]:
+    """Full-resolution ``(rows, columns)`` of a J2K/JP2/HTJ2K frame, from its SIZ segment."""
+    siz = _j2k_codestream_start(frame) + 2
+    if frame[siz:siz + 2] != b"\xff\x51" or len(frame) < siz + 22:
+        raise DecodeError("JPEG 2000 codestream has no SIZ segment")
+    xsiz, ysiz, xosiz, yosiz = (int.from_bytes(frame[siz + 6 + 4 * i:siz + 10 + 4 * i], "big")
+                                for i in range(4))
+    return ysiz - yosiz, xsiz - xosiz
+
+
+def _check_size(rows: int, cols: int, got: tuple[int, int], what: str) -> None:
+    if got != (rows, cols):
+        raise DecodeError(f"{what} is {got[0]}x{got[1]} pixels, header says {rows}x{cols} "
+                          "(Rows x Columns)")
+
+
 def _has_cap_marker(frame: bytes) -> bool:
     """True for an HTJ2K (Part 15) codestream: the marker after SIZ is CAP (FF50)."""
     siz = _j2k_codestream_start(frame) + 2
@@ -183,6 +199,8 @@ def decode_frame(ds: Dataset, *, level: int = 0, threads: int = 2) -> Decoded:
         if encapsulated and ts != RLE_SYNTAX:
             frame = _first_frame(ds)
             is_j2k = frame.startswith(_JP2_SIGNATURE) or frame.startswith(_J2K_SOC)
+            if is_j2k:  # full size from the codestream, before any (reduced) decode
+                _check_size(rows, cols, j2k_size(frame), "the JPEG 2000 image")
             if is_j2k and (ts in HTJ2K_SYNTAXES or _has_cap_marker(frame)):
                 # HTJ2K (a CAP marker follows SIZ in the main header)
                 _check_eoc(frame)
@@ -225,8 +243,12 @@ def decode_frame(ds: Dataset, *, level: int = 0, threads: int = 2) -> Decoded:
         arr = arr[0]
     expected = reduced_shape(rows, cols, got_level)
     if arr.shape != expected:
-        raise DecodeError(f"decoded image is {arr.shape[0]}x{arr.shape[1]}, header says "
-                          f"{expected[0]}x{expected[1]} (Rows x Columns at level {got_level})")
+        if got_level:  # name full-resolution sizes, not the reduced ones
+            raise DecodeError(
+                f"decoded image is about {arr.shape[0] << got_level}x"
+                f"{arr.shape[1] << got_level} pixels, header says {rows}x{cols} "
+                "(Rows x Columns)")
+        _check_size(rows, cols, (int(arr.shape[0]), int(arr.shape[1])), "decoded image")
     return Decoded(arr, got_level, codec)
 
 
@@ -243,5 +265,6 @@ def _pydicom_decode(ds: Dataset, plugin: str = "") -> np.ndarray:
 
 
 __all__ = [
-    "DecodeError", "Decoded", "decode_frame", "j2k_decomposition_levels", "reduced_shape",
+    "DecodeError", "Decoded", "decode_frame", "j2k_decomposition_levels", "j2k_size",
+    "reduced_shape",
 ]

@@ -65,6 +65,7 @@ from mammo_density.worker.models import (
     resolve_model_dir,
 )
 from mammo_density.worker.preprocess import preprocess_dataset
+from mammo_density.worker.quality import exam_confidence, view_quality
 from mammo_density.worker.sinks import ResultHooks, SROutbox, StudyStates
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,7 @@ class Prepared:
     warnings: list[str] = field(default_factory=list)
     timings_ms: dict[str, float] = field(default_factory=dict)
     headers: dict[str, Dataset] = field(default_factory=dict, repr=False)
+    quality: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: small uint8 copies of the model inputs, for the summary image (:data:`THUMBNAIL`)
     thumbnails: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
@@ -115,7 +117,7 @@ class Prepared:
                 "thumbnails": thumbnails,
                 "encoding": ARRAY_ENCODING, "sop_uids": self.sop_uids,
                 "failed": self.failed, "warnings": self.warnings,
-                "timings_ms": self.timings_ms}
+                "timings_ms": self.timings_ms, "quality": self.quality}
 
     @classmethod
     def from_payload(cls, payload: dict[str, Any]) -> Prepared:
@@ -135,7 +137,8 @@ class Prepared:
                    sop_uids=dict(payload.get("sop_uids", {})),
                    failed=dict(payload.get("failed", {})),
                    warnings=list(payload.get("warnings", [])),
-                   timings_ms=dict(payload.get("timings_ms", {})))
+                   timings_ms=dict(payload.get("timings_ms", {})),
+                   quality=dict(payload.get("quality", {})))
 
 
 ARRAY_ENCODING = "u16-fixed-zlib-b64"
@@ -331,8 +334,9 @@ class Pipeline:
 
     # --- stages -----------------------------------------------------------------------
     def _prepare_one(self, study_uid: str, slot: str, sop_uid: str, sizes: list[int],
-                     threads: int) -> tuple[str, dict[int, np.ndarray] | None, Dataset | None,
-                                            dict[str, float], list[str], str]:
+                     threads: int, quality: dict[str, dict[str, Any]] | None = None,
+                     ) -> tuple[str, dict[int, np.ndarray] | None, Dataset | None,
+                                dict[str, float], list[str], str]:
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         try:
@@ -352,6 +356,8 @@ class Pipeline:
                 arr, info = preprocess_dataset(ds, size, threads=threads,
                                                reduced=self.reduced_decode)
                 arrays[size] = arr
+                if quality is not None:  # one key per slot: safe across threads
+                    quality[slot] = view_quality(info).model_dump()
                 for key, value in info.timings_ms.items():
                     timings[key] = timings.get(key, 0.0) + value
                 warnings.extend(f"{slot}: {w}" for w in info.warnings)
@@ -373,14 +379,15 @@ class Pipeline:
         codec_threads = max(1, self.decode_workers // max(1, len(images)))
         if workers == 1:
             outcomes = [self._prepare_one(job.study_instance_uid, im.slot,
-                                          im.sop_instance_uid, sizes, codec_threads)
-                        for im in images]
+                                          im.sop_instance_uid, sizes, codec_threads,
+                                          prepared.quality) for im in images]
         else:
             with ThreadPoolExecutor(max_workers=workers,
                                     thread_name_prefix="md-decode") as pool:
                 outcomes = list(pool.map(
                     lambda im: self._prepare_one(job.study_instance_uid, im.slot,
-                                                 im.sop_instance_uid, sizes, codec_threads),
+                                                 im.sop_instance_uid, sizes, codec_threads,
+                                                 prepared.quality),
                     images))
         by_slot = {im.slot: im for im in images}
         for slot, arrays, header, timings, warnings, error in outcomes:
@@ -390,6 +397,7 @@ class Pipeline:
             if header is not None:
                 prepared.headers[slot] = header
             if error:
+                prepared.quality.pop(slot, None)
                 prepared.failed[slot] = error
                 prepared.warnings.append(f"{slot}: image not used: {error}")
                 log.warning("study %s: %s not used: %s", uid_hash(job.study_instance_uid),
@@ -444,7 +452,10 @@ class Pipeline:
         if manifest.not_for_clinical_use:
             warnings.append(f"model {manifest.name} {manifest.version} is "
                             "NOT FOR CLINICAL USE")
-        if job.partial:
+        if job.partial and job.source == "files":  # classify: no stable timeout offline
+            warnings.append("partial study: views missing "
+                            f"({', '.join(job.missing_views) or 'unknown'})")
+        elif job.partial:
             warnings.append("study assessed after the stable timeout with views missing")
         unused = list(job.unused_images) + [
             unused_image(im.sop_instance_uid, Reason.UNREADABLE, prepared.failed[im.slot],
@@ -474,7 +485,8 @@ class Pipeline:
                 laterality=side, view=view, sop_instance_uid=prepared.sop_uids.get(slot, ""),
                 probabilities=dict(zip(classes, inferred.probabilities[slot],
                                        strict=True)),
-                p_dense=inferred.p_dense.get(slot)))
+                p_dense=inferred.p_dense.get(slot),
+                quality=prepared.quality.get(slot)))
         model_ref = self.model_ref()
         dm = self.dense_manifest()
         if dm is not None and inferred.p_dense:
@@ -487,6 +499,7 @@ class Pipeline:
             partial=comb.partial, assessable=comb.assessable,
             missing_views=comb.missing_views, unused_images=unused, implant_present=implants,
             model=model_ref, warnings=warnings)
+        result.low_confidence, result.low_confidence_reasons = exam_confidence(result)
         timings = {k: round(v, 2) for k, v in prepared.timings_ms.items()}
         timings.update({k: round(v, 2) for k, v in inferred.timings_ms.items()})
         timings["decide"] = round((time.perf_counter() - t0) * 1000.0, 2)

@@ -17,11 +17,11 @@ Steps (``load_model_input``):
    then area average) used as the reference in benchmarks.
 2. **Stored values**: bits above BitsStored masked (sign-extended for signed data);
    Modality LUT (RescaleSlope / RescaleIntercept).
-3. **Intensity to [0, 1]**, higher = denser: For Presentation images with a VOI window
-   (first WindowCenter/WindowWidth; VOILUTFunction LINEAR, LINEAR_EXACT or SIGMOID per
-   PS3.3 C.11.2.1.2) or a VOI LUT use it; otherwise the data's own range (minimum to the
-   99.9th percentile of a 2x-subsampled grid), never a fixed 4095. MONOCHROME1 is
-   inverted (negated before the data range, or ``1 - y`` after a window).
+3. **Provisional intensity** (polarity only): MONOCHROME1 is negated, then the data's own
+   range (minimum to the 99.9th percentile of a 2x-subsampled grid) maps to [0, 1],
+   higher = denser. The VOI window / VOI LUT is display metadata and is NOT used: the
+   same stored pixels give the same model input with or without one, LINEAR or SIGMOID,
+   MONOCHROME1 or 2, at any bit depth (tests/test_real_input.py states the tolerances).
 4. **Orientation**: the chest wall on the LEFT of the array for both breasts, from
    PatientOrientation (0020,0020): row direction ``A`` -> as stored, ``P`` -> mirrored;
    when the *column* direction is ``A``/``P`` (an image stored rotated by 90 degrees) the
@@ -31,11 +31,18 @@ Steps (``load_model_input``):
    widest there; the laterality's display convention (R: chest wall right, L: left,
    reversed by FieldOfViewHorizontalFlip YES) is only cross-checked (a warning when it
    disagrees), because vendors write it differently.
-5. **Crop to the breast**: pixels brighter than the background level (the histogram's
-   mode in the lower half of [0, 1]) plus :data:`BACKGROUND_THRESHOLD`, opened with a
-   3x3 kernel; the largest 8-connected component is the breast;
-   other components (burned-in labels, markers, small blobs) are set to 0; the array is
-   cropped to the breast's bounding box.
+5. **The breast** (:func:`breast_mask`, decided on a copy of at most
+   :data:`MASK_SIDE` px): pixels brighter than the background level (the histogram's
+   mode in the lower half of [0, 1]) plus :data:`BACKGROUND_THRESHOLD`, less bright
+   bands along the image sides (:func:`film_edges`: the clear edge of digitised film),
+   opened with a 3x3 kernel; the largest component after cutting narrow necks (an arm, a
+   marker on a bridge) and body parts joined along the chest wall (a valley in the
+   breast's depth per row: the abdomen below a CC view); holes filled. Labels, markers
+   and other blobs are set to 0 and the array is cropped to the breast's bounding box.
+   **Intensity** (:func:`normalise_to_breast`): the breast's 5th and 99.5th percentiles
+   go to 0.15 and 0.95 (clipped to [0, 1]): set on breast tissue, not on a window.
+   **Quality** (:func:`assess_quality`): flags for a tiny matrix, no breast, a small
+   breast area, heavy cropping, out-of-distribution intensity.
 6. **Resize** keeping the aspect ratio (``cv2.INTER_AREA`` when shrinking, linear when
    enlarging) into a ``size x size`` float32 canvas of zeros: chest wall at the left
    edge, centred vertically.
@@ -56,14 +63,13 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 
-from mammo_density.study.sop import dataset_is_for_presentation
 from mammo_density.study.views import laterality_of
 from mammo_density.worker.decode import Decoded, DecodeError, decode_frame, reduced_shape
 
 log = logging.getLogger(__name__)
 
 #: Bump on ANY change of the output of :func:`load_model_input`.
-PREPROCESSING_VERSION = "mdp-1.1"
+PREPROCESSING_VERSION = "mdp-2"
 
 #: The working image's LONG side is at least this many times the model input size: a
 #: breast spanning >= 1/1.25 = 80 % of the detector's long side is still downsampled (never
@@ -73,6 +79,40 @@ WORKING_OVERSAMPLE = 1.25
 MAX_LEVEL = 4
 #: Margin above the background level from which a pixel may be breast.
 BACKGROUND_THRESHOLD = 0.05
+#: Breast-tissue percentiles that set the intensity scale, and where they land in [0, 1].
+#: The lower one lies in tissue, above the skin line's ramp (whose share of the breast
+#: depends on the resolution and the decoder's smoothing: the 1st percentile moved 25 %
+#: of the span between the reduced and the full decode of one image).
+NORM_PERCENTILES = (5.0, 99.5)
+NORM_TARGETS = (0.15, 0.95)
+#: Film edges: provisional intensity of the band, fraction of a side it must run along,
+#: and the deepest it may reach into the image (fraction of the image's size).
+FILM_EDGE_LEVEL = 0.9
+FILM_EDGE_COVERAGE = 0.6
+FILM_EDGE_MAX_DEPTH = 0.12
+#: Necks narrower than twice this fraction of the long side separate the breast from
+#: what hangs on it.
+NECK_RADIUS = 0.03
+#: A valley in the breast's depth per row down to this fraction of the humps around it
+#: (each at least VALLEY_MIN_HUMP of the deepest row) separates two body parts.
+VALLEY_RATIO = 0.5
+VALLEY_MIN_HUMP = 0.2
+#: The breast's outline is decided on a copy whose long side is at most this many pixels.
+MASK_SIDE = 384
+
+# --- quality flags (per view; any of them marks the view low-confidence) -----------------
+#: Smallest breast area (cm^2, from the pixel spacing) of a screening view.
+MIN_BREAST_AREA_CM2 = 20.0
+#: Smallest fraction of the image the breast may cover.
+MIN_BREAST_FRACTION = 0.05
+#: Largest fraction of the foreground that may be left out of the breast.
+MAX_LEFT_OUT = 0.3
+#: Fewest stored grey levels between the breast's 1st and 99.5th percentiles.
+MIN_BREAST_LEVELS = 32.0
+#: Largest fraction of the breast at the image's brightest level (saturation).
+MAX_SATURATED = 0.1
+#: Smallest matrix side (pixels) of a mammogram.
+MIN_MATRIX = 64
 
 __all__ = [
     "BACKGROUND_THRESHOLD",
@@ -80,8 +120,13 @@ __all__ = [
     "WORKING_OVERSAMPLE",
     "DecodeError",
     "PreprocessInfo",
+    "assess_quality",
+    "breast_mask",
+    "crop_to_breast",
+    "film_edges",
     "load_model_input",
     "load_model_input_timed",
+    "normalise_to_breast",
     "preprocess_dataset",
     "read_dataset",
     "working_level",
@@ -100,6 +145,20 @@ class PreprocessInfo:
     intensity: str = ""
     timings_ms: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    #: provisional intensity scale: stored values (polarity applied) ``lo`` -> 0, ``hi`` -> 1
+    data_range: tuple[float, float] = (0.0, 0.0)
+    #: quality measures (see :func:`assess_quality`)
+    breast_fraction: float = 0.0
+    breast_area_cm2: float | None = None
+    foreground_left_out: float = 0.0
+    breast_levels: float = 0.0  # provisional units until assess_quality: stored levels
+    breast_saturated: float = 0.0
+    #: reasons for low confidence in this view's input
+    flags: list[str] = field(default_factory=list)
+    #: what the crop removed (informative: film edges, body parts)
+    notes: list[str] = field(default_factory=list)
+    #: the breast's pixels in the oriented working image (None: none found)
+    breast_mask: np.ndarray | None = field(default=None, repr=False)
 
 
 def working_level(rows: int, cols: int, size: int) -> int:
@@ -161,21 +220,6 @@ def _first(value: object) -> float | None:
         return None
 
 
-def _apply_window(x: np.ndarray, center: float, width: float, function: str) -> np.ndarray:
-    """VOI window to [0, 1] (PS3.3 C.11.2.1.2), on float32 in place where possible."""
-    if function == "SIGMOID":
-        y = np.exp(np.float32(-4.0) * (x - np.float32(center)) / np.float32(width))
-        y += 1.0
-        np.reciprocal(y, out=y)
-        return y
-    if function == "LINEAR_EXACT":
-        y = (x - np.float32(center)) / np.float32(width) + np.float32(0.5)
-    else:  # LINEAR (default)
-        width = max(width, 1.0)
-        y = (x - np.float32(center - 0.5)) / np.float32(max(width - 1.0, 1.0)) + np.float32(0.5)
-    return np.clip(y, 0.0, 1.0, out=y)
-
-
 def _data_range(x: np.ndarray) -> tuple[float, float]:
     sample = x[::2, ::2]
     lo = float(sample.min())
@@ -186,28 +230,21 @@ def _data_range(x: np.ndarray) -> tuple[float, float]:
 
 
 def _to_unit(ds: Dataset, x: np.ndarray, info: PreprocessInfo) -> np.ndarray:
-    """Stored values (after the modality LUT) -> [0, 1], higher = denser."""
-    mono1 = str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1"
-    if dataset_is_for_presentation(ds):
-        center = _first(ds.get("WindowCenter"))
-        width = _first(ds.get("WindowWidth"))
-        if center is not None and width is not None and width > 0:
-            function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").upper()
-            y = _apply_window(x, center, width, function)
-            info.intensity = f"window {function.lower()} c={center:g} w={width:g}"
-            return 1.0 - y if mono1 else y
-        if ds.get("VOILUTSequence"):
-            from pydicom.pixels import apply_voi
+    """Stored values (after the modality LUT) -> provisional [0, 1], higher = denser.
 
-            x = apply_voi(x, ds).astype(np.float32, copy=False)
-            info.intensity = "voi lut"
-            lo, hi = float(x.min()), float(x.max())
-            y = (x - lo) / max(hi - lo, 1e-6)
-            return 1.0 - y if mono1 else y
+    Polarity only: MONOCHROME1 is negated, then the data's own range (minimum to the
+    99.9th percentile of a 2x-subsampled grid) maps to [0, 1]. The VOI window / VOI LUT
+    (display metadata) is deliberately NOT applied: the same stored pixels must give the
+    same model input with or without one. The final intensity scale is set on the breast
+    itself (:func:`normalise_to_breast`)."""
+    mono1 = str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1"
     if mono1:
         x = np.negative(x, out=x)
     lo, hi = _data_range(x)
-    info.intensity = f"data range {'inverted ' if mono1 else ''}[{lo:g}, {hi:g}]"
+    info.data_range = (lo, hi)
+    has_voi = _first(ds.get("WindowCenter")) is not None or bool(ds.get("VOILUTSequence"))
+    info.intensity = (f"data range {'inverted ' if mono1 else ''}[{lo:g}, {hi:g}]"
+                      + ("; display window/LUT not used" if has_voi else ""))
     if hi <= lo:
         info.warnings.append("image has a single grey level")
         return np.zeros_like(x)
@@ -281,26 +318,219 @@ def background_threshold(y: np.ndarray) -> float:
     return mode + BACKGROUND_THRESHOLD
 
 
-def crop_to_breast(y: np.ndarray, info: PreprocessInfo) -> np.ndarray:
-    """Keep the largest foreground component (the breast), zero the others, crop to it."""
-    fg = (y > background_threshold(y)).astype(np.uint8)
-    fg = cv2.morphologyEx(fg, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(fg, connectivity=8)
+_SIDES = ("top", "bottom", "left", "right")
+
+
+def _side_view(a: np.ndarray, side: str) -> np.ndarray:
+    """A view of ``a`` in which ``side`` is row 0 (writes go through to ``a``)."""
+    if side == "top":
+        return a
+    if side == "bottom":
+        return a[::-1]
+    if side == "left":
+        return a.T
+    return a.T[::-1]
+
+
+def film_edges(y: np.ndarray, info: PreprocessInfo | None = None) -> np.ndarray:
+    """Bands of near-saturated intensity along the image sides (the clear edge of a
+    digitised film, a light-box or collimator border), as a boolean mask.
+
+    A side has such a band when pixels at least :data:`FILM_EDGE_LEVEL` run inward from
+    the very edge along at least :data:`FILM_EDGE_COVERAGE` of its length and end within
+    :data:`FILM_EDGE_MAX_DEPTH` of the image (a band, not a bright region). The band and
+    a small margin beyond it are masked so that it cannot join the breast to labels."""
+    out = np.zeros(y.shape, dtype=bool)
+    bright = y >= FILM_EDGE_LEVEL
+    for side in _SIDES:
+        b = _side_view(bright, side)
+        n = b.shape[0]
+        max_depth = max(2, int(n * FILM_EDGE_MAX_DEPTH))
+        strip = b[:max_depth]
+        through = strip.all(axis=0)
+        depth = np.where(through, max_depth, np.argmin(strip, axis=0))
+        covered = depth > 0
+        if covered.mean() < FILM_EDGE_COVERAGE or through[covered].mean() > 0.2:
+            continue
+        margin = max(2, n // 100)
+        reach = np.where(covered, np.minimum(depth + margin, n), 0)
+        o = _side_view(out, side)
+        o |= np.arange(n)[:, None] < reach[None, :]
+        if info is not None:
+            info.notes.append(f"film edge removed ({side})")
+    return out
+
+
+def _largest(mask: np.ndarray) -> np.ndarray | None:
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8),
+                                                           connectivity=8)
     if n <= 1:
+        return None
+    best = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    return labels == best
+
+
+def _thick_part(fg: np.ndarray) -> np.ndarray | None:
+    """Where the largest thick region of ``fg`` lies (a coarse mask, full size): the
+    largest component after an erosion by :data:`NECK_RADIUS` of the long side, grown
+    back by twice that. Regions joined to it only through a neck narrower than the
+    erosion's diameter (an arm, a marker on a bridge of tissue) fall outside."""
+    h, w = fg.shape
+    step = max(1, max(h, w) // 256)
+    small = np.ascontiguousarray(fg[::step, ::step], dtype=np.uint8)
+    r = max(2, round(NECK_RADIUS * max(small.shape)))
+    core = _largest(cv2.erode(small, cv2.getStructuringElement(
+        cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))))
+    if core is None:
+        return None
+    grown = cv2.dilate(core.astype(np.uint8), cv2.getStructuringElement(
+        cv2.MORPH_ELLIPSE, (4 * r + 1, 4 * r + 1)))
+    if step > 1:
+        grown = cv2.resize(grown, (w, h), interpolation=cv2.INTER_NEAREST)
+    return grown.astype(bool)
+
+
+def _cut_adjacent_parts(mask: np.ndarray, info: PreprocessInfo | None) -> np.ndarray:
+    """Cut a second body part joined to the breast along the chest wall (the abdomen or
+    an arm above/below a CC view): the breast's depth per row (chest wall on the left)
+    has one hump; a valley down to at most :data:`VALLEY_RATIO` of the lower of the two
+    humps around it separates another part. The rows beyond the deepest such valley on
+    the side holding less tissue are dropped (twice at most)."""
+    h = mask.shape[0]
+    for _ in range(2):
+        prof = mask.sum(axis=1).astype(np.float32)
+        k = max(3, (h // 33) | 1)
+        prof = np.convolve(prof, np.ones(k, dtype=np.float32) / k, mode="same")
+        peak = float(prof.max())
+        if peak <= 0:
+            return mask
+        left = np.maximum.accumulate(prof)
+        right = np.maximum.accumulate(prof[::-1])[::-1]
+        lower = np.minimum(left, right)
+        ok = (lower >= VALLEY_MIN_HUMP * peak) & (prof <= VALLEY_RATIO * lower)
+        if not ok.any():
+            return mask
+        score = np.where(ok, (lower - prof) / np.maximum(lower, 1e-6), -1.0)
+        v = int(np.argmax(score))
+        mask = mask.copy()
+        above, below = float(prof[:v].sum()), float(prof[v:].sum())
+        if above >= below:
+            mask[v:] = False
+            where = "below"
+        else:
+            mask[:v] = False
+            where = "above"
+        if info is not None:
+            info.notes.append(f"adjacent body part cut {where} the breast")
+    return mask
+
+
+def _fill_holes(mask: np.ndarray) -> np.ndarray:
+    h, w = mask.shape
+    padded = np.zeros((h + 2, w + 2), dtype=np.uint8)
+    padded[1:-1, 1:-1] = mask
+    flood = padded.copy()
+    cv2.floodFill(flood, np.zeros((h + 4, w + 4), np.uint8), (0, 0), 1)
+    return mask | (flood[1:-1, 1:-1] == 0)
+
+
+def breast_mask(y: np.ndarray, info: PreprocessInfo | None = None) -> np.ndarray | None:
+    """The breast's pixels in a provisional [0, 1] image (chest wall on the left), or
+    None when nothing stands above the background.
+
+    Foreground is every pixel above :func:`background_threshold`, less the film edges
+    (:func:`film_edges`), opened with a 3x3 kernel. The breast is the largest component
+    after cutting narrow necks (:func:`_thick_part`) and body parts joined along the chest
+    wall (:func:`_cut_adjacent_parts`); labels, markers and other blobs are left out;
+    holes are filled. These decisions are taken on a copy whose long side is at most
+    :data:`MASK_SIDE` (area average); the skin line is then traced at full resolution
+    (the foreground within one coarse pixel of the coarse breast)."""
+    h, w = y.shape
+    threshold = background_threshold(y)
+    step = -(-max(h, w) // MASK_SIDE)
+    small = y if step == 1 else cv2.resize(
+        y, (-(-w // step), -(-h // step)), interpolation=cv2.INTER_AREA)
+    coarse = _coarse_breast_mask(small, threshold, info)
+    if coarse is None or step == 1:
+        return coarse
+    grown = cv2.dilate(coarse.astype(np.uint8), np.ones((3, 3), np.uint8))
+    up = cv2.resize(grown, (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)
+    return up & (y > threshold)
+
+
+def _coarse_breast_mask(y: np.ndarray, threshold: float,
+                        info: PreprocessInfo | None) -> np.ndarray | None:
+    fg = y > threshold
+    edges = film_edges(y, info)
+    if edges.any():
+        fg &= ~edges
+    fg = cv2.morphologyEx(fg.astype(np.uint8), cv2.MORPH_OPEN,
+                          np.ones((3, 3), np.uint8)).astype(bool)
+    total = int(fg.sum())
+    best = _largest(fg)
+    if best is None:
+        return None
+    thick = _thick_part(best)
+    if thick is not None:
+        best = _largest(best & thick)
+        if best is None:
+            return None
+    best = _cut_adjacent_parts(best, info)
+    best = _largest(best)
+    if best is None:
+        return None
+    best = _fill_holes(best)
+    if info is not None:
+        info.foreground_left_out = 1.0 - min(1.0, int(best.sum()) / max(total, 1))
+    return best
+
+
+def normalise_to_breast(y: np.ndarray, mask: np.ndarray,
+                        info: PreprocessInfo | None = None) -> np.ndarray:
+    """The intensity scale set on breast tissue: the breast's :data:`NORM_PERCENTILES`
+    land on :data:`NORM_TARGETS`, clipped to [0, 1]; everything outside ``mask`` is 0.
+
+    Affine in the stored values, so any linear rescaling of the data (bit depth, slope,
+    MONOCHROME1 inversion) gives the same result, and no display window is involved."""
+    step = max(1, int(np.sqrt(y.size / 65536.0)))  # about 64k pixels
+    sample = y[::step, ::step][mask[::step, ::step]]
+    if sample.size < 16:
+        sample = y[mask]
+    q_lo, q_hi = (float(v) for v in np.percentile(sample, NORM_PERCENTILES))
+    if info is not None:
+        info.breast_levels = q_hi - q_lo
+        info.breast_saturated = float(np.mean(sample >= 0.999))
+    if q_hi <= q_lo:
+        if info is not None:
+            info.warnings.append("breast has a single grey level")
+        out = np.where(mask, np.float32(0.5), np.float32(0.0)).astype(np.float32)
+        return out
+    t_lo, t_hi = NORM_TARGETS
+    gain = np.float32((t_hi - t_lo) / (q_hi - q_lo))
+    out = (y - np.float32(q_lo)) * gain + np.float32(t_lo)
+    np.clip(out, 0.0, 1.0, out=out)
+    out[~mask] = 0.0
+    return out
+
+
+def crop_to_breast(y: np.ndarray, info: PreprocessInfo) -> np.ndarray:
+    """Find the breast (:func:`breast_mask`), set the intensity scale on it
+    (:func:`normalise_to_breast`), zero everything else and crop to its bounding box."""
+    h, w = y.shape
+    mask = breast_mask(y, info)
+    if mask is None:
         info.warnings.append("no breast found above background; image used uncropped")
-        info.crop = (0, y.shape[0], 0, y.shape[1])
-        return y
-    areas = stats[1:, cv2.CC_STAT_AREA]
-    best = 1 + int(np.argmax(areas))
-    y = np.array(y, dtype=np.float32, copy=True)  # views (flips) -> own contiguous array
-    if n > 2:
-        y[(labels != best) & (labels != 0)] = 0.0
-    left = int(stats[best, cv2.CC_STAT_LEFT])
-    top = int(stats[best, cv2.CC_STAT_TOP])
-    width = int(stats[best, cv2.CC_STAT_WIDTH])
-    height = int(stats[best, cv2.CC_STAT_HEIGHT])
-    info.crop = (top, top + height, left, left + width)
-    return y[top:top + height, left:left + width]
+        info.flags.append("no breast found")
+        info.crop = (0, h, 0, w)
+        return np.ascontiguousarray(y, dtype=np.float32)
+    info.breast_mask = mask
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    top, bottom, left, right = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    info.crop = (top, bottom, left, right)
+    info.breast_fraction = float(mask.sum()) / float(h * w)
+    y = np.ascontiguousarray(y[top:bottom, left:right], dtype=np.float32)
+    return normalise_to_breast(y, mask[top:bottom, left:right], info)
 
 
 def fit_to_square(y: np.ndarray, size: int) -> np.ndarray:
@@ -316,6 +546,59 @@ def fit_to_square(y: np.ndarray, size: int) -> np.ndarray:
     top = (size - new_h) // 2
     canvas[top:top + new_h, :new_w] = resized
     return np.clip(canvas, 0.0, 1.0, out=canvas)
+
+
+# --- quality ------------------------------------------------------------------------------
+
+def _spacing_mm(ds: Dataset) -> tuple[float, float] | None:
+    for keyword in ("ImagerPixelSpacing", "PixelSpacing"):
+        value = ds.get(keyword)
+        try:
+            if value is not None and len(value) == 2:
+                dy, dx = float(value[0]), float(value[1])
+                if dy > 0 and dx > 0:
+                    return dy, dx
+        except (TypeError, ValueError):
+            continue
+    return None
+
+
+def assess_quality(ds: Dataset, info: PreprocessInfo) -> list[str]:
+    """Fill ``info``'s quality measures and flags (reasons for low confidence).
+
+    Flags: a matrix under :data:`MIN_MATRIX` pixels; no breast found; a breast under
+    :data:`MIN_BREAST_AREA_CM2` (where the pixel spacing is known) or under
+    :data:`MIN_BREAST_FRACTION` of the image; more than :data:`MAX_LEFT_OUT` of the
+    foreground left out of the breast (heavy cropping); out-of-distribution intensity (the
+    breast spans fewer than :data:`MIN_BREAST_LEVELS` stored grey levels, or more than
+    :data:`MAX_SATURATED` of it is at the brightest level)."""
+    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    flags = info.flags
+    if min(rows, cols) < MIN_MATRIX:
+        flags.append(f"tiny image ({rows}x{cols} pixels)")
+    lo, hi = info.data_range
+    info.breast_levels = round(info.breast_levels * max(hi - lo, 0.0), 3)
+    if "no breast found" in flags:
+        return flags
+    spacing = _spacing_mm(ds)
+    wr, wc = info.working_shape
+    if spacing is not None and wr and wc:
+        px_mm2 = (spacing[0] * rows / wr) * (spacing[1] * cols / wc)
+        info.breast_area_cm2 = round(info.breast_fraction * wr * wc * px_mm2 / 100.0, 2)
+        if info.breast_area_cm2 < MIN_BREAST_AREA_CM2:
+            flags.append(f"small breast area ({info.breast_area_cm2:.1f} cm2)")
+    if info.breast_fraction < MIN_BREAST_FRACTION:
+        flags.append(f"breast covers {info.breast_fraction:.1%} of the image")
+    if info.foreground_left_out > MAX_LEFT_OUT:
+        flags.append(f"heavy cropping ({info.foreground_left_out:.0%} of the foreground "
+                     "left out)")
+    if info.breast_levels < MIN_BREAST_LEVELS:
+        flags.append(f"out-of-distribution intensity (breast spans "
+                     f"{info.breast_levels:.0f} grey levels)")
+    elif info.breast_saturated > MAX_SATURATED:
+        flags.append(f"out-of-distribution intensity ({info.breast_saturated:.0%} of the "
+                     "breast saturated)")
+    return flags
 
 
 # --- the whole path -----------------------------------------------------------------------
@@ -351,6 +634,7 @@ def preprocess_dataset(ds: Dataset, size: int, *, reduced: bool = True,
     y = orient(ds, y, info)
     y = crop_to_breast(y, info)
     out = fit_to_square(y, size)
+    assess_quality(ds, info)
     t2 = time.perf_counter()
     info.timings_ms = {"decode": (t1 - t0) * 1000.0, "preprocess": (t2 - t1) * 1000.0}
     return out, info

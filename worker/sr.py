@@ -44,7 +44,6 @@ import hashlib
 import io
 import logging
 import time
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -70,9 +69,9 @@ from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
 from pydicom.tag import Tag
 from pydicom.uid import generate_uid
-from pydicom.valuerep import DA, TM
 
 from mammo_density import __version__
+from mammo_density.dicom_values import clean_dataset, invalid_uids
 from mammo_density.logsetup import uid_hash
 from mammo_density.manifest import ModelManifest
 from mammo_density.result import BIRADS, StudyResult
@@ -187,19 +186,9 @@ def _header_copy(src: Dataset) -> Dataset:
     for keyword in _TYPE2_STUDY:
         if keyword not in hdr:
             setattr(hdr, keyword, None)
-    # highdicom re-parses these and raises on a malformed value (seen: "1", "2026-01-01"):
-    # an empty value is better than no SR.
-    for keyword, parse in (("StudyDate", DA), ("PatientBirthDate", DA), ("StudyTime", TM)):
-        value = hdr.get(keyword)
-        if value in (None, ""):
-            continue
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                parse(str(value))
-        except ValueError:
-            log.warning("source %s is malformed; left empty in the SR", keyword)
-            setattr(hdr, keyword, None)
+    # Every copied value valid for its VR, corrected or left empty (seen: PatientAge
+    # "732.0m", StudyDate "2026-01-01"): an empty value is better than no or a bad SR.
+    clean_dataset(hdr)
     if str(hdr.get("PatientSex") or "").strip().upper() not in ("", "M", "F", "O"):
         hdr.PatientSex = None  # e.g. "U": not a DICOM value; highdicom raises on it
     elif hdr.get("PatientSex"):
@@ -243,6 +232,9 @@ def _check_sources(sources: Sequence[Dataset], study_uid: str) -> None:
                         "SeriesInstanceUID", "Rows", "Columns"):
             if keyword not in ds:
                 raise ValueError(f"sources[{i}] lacks {keyword}")
+        bad = invalid_uids(ds)
+        if bad:
+            raise ValueError(f"sources[{i}]: {', '.join(bad)} not a valid UID")
         if str(ds.StudyInstanceUID) != study_uid:
             raise ValueError(
                 f"sources[{i}] belongs to another study than result.study_instance_uid")
@@ -283,6 +275,8 @@ def summary_text(result: StudyResult, sources: Sequence[Dataset], *,
         used=used, missing=missing,
         not_used=describe(result.unused_images) if exam is not None else "",
         reasons=reasons(result.warnings, assessable=assessable),
+        low_confidence=result.low_confidence_reasons if exam and result.low_confidence
+        else (),
         not_for_clinical_use=not_for_clinical_use)
 
 

@@ -11,6 +11,11 @@ gets its result.
 Output: a readable table, or with ``--json`` one StudyResult JSON object per line; images
 not used are listed with their reason under the table, and in the JSON's
 ``unused_images``. ``--sr-out DIR`` also writes each study's density SR there.
+
+Exit status: 0 when at least one study was assessed (a density class given; studies not
+assessable are still listed, with the reason); 1 when nothing was assessable (no DICOM
+study found, or every study not assessable or failed); 2 when the model cannot be
+loaded or the command line is wrong.
 """
 
 from __future__ import annotations
@@ -147,7 +152,8 @@ def collect_jobs(paths: Iterable[str | Path], *, digitised_film: bool = False) -
         missing = choice.missing
         out.jobs.append(StudyJob(study_instance_uid=study_uid, images=images,
                                  other_sop_uids=others, partial=bool(missing),
-                                 missing_views=missing, unused_images=unused))
+                                 missing_views=missing, unused_images=unused,
+                                 source="files"))
     return out
 
 
@@ -169,7 +175,11 @@ def format_table(results: Sequence) -> str:
         if r.implant_present:
             notes.append("implants")
         if not r.assessable:
-            notes.append("NOT ASSESSABLE")
+            reason = next((w.split(":", 1)[1].strip() for w in r.warnings
+                           if w.startswith("not assessable:")), "")
+            notes.append("NOT ASSESSABLE" + (f" ({reason})" if reason else ""))
+        elif r.low_confidence:
+            notes.append("LOW CONFIDENCE (" + "; ".join(r.low_confidence_reasons) + ")")
         if r.sr is not None:
             notes.append("SR written")
         rows.append([
@@ -250,7 +260,11 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         results.append(result)
     if not args.json:
         print(format_table(results))
-    return 1 if failures and not results else 0
+    if not any(r.assessable and r.exam is not None for r in results):
+        print(f"mammo-density classify: nothing assessable ({len(results)} studies read, "
+              f"{failures} failed)", file=sys.stderr)
+        return 1
+    return 0
 
 
 __all__ = ["Collected", "add_parser", "collect_jobs", "format_table", "iter_files", "run"]
