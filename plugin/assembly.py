@@ -21,6 +21,16 @@ Rules (docs/architecture.md; the study rules themselves live in mammo_density/st
   such a study are stored and join the next revision, without re-opening it. Structured
   reports other than dose reports (e.g. our own density SR routed back by a PACS) are
   stored but never re-open a study, so a PACS forwarding everything cannot cause a loop.
+- Identity (:mod:`mammo_density.study.identity`): a study whose instances name different
+  patients is never queued; it is held as ``conflicting`` with the reason (checked when
+  an instance arrives and again when the study is queued), and stays so whatever arrives.
+- Restarts: when the stable timer starts (at start-up), every collecting study's clock
+  starts again: downtime is not quiet time, the sender gets ``stable_seconds`` to finish.
+- Lost hand-overs: a study queued and handed over, but not picked up by a worker within
+  ``resubmit_after`` seconds (its broker message lost, e.g. Redis restarted without
+  persistence), is submitted again through the same ``submit``; the worker's claim
+  (:meth:`~mammo_density.plugin.state.StateDB.mark_processing`) makes a duplicate
+  message skip the revision instead of producing a second result.
 """
 
 from __future__ import annotations
@@ -36,6 +46,7 @@ from mammo_density.job import JobImage, StudyJob
 from mammo_density.logsetup import uid_hash
 from mammo_density.plugin.state import InstanceRow, StateDB
 from mammo_density.result import UnusedImage
+from mammo_density.study.identity import Identity, conflict
 from mammo_density.study.reasons import Reason
 from mammo_density.study.selection import acquisition_key, choose
 from mammo_density.study.slots import SLOTS
@@ -116,6 +127,7 @@ class NewInstance:
     instance_number: int | None = None
     transfer_syntax: str = ""
     note: str = ""
+    identity: str = ""  # Identity.to_json() of the patient attributes
 
 
 Submit = Callable[[StudyJob], object]
@@ -140,14 +152,20 @@ class StudyAssembler:
         Seconds without a new instance before an incomplete study is assessed anyway.
     clock
         Wall-clock time source (``time.time``); stable timers survive restarts.
+    resubmit_after
+        Seconds a handed-over study may wait for a worker before it is submitted again
+        (default ``stable_seconds + 30``).
     """
 
     def __init__(self, db: StateDB, submit: Submit, *, stable_seconds: float,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 resubmit_after: float | None = None) -> None:
         self.db = db
         self.submit = submit
         self.stable_seconds = float(stable_seconds)
         self.clock = clock
+        self.resubmit_after = float(resubmit_after if resubmit_after is not None
+                                    else self.stable_seconds + 30.0)
 
     # --- events -------------------------------------------------------------------------
     def add(self, inst: NewInstance, *, calling_aet: str = "", peer_host: str = "") -> bool:
@@ -168,10 +186,10 @@ class StudyAssembler:
             conn.execute(
                 "INSERT INTO instances(sop_uid, study_uid, sop_class_uid, transfer_syntax, "
                 "path, kind, slot, for_presentation, acquired, instance_number, note, "
-                "received_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                "received_at, identity) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (inst.sop_uid, inst.study_uid, inst.sop_class_uid, inst.transfer_syntax,
                  inst.path, inst.kind, inst.slot, int(inst.for_presentation), inst.acquired,
-                 inst.instance_number, inst.note, now))
+                 inst.instance_number, inst.note, now, inst.identity or None))
             study = self.db.get_study(conn, inst.study_uid)
             if study is None:
                 conn.execute(
@@ -183,6 +201,8 @@ class StudyAssembler:
                 status = study["status"]
                 reopens = (inst.kind == KIND_IMAGE and inst.slot is not None) or \
                     inst.kind == KIND_RDSR
+                if status == "conflicting":
+                    reopens = False  # held until an operator sorts it out
                 if status == "collecting" or reopens:
                     if status != "collecting":
                         log.info("study %s: new %s after revision %d, re-opened",
@@ -194,6 +214,11 @@ class StudyAssembler:
                         "updated_at=?, calling_aet=?, peer_host=? WHERE study_uid=?",
                         (now, now, calling_aet or study["calling_aet"],
                          peer_host or study["peer_host"], inst.study_uid))
+            if study is not None and status != "conflicting" and inst.identity and \
+                    self._identity_conflict(conn, self.db.get_study(conn, inst.study_uid),
+                                            now):
+                # another patient slipped past the door (two associations at once)
+                status = "conflicting"
             first_time = study is None or int(study["revision"]) == 0
             if status == "collecting" and first_time:
                 # Only a never-submitted study goes at once; a re-opened one waits for
@@ -204,6 +229,48 @@ class StudyAssembler:
         if job is not None:
             self._submit(job)
         return True
+
+    def patient_conflict(self, inst: NewInstance) -> str:
+        """Why ``inst`` cannot join its study's instances (another patient), or ``""``."""
+        if not inst.identity:
+            return ""
+        rows = self.db.instances(inst.study_uid)
+        return conflict([_identity(r) for r in rows] + [Identity.from_json(inst.identity)])
+
+    def hold_conflicting(self, study_uid: str, reason: str) -> None:
+        """Hold the study as ``conflicting`` (never assessed as one exam; see the module
+        docstring)."""
+        with self.db.tx() as conn:
+            study = self.db.get_study(conn, study_uid)
+            now = self.clock()
+            if study is None:
+                conn.execute(
+                    "INSERT INTO studies(study_uid, status, created_at, updated_at, "
+                    "last_instance_at) VALUES (?,?,?,?,?)",
+                    (study_uid, "collecting", now, now, now))
+                study = self.db.get_study(conn, study_uid)
+            self._hold(conn, study, reason, now)
+
+    def _hold(self, conn, study, reason: str, now: float) -> None:
+        study_uid = study["study_uid"]
+        if study["status"] == "conflicting":  # held already: the first reason stands
+            return
+        # A new revision, with the hold as its result: a result of an older revision still
+        # in a worker can no longer replace it (StateDB.mark_done).
+        revision = int(study["revision"]) + 1
+        result = {"study_instance_uid": study_uid, "revision": revision, "assessable": False,
+                  "conflicting": True, "reason": reason}
+        if study["status"] in ("done", "processing", "queued"):
+            log.warning("study %s: %s after revision %d was %s: held; a result already "
+                        "delivered for it must be reviewed", uid_hash(study_uid), reason,
+                        study["revision"], study["status"])
+        conn.execute(
+            "UPDATE studies SET status='conflicting', revision=?, updated_at=?, "
+            "last_error=?, result_json=?, result_revision=?, job_json=NULL "
+            "WHERE study_uid=?",
+            (revision, now, reason, json.dumps(result), revision, study_uid))
+        self.db.log_error(conn, study_uid, revision, f"held as conflicting: {reason}", now)
+        log.warning("study %s held as conflicting: %s", uid_hash(study_uid), reason)
 
     def check_stable(self, now: float | None = None) -> int:
         """Assess every collecting study quiet for ``stable_seconds``; return how many."""
@@ -222,6 +289,8 @@ class StudyAssembler:
                     # nothing usable but a patient's images: the pipeline still reports
                     # the study as not assessable, with every image's reason, in an SR
                     job = self._queue(conn, study_uid, selection, now)
+                elif self._identity_conflict(conn, study, now):
+                    pass
                 else:
                     self._not_assessable(conn, study, now, selection.unused)
             handled += 1
@@ -240,22 +309,61 @@ class StudyAssembler:
                 continue
             log.info("study %s: resubmitting revision %d after restart",
                      uid_hash(study_uid), job.revision)
+            self.db.set_submitted(study_uid, job.revision, self.clock())
             self._submit(job)
             count += 1
         return count
 
+    def restart_clocks(self) -> int:
+        """Give every collecting study a full ``stable_seconds`` from now (at start-up)."""
+        count = self.db.restart_stable_clocks(self.clock())
+        if count:
+            log.info("%d collecting stud%s: quiet-time clock restarted (downtime is not "
+                     "quiet time)", count, "y" if count == 1 else "ies")
+        return count
+
+    def resubmit_lost(self, now: float | None = None) -> int:
+        """Submit again studies handed over more than ``resubmit_after`` seconds ago and
+        not yet picked up by a worker (a broker message lost); return how many."""
+        now = self.clock() if now is None else now
+        count = 0
+        for study_uid, job_json in self.db.lost_submissions(now - self.resubmit_after):
+            try:
+                job = StudyJob.model_validate_json(job_json)
+            except ValueError:
+                continue
+            log.warning("study %s: revision %d not picked up by a worker after %g s: "
+                        "submitted again", uid_hash(study_uid), job.revision,
+                        self.resubmit_after)
+            self.db.set_submitted(study_uid, job.revision, now)
+            if self._submit(job):
+                count += 1
+        return count
+
     # --- helpers ------------------------------------------------------------------------
-    def _queue(self, conn, study_uid: str, selection: Selection, now: float) -> StudyJob:
+    def _identity_conflict(self, conn, study, now: float) -> bool:
+        """Hold the study when its instances name different patients (the check at
+        assessment: rows recorded before identities were kept are read from the spool)."""
+        rows = self.db.instances_of(conn, study["study_uid"])
+        reason = conflict(_identity(r) for r in rows)
+        if reason:
+            self._hold(conn, study, reason, now)
+        return bool(reason)
+
+    def _queue(self, conn, study_uid: str, selection: Selection,
+               now: float) -> StudyJob | None:
         study = self.db.get_study(conn, study_uid)
+        if self._identity_conflict(conn, study, now):
+            return None
         revision = int(study["revision"]) + 1
         job = build_job(study_uid, revision, selection, calling_aet=study["calling_aet"],
                         peer_host=study["peer_host"])
         conn.execute(
             "UPDATE studies SET status='queued', revision=?, queued_at=?, updated_at=?, "
-            "partial=?, missing_views=?, job_json=?, submissions=submissions+1 "
-            "WHERE study_uid=?",
+            "partial=?, missing_views=?, job_json=?, submissions=submissions+1, "
+            "submitted_at=?, submit_failed_at=NULL WHERE study_uid=?",
             (revision, now, now, int(job.partial), json.dumps(job.missing_views),
-             job.model_dump_json(), study_uid))
+             job.model_dump_json(), now, study_uid))
         if job.partial:
             log.info("study %s: queued revision %d, partial (missing %s)",
                      uid_hash(study_uid), revision, ",".join(job.missing_views))
@@ -307,6 +415,19 @@ class StudyAssembler:
         return done
 
 
+def _identity(row: InstanceRow) -> Identity | None:
+    """The stored identity of an instance; read from its file for rows recorded before
+    identities were kept (None when unreadable)."""
+    if row.identity:
+        return Identity.from_json(row.identity)
+    try:
+        import pydicom
+
+        return Identity.of(pydicom.dcmread(row.path, stop_before_pixels=True))
+    except Exception:
+        return None
+
+
 def _revision_of(job_json: str) -> int:
     try:
         return int(json.loads(job_json).get("revision", 0))
@@ -324,6 +445,11 @@ class StableTimer:
         self._thread = threading.Thread(target=self._run, name="stable-timer", daemon=True)
 
     def start(self) -> StableTimer:
+        """Restart the collecting studies' clocks (this runs at start-up), then tick."""
+        try:
+            self.assembler.restart_clocks()
+        except Exception:  # the first tick would do the checks anyway
+            log.exception("restarting the stable clocks failed")
         self._thread.start()
         return self
 
@@ -332,6 +458,7 @@ class StableTimer:
             try:
                 self.assembler.check_stable()
                 self.assembler.retry_submissions()
+                self.assembler.resubmit_lost()
             except Exception:  # keep the timer alive; the next pass retries
                 log.exception("stable-timeout check failed")
 

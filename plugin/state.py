@@ -13,6 +13,9 @@ Study life cycle (``studies.status``)::
                       \\-> failed (not assessable: nothing to classify)
     queued/processing/done/failed -> collecting   (a new screening image or dose report
                                                    arrived: re-assessed as revision + 1)
+    any -> conflicting   (its instances name different patients, or one was refused for
+                          that: never assessed as one exam, no SR; an operator must sort
+                          the study out in the PACS; see mammo_density.study.identity)
 
 ``revision`` is the revision of the latest submission; a result (or failure) of an older
 revision is kept in the error log but never overwrites the newer one.
@@ -30,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-STATUSES = ("collecting", "queued", "processing", "done", "failed")
+STATUSES = ("collecting", "queued", "processing", "done", "failed", "conflicting")
 IN_FLIGHT = ("collecting", "queued", "processing")
 
 _SCHEMA = """
@@ -49,6 +52,7 @@ CREATE TABLE IF NOT EXISTS studies (
     job_json         TEXT,
     submissions      INTEGER NOT NULL DEFAULT 0,
     submit_failed_at REAL,
+    submitted_at     REAL,
     result_json      TEXT,
     result_revision  INTEGER NOT NULL DEFAULT 0,
     last_error       TEXT NOT NULL DEFAULT ''
@@ -68,7 +72,8 @@ CREATE TABLE IF NOT EXISTS instances (
     instance_number  INTEGER,
     note             TEXT NOT NULL DEFAULT '',
     received_at      REAL NOT NULL,
-    times_received   INTEGER NOT NULL DEFAULT 1
+    times_received   INTEGER NOT NULL DEFAULT 1,
+    identity         TEXT
 );
 CREATE INDEX IF NOT EXISTS instances_study ON instances(study_uid);
 CREATE TABLE IF NOT EXISTS errors (
@@ -79,6 +84,9 @@ CREATE TABLE IF NOT EXISTS errors (
     reason    TEXT NOT NULL
 );
 """
+
+# Columns added after the first release: (table, column, declaration) for older files.
+_ADDED_COLUMNS = (("studies", "submitted_at", "REAL"), ("instances", "identity", "TEXT"))
 
 
 @dataclass(frozen=True)
@@ -99,6 +107,7 @@ class InstanceRow:
     note: str
     received_at: float
     times_received: int
+    identity: str | None = None
 
 
 class StateDB:
@@ -129,6 +138,11 @@ class StateDB:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._use() as conn:
             conn.executescript(_SCHEMA)
+            for table, column, decl in _ADDED_COLUMNS:
+                have = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+                if column not in have:
+                    with suppress(sqlite3.OperationalError):  # another process added it
+                        conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
 
     # --- connections and transactions ----------------------------------------------
     @contextmanager
@@ -196,14 +210,25 @@ class StateDB:
             self.log_error(conn, study_uid, revision, reason)
 
     # --- called by the pipeline ---------------------------------------------------------
-    def mark_processing(self, study_uid: str, revision: int) -> None:
-        """The pipeline started on ``revision`` of the study."""
+    def mark_processing(self, study_uid: str, revision: int, *,
+                        stale_after: float = 60.0) -> bool:
+        """The pipeline starts on ``revision`` of the study: claim it.
+
+        Returns True when this caller holds the claim: the revision was queued, or was
+        claimed more than ``stale_after`` seconds ago (the claiming task's hard time
+        limit) by a task presumed dead (its message redelivered). False: another copy
+        of the same task (a re-submission by the sweep while the first message still
+        existed) is on it, or the revision is finished or superseded; the caller should
+        skip it.
+        """
         now = time.time()
         with self.tx() as conn:
-            conn.execute(
+            cur = conn.execute(
                 "UPDATE studies SET status='processing', updated_at=? "
-                "WHERE study_uid=? AND revision=? AND status='queued'",
-                (now, study_uid, revision))
+                "WHERE study_uid=? AND revision=? AND (status='queued' OR "
+                "(status='processing' AND updated_at<?))",
+                (now, study_uid, revision, now - stale_after))
+            return cur.rowcount > 0
 
     def mark_done(self, study_uid: str, revision: int, result_json: str) -> None:
         """Store the result of ``revision``; it never replaces a newer revision's result."""
@@ -283,8 +308,10 @@ class StateDB:
         """Note that handing ``revision`` to the pipeline failed (None: it succeeded)."""
         now = time.time()
         with self.tx() as conn:
-            conn.execute("UPDATE studies SET submit_failed_at=? WHERE study_uid=? AND revision=?",
-                         (now if reason else None, study_uid, revision))
+            conn.execute("UPDATE studies SET submit_failed_at=?, submitted_at=COALESCE(?, "
+                         "submitted_at) WHERE study_uid=? AND revision=?",
+                         (now if reason else None, None if reason else now, study_uid,
+                          revision))
             if reason:
                 self.log_error(conn, study_uid, revision, f"submit failed: {reason}", now)
 
@@ -295,6 +322,30 @@ class StateDB:
             "NULL AND submit_failed_at IS NOT NULL AND submit_failed_at<? ORDER BY queued_at",
             (cutoff,))
         return [(r[0], r[1]) for r in rows]
+
+    def restart_stable_clocks(self, now: float) -> int:
+        """Start the quiet-time clock again for every collecting study (at start-up: the
+        time the node was down is not quiet time, the sender may have been waiting for
+        it); return how many."""
+        with self.tx() as conn:
+            return conn.execute(
+                "UPDATE studies SET last_instance_at=? WHERE status='collecting' AND "
+                "last_instance_at<?", (now, now)).rowcount
+
+    def lost_submissions(self, cutoff: float) -> list[tuple[str, str]]:
+        """(study UID, job JSON) of studies queued, handed over successfully, and not
+        picked up by a worker since before ``cutoff``: their broker message may be lost."""
+        rows = self._all(
+            "SELECT study_uid, job_json FROM studies WHERE status='queued' AND job_json IS "
+            "NOT NULL AND submit_failed_at IS NULL AND COALESCE(submitted_at, queued_at)<? "
+            "ORDER BY queued_at", (cutoff,))
+        return [(r[0], r[1]) for r in rows]
+
+    def set_submitted(self, study_uid: str, revision: int, now: float) -> None:
+        """Note when ``revision`` was last handed to the pipeline."""
+        with self.tx() as conn:
+            conn.execute("UPDATE studies SET submitted_at=? WHERE study_uid=? AND revision=?",
+                         (now, study_uid, revision))
 
     def pending_jobs(self) -> list[tuple[str, str]]:
         """(study UID, job JSON) of every study queued or processing (to resubmit)."""
@@ -311,7 +362,9 @@ def _instance(row: sqlite3.Row) -> InstanceRow:
         path=row["path"], kind=row["kind"], slot=row["slot"],
         for_presentation=bool(row["for_presentation"]), acquired=row["acquired"],
         instance_number=row["instance_number"], note=row["note"],
-        received_at=row["received_at"], times_received=row["times_received"])
+        received_at=row["received_at"], times_received=row["times_received"],
+        # (absent from an older database opened read-only, where nothing is migrated)
+        identity=row["identity"] if "identity" in row.keys() else None)  # noqa: SIM118
 
 
 def _study_dict(row: sqlite3.Row) -> dict[str, Any]:

@@ -537,6 +537,14 @@ class Pipeline:
         except Exception:
             log.exception("study %s: state %s failed", uid_hash(job.study_instance_uid), what)
 
+    def claim(self, job: StudyJob, *, stale_after: float) -> bool:
+        """Claim the job's revision in the state sink (False: another copy of the task is
+        on it, or the revision is finished or superseded). True without a state sink."""
+        if self.states is None:
+            return True
+        return bool(self.states.mark_processing(job.study_instance_uid, job.revision,
+                                                stale_after=stale_after))
+
     def already_done(self, job: StudyJob) -> bool:
         """True when the state sink shows this revision (or a newer one) done."""
         if self.states is None:

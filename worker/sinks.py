@@ -21,7 +21,11 @@ from mammo_density.result import StudyResult
 class StudyStates(Protocol):
     """Where a study's progress is recorded (``plugin.state.StateDB`` on the node)."""
 
-    def mark_processing(self, study_uid: str, revision: int) -> None: ...
+    def mark_processing(self, study_uid: str, revision: int, *,
+                        stale_after: float = 60.0) -> bool:
+        """Claim the revision; False when another task holds a claim younger than
+        ``stale_after`` seconds, or the revision is finished or superseded."""
+        ...
 
     def mark_done(self, study_uid: str, revision: int, result_json: str) -> None: ...
 

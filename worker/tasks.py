@@ -102,6 +102,20 @@ def _already_done(pipeline: Pipeline, job: StudyJob) -> bool:
         return False
 
 
+def _claim(pipeline: Pipeline, job: StudyJob) -> bool:
+    """Claim the revision in the state database (False: another copy of this task, e.g.
+    one re-submitted by the listener's sweep for a lost message, is already on it)."""
+    try:
+        # a claim older than the task's hard time limit is held by a dead task: its
+        # message is the one redelivered now (after the visibility timeout)
+        return pipeline.claim(job, stale_after=float(pipeline.settings.task_time_limit))
+    except sqlite3.OperationalError:
+        raise
+    except Exception:
+        log.exception("study %s: claim failed; going on", uid_hash(job.study_instance_uid))
+        return True
+
+
 def _skipped(job: StudyJob) -> dict[str, Any]:
     log.info("study %s revision %d already done: skipped", uid_hash(job.study_instance_uid),
              job.revision)
@@ -131,9 +145,8 @@ def _reason(stage: str, err: BaseException) -> str:
 def prepare(job_json: dict[str, Any]) -> dict[str, Any]:
     job = StudyJob.model_validate(job_json)
     pipeline = get_pipeline()
-    if _already_done(pipeline, job):
+    if _already_done(pipeline, job) or not _claim(pipeline, job):
         return _skipped(job)
-    pipeline.record_state("mark_processing", job)
     try:
         prepared = pipeline.prepare(job)
     except TRANSIENT_ERRORS:
@@ -207,7 +220,7 @@ def run(job_json: dict[str, Any]) -> dict[str, Any]:
     """The four stages in one task (one host does all)."""
     job = StudyJob.model_validate(job_json)
     pipeline = get_pipeline()
-    if _already_done(pipeline, job):
+    if _already_done(pipeline, job) or not _claim(pipeline, job):
         return _skipped(job)
     try:
         return pipeline.run(job).model_dump(mode="json")
@@ -233,10 +246,12 @@ def register(app: Celery) -> None:
 def signature_for(job: StudyJob, app: Celery):
     """The prepare -> infer -> decide -> report chain of one study."""
     job_json = job.model_dump(mode="json")
-    return chain(app.signature(task_name(prepare), args=(job_json,)),
-                 app.signature(task_name(infer)),
-                 app.signature(task_name(decide), args=(job_json,)),
-                 app.signature(task_name(report), args=(job_json,)))
+    key = f"md-{uid_hash(job.study_instance_uid)}-r{job.revision}"  # idempotent task ids
+    return chain(app.signature(task_name(prepare), args=(job_json,),
+                               task_id=f"{key}-prepare"),
+                 app.signature(task_name(infer), task_id=f"{key}-infer"),
+                 app.signature(task_name(decide), args=(job_json,), task_id=f"{key}-decide"),
+                 app.signature(task_name(report), args=(job_json,), task_id=f"{key}-report"))
 
 
 def submit(job: StudyJob, settings: Settings) -> str:

@@ -35,6 +35,9 @@ def _summary(result: dict[str, Any] | None) -> dict[str, Any] | None:
     not used with their reasons."""
     if not result:
         return None
+    if result.get("conflicting"):  # held, not assessed (mammo_density.study.identity)
+        return {"category": None, "dense": None, "partial": None, "conflicting": True,
+                "reason": result.get("reason")}
     exam = result.get("exam") or {}
     return {
         "category": exam.get("category") or exam.get("birads") or exam.get("density_class"),
@@ -175,13 +178,13 @@ def _print(data: dict[str, Any], *, as_json: bool) -> None:
     for status, rows in data["studies"].items():
         for row in rows:
             line = f"  {status:<10} {row['study_uid']}  rev {row['revision']}"
-            if row["result"]:
+            if row["result"] and not row["result"].get("conflicting"):
                 r = row["result"]
                 line += f"  category {r['category']} dense {r['dense']}"
                 line += " partial" if r["partial"] else ""
             elif row["partial"] and status in ("queued", "processing"):
                 line += "  partial (missing " + ",".join(row["missing_views"]) + ")"
-            if status == "failed" and row["last_error"]:
+            if status in ("failed", "conflicting") and row["last_error"]:
                 line += f"  {row['last_error'][:100]}"
             print(line)
             if status == "failed" and len(row["last_error"] or "") > 100:

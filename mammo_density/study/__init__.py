@@ -14,6 +14,8 @@ module             the rule
 ``selection``      which image fills each slot, and the retake order
 ``exam``           the exam combination rule (denser breast; P(dense))
 ``unused``         the record of an image not used, the same wherever it is decided
+``identity``       who an instance belongs to; when two instances may be one exam (same
+                   patient) and when a re-sent SOP Instance UID is the same instance
 =================  =====================================================================
 
 The listener, ``classify``, the pipeline, the SR, the dose code, preprocessing and the
