@@ -194,28 +194,33 @@ def test_inference_only_worker_has_no_sinks(tmp_path, model_dir):
 
 
 def test_a_task_naming_a_file_cannot_make_a_worker_read_it(tmp_path, model_dir, record):
-    """The Celery task bodies, as a worker runs them, given a message written by someone
+    """The Celery task bodies, as a worker runs them, given messages written by someone
     with access to the broker: image paths, and UIDs that try to climb out of the spool.
-    Nothing outside the worker's spool is read: no image, no SR, no state."""
+    Nothing outside the worker's spool is read, and no SR comes of it."""
     settings = _settings(tmp_path, model_dir)
-    settings.spool_dir.mkdir(parents=True)
+    jobs: list[StudyJob] = []
+    receive(settings, study_files(record), jobs.append)  # a real study, queued
     planted = tmp_path / "elsewhere.dcm"  # a readable mammogram outside the spool
     planted.write_bytes(next(im.path for im in record.images if not im.extra).read_bytes())
-    message = {"study_instance_uid": "../..", "revision": 1,
-               "images": [{"slot": "R-CC", "path": str(planted),
-                           "sop_instance_uid": str(planted.with_suffix(""))},
-                          {"slot": "L-CC", "sop_instance_uid": "../../../" + str(planted)}],
-               "other_paths": [str(planted)]}
+    forged = {"study_instance_uid": record.study_instance_uid, "revision": jobs[0].revision,
+              "images": [{"slot": "R-CC", "path": str(planted),
+                          "sop_instance_uid": str(planted.with_suffix(""))},
+                         {"slot": "L-CC", "sop_instance_uid": "../../../" + str(planted)}],
+              "other_paths": [str(planted)]}
+    unknown = dict(forged, study_instance_uid="../..")
     tasks.configure(lambda: node_pipeline(settings, owns_outbox=False))
     try:
-        payload = tasks.prepare(message)
+        # a study the node never received is not even started
+        assert tasks.prepare(unknown)["skipped"] is True
+        payload = tasks.prepare(forged)
         assert payload["arrays"] == {}
         assert set(payload["failed"]) == {"R-CC", "L-CC"}
         assert all(r == "image not found: not in the spool" for r in payload["failed"].values())
-        result = tasks.report(tasks.decide(tasks.infer(payload), message), message)
+        result = tasks.report(tasks.decide(tasks.infer(payload), forged), forged)
         assert result["assessable"] is False and result["sr"] is None
     finally:
         tasks.configure(lambda: Pipeline(settings))
-    # a forged message cannot create a study in the node's state, nor an SR
-    assert node_pipeline(settings, owns_outbox=True).states.study("../..") is None
+    states = node_pipeline(settings, owns_outbox=True).states
+    assert states.study("../..") is None
+    assert states.study(record.study_instance_uid)["status"] == "failed"
     assert list(settings.outbox_dir.glob("*.dcm")) == []
