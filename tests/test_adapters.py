@@ -99,3 +99,55 @@ def test_module_entry_point(tmp_path, capsys):
     assert main(["rsna", str(FIX / "rsna"), "--out", str(tmp_path / "m.csv")]) == 0
     assert "4 images, 1 exams" in capsys.readouterr().out
     assert main(["vindr", str(tmp_path), "--out", str(tmp_path / "x.csv")]) == 2
+
+
+def _inbreast_png_fixture(root: Path) -> Path:
+    """A tiny INbreast PNG copy: two women, one exam each (synthetic pixels)."""
+    import cv2
+    import numpy as np
+
+    img_dir = root / "public" / "images" / "inbreast"
+    img_dir.mkdir(parents=True)
+    rows = [("R", "CC", "11", "aaaa", "1"), ("R", "MLO", "12", "aaaa", "2"),
+            ("L", "CC", "21", "bbbb", "4"), ("L", "MLO", "22", "bbbb", "4"),
+            ("L", "MLO", "23", "bbbb", "")]  # unlabelled: skipped
+    yy, xx = np.mgrid[0:80, 0:65]
+    for lat, view, fid, pid, _ in rows:
+        breast = ((xx - (64 if lat == "R" else 0)) ** 2 / 40.0 ** 2
+                  + (yy - 40) ** 2 / 35.0 ** 2) < 1  # chest wall on the display side
+        img = np.where(breast, 150 + (yy % 50), 3).astype(np.uint8)
+        cv2.imwrite(str(img_dir / f"{fid}_{pid}_MG_{lat}_{view[:2]}_ANON.png"), img)
+    lines = ["Patient ID;Patient age;Laterality;View;Acquisition date;File Name;ACR;Bi-Rads"]
+    lines += [f"removed;removed;{lat};{view};201001;{fid};{acr};1"
+              for lat, view, fid, _, acr in rows]
+    (root / "INbreast.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_inbreast_png_copy_wrapped_into_dicom(tmp_path):
+    import pydicom
+
+    from mammo_density.worker.preprocess import load_model_input
+
+    root = _inbreast_png_fixture(tmp_path / "inbreast")
+    out = tmp_path / "m.csv"
+    recs = adapters.get("inbreast").convert(root, out)
+    back = read_manifest_csv(out)
+    got = {(r.patient_id, r.exam_id, r.slot): r.density for r in back}
+    assert got == {("aaaa", "aaaa-201001", "R-CC"): "A", ("aaaa", "aaaa-201001", "R-MLO"): "B",
+                   ("bbbb", "bbbb-201001", "L-CC"): "D", ("bbbb", "bbbb-201001", "L-MLO"): "D"}
+    ds = pydicom.dcmread(recs[0].path)
+    assert recs[0].path.parent == tmp_path / "inbreast-dicom"
+    assert (ds.Modality, ds.ImageLaterality, ds.ViewPosition) == ("MG", "R", "CC")
+    assert ds.PresentationIntentType == "FOR PRESENTATION"
+    assert ds.pixel_array.shape == (80, 65)
+    # 80 x 65 has the 4084 x 3328 detector's aspect: 70 um x 4084 / 80 rows
+    assert float(ds.PixelSpacing[0]) == pytest.approx(0.07 * 4084 / 80)
+    # the shared preprocessing puts the chest wall on the left for both breasts
+    for r in recs:
+        x = load_model_input(r.path, 32)
+        assert x[:, :8].mean() > x[:, -8:].mean()
+    # a second run reuses the wrapped files (same UIDs, files not rewritten)
+    mtime = recs[0].path.stat().st_mtime_ns
+    again = adapters.get("inbreast").convert(root, out)
+    assert again[0].path.stat().st_mtime_ns == mtime

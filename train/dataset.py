@@ -13,6 +13,7 @@ import hashlib
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -110,12 +111,73 @@ def compute_normalisation(records: Sequence[ImageRecord], cache: ArrayCache,
 
 def rotate(image: np.ndarray, degrees: float) -> np.ndarray:
     """Rotate about the centre, bilinear, background (0) outside."""
-    if degrees == 0:
+    return affine(image, degrees=degrees)
+
+
+def affine(image: np.ndarray, *, degrees: float = 0.0, scale: float = 1.0,
+           shift: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
+    """Rotate by ``degrees`` and zoom by ``scale`` about the centre, then shift by ``shift``
+    (x, y) pixels; bilinear, background (0) outside. Never mirrors."""
+    if degrees == 0 and scale == 1.0 and shift == (0.0, 0.0):
         return image
     h, w = image.shape
-    m = cv2.getRotationMatrix2D((w / 2 - 0.5, h / 2 - 0.5), degrees, 1.0)
+    m = cv2.getRotationMatrix2D((w / 2 - 0.5, h / 2 - 0.5), degrees, scale)
+    m[0, 2] += shift[0]
+    m[1, 2] += shift[1]
     return cv2.warpAffine(image, m, (w, h), flags=cv2.INTER_LINEAR,
                           borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
+
+
+def intensity(image: np.ndarray, *, gamma: float = 1.0, contrast: float = 1.0) -> np.ndarray:
+    """Gamma and contrast on the breast's pixels (> 0); the background stays 0.
+
+    ``gamma`` bends the [0, 1] intensities (``x ** gamma``); ``contrast`` scales them about
+    the breast's mean; results are clipped to [0, 1].
+    """
+    if gamma == 1.0 and contrast == 1.0:
+        return image
+    breast = image > 0
+    if not breast.any():
+        return image
+    out = image.astype(np.float32, copy=True)
+    vals = np.clip(out[breast], 0.0, 1.0) ** gamma
+    if contrast != 1.0:
+        mean = float(vals.mean())
+        vals = np.clip((vals - mean) * contrast + mean, 1e-4, 1.0)
+    out[breast] = vals
+    return out
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Random training augmentation of a preprocessed mammogram (no left/right flip: the
+    preprocessing has already put every chest wall on the left)."""
+
+    rotation: float = 0.0  # max |degrees|
+    scale: float = 0.0  # zoom in [1 - scale, 1 + scale]
+    translate: float = 0.0  # shift up to this share of the side, in x and y
+    gamma: float = 0.0  # gamma in [1 / (1 + gamma), 1 + gamma], log-uniform
+    contrast: float = 0.0  # factor in [1 - contrast, 1 + contrast]
+
+    @property
+    def active(self) -> bool:
+        return any(v > 0 for v in (self.rotation, self.scale, self.translate, self.gamma,
+                                   self.contrast))
+
+    def __call__(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        side = image.shape[0]
+        deg = float(rng.uniform(-self.rotation, self.rotation)) if self.rotation > 0 else 0.0
+        zoom = float(rng.uniform(1 - self.scale, 1 + self.scale)) if self.scale > 0 else 1.0
+        if self.translate > 0:
+            dx, dy = (float(v) for v in rng.uniform(-self.translate, self.translate, 2) * side)
+        else:
+            dx = dy = 0.0
+        image = affine(image, degrees=deg, scale=zoom, shift=(dx, dy))
+        g = 1.0
+        if self.gamma > 0:
+            g = float(np.exp(rng.uniform(-np.log1p(self.gamma), np.log1p(self.gamma))))
+        c = float(rng.uniform(1 - self.contrast, 1 + self.contrast)) if self.contrast > 0 else 1.0
+        return intensity(image, gamma=g, contrast=c)
 
 
 class DensityDataset(Dataset):
@@ -133,6 +195,8 @@ class DensityDataset(Dataset):
         Normalisation ``(x - mean) / std`` (recorded in the registry manifest).
     rotation
         Maximum absolute random rotation in degrees (0 for evaluation).
+    augment
+        Full random augmentation (:class:`Augment`); replaces ``rotation`` when given.
     soft_labels
         Targets are the readers' label distribution instead of one-hot.
     seed
@@ -141,12 +205,14 @@ class DensityDataset(Dataset):
 
     def __init__(self, records: Sequence[ImageRecord], cache: ArrayCache, *,
                  task: str = "birads4", mean: float = 0.0, std: float = 1.0,
-                 rotation: float = 0.0, soft_labels: bool = False, seed: int = 0) -> None:
+                 rotation: float = 0.0, soft_labels: bool = False, seed: int = 0,
+                 augment: Augment | None = None) -> None:
         self.records = list(records)
         self.cache = cache
         self.task = task
         self.mean, self.std = float(mean), float(std)
         self.rotation = float(rotation)
+        self.augment = augment
         self.soft_labels = soft_labels
         self.seed = seed
         self.epoch = 0
@@ -163,7 +229,9 @@ class DensityDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         r = self.records[index]
         img = self.cache.load(r.path)
-        if self.rotation > 0:
+        if self.augment is not None and self.augment.active:
+            img = self.augment(img, np.random.default_rng((self.seed, self.epoch, index)))
+        elif self.rotation > 0:
             rng = np.random.default_rng((self.seed, self.epoch, index))
             img = rotate(img, float(rng.uniform(-self.rotation, self.rotation)))
         x = torch.from_numpy((img - self.mean) / self.std).float().unsqueeze(0)

@@ -25,27 +25,33 @@ def _batches(items: Sequence, n: int):
 
 
 def load_checkpoint_models(run_dir: Path, *, which: str = "best") -> dict[str, tuple]:
-    """``{slot: (model in eval mode, checkpoint dict)}`` from ``run_dir/<slot>/<which>.pth``."""
+    """``{slot: (model in eval mode, checkpoint dict)}`` from ``run_dir/<unit>/<which>.pth``.
+
+    A per-view run has one folder per view slot; a shared network (``run_dir/shared/``)
+    serves every slot its checkpoint names (the same model object for each).
+    """
     import torch
 
     from mammo_density.study.slots import SLOTS
     from mammo_density.train.data import TASKS
-    from mammo_density.train.model import DensityResNet
+    from mammo_density.train.model import build_network
 
     out = {}
-    for slot in SLOTS:
-        path = Path(run_dir) / slot / f"{which}.pth"
+    for unit in ("shared", *SLOTS):
+        path = Path(run_dir) / unit / f"{which}.pth"
         if not path.exists():
             continue
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
         a = ckpt["args"]
-        model = DensityResNet(num_classes=len(TASKS[a["task"]]), width=a["width"],
+        model = build_network(a.get("arch") or "density-resnet",
+                              num_classes=len(TASKS[a["task"]]), width=a["width"],
                               dropout=a.get("dropout", 0.0))
         model.load_state_dict(ckpt["model"])
         model.eval()
-        out[slot] = (model, ckpt)
+        for slot in ckpt.get("slots") or [unit]:
+            out.setdefault(slot, (model, ckpt))
     if not out:
-        raise FileNotFoundError(f"no {which}.pth under {run_dir}/<view>/")
+        raise FileNotFoundError(f"no {which}.pth under {run_dir}/<view or shared>/")
     return out
 
 
@@ -67,10 +73,12 @@ def predict_checkpoints(run_dir: Path, records: Sequence[ImageRecord], *,
     for slot, (model, ckpt) in models.items():
         recs = [r for r in records if r.slot == slot]
         m, s = ckpt["normalisation"]["mean"], ckpt["normalisation"]["std"]
+        t = float(ckpt.get("temperature", 1.0))
         for chunk in _batches(recs, batch_size):
             x = np.stack([(cache.load(r.path) - m) / s for r in chunk])[:, None]
             with torch.no_grad():
-                p = torch.softmax(model(torch.from_numpy(x.astype(np.float32))), 1).numpy()
+                logits = model(torch.from_numpy(x.astype(np.float32)))
+                p = torch.softmax(logits / t, 1).numpy()
             preds.extend(_to_preds(chunk, p))
     missing = {r.slot for r in records} - set(models)
     if missing:

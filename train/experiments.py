@@ -22,7 +22,7 @@ TABLE_LEVELS = (("right breast", "breast:R"), ("left breast", "breast:L"),
 
 def parse_range(text: str) -> list[int]:
     """``"250:850:100"`` -> [250, 350, ..., 850] (stop included); ``"250,650"`` -> list."""
-    if "," in text:
+    if "," in text or ":" not in text:
         return [int(x) for x in text.split(",") if x.strip()]
     parts = [int(x) for x in text.split(":")]
     if len(parts) != 3 or parts[2] <= 0 or parts[0] > parts[1]:
@@ -30,7 +30,7 @@ def parse_range(text: str) -> list[int]:
     return list(range(parts[0], parts[1] + 1, parts[2]))
 
 
-def _train_and_score(args: argparse.Namespace, split: str) -> dict:
+def _train_and_score(args: argparse.Namespace, split: str) -> tuple[dict, list]:
     from mammo_density.train.train import load_records, main
 
     rc = main(args)
@@ -41,7 +41,7 @@ def _train_and_score(args: argparse.Namespace, split: str) -> dict:
                                    cache_dir=args.cache_dir or Path(args.out) / "cache")
     result = evaluate_predictions(preds, args.task)
     write_report(result, Path(args.out) / f"eval-{split}", png_levels=("exam",))
-    return result
+    return result, preds
 
 
 def input_size_sweep(args: argparse.Namespace, sizes: list[int]) -> int:
@@ -53,7 +53,7 @@ def input_size_sweep(args: argparse.Namespace, sizes: list[int]) -> int:
         a.input_size, a.out, a.view = size, base / f"size-{size}", "all"
         if args.cache_dir:
             a.cache_dir = Path(args.cache_dir)
-        results[size] = _train_and_score(a, args.eval_split)
+        results[size] = _train_and_score(a, args.eval_split)[0]
     lines = ["| input | " + " | ".join(str(s) for s in sizes) + " |",
              "|---|" + "---|" * len(sizes)]
     for label, level in TABLE_LEVELS:
@@ -67,27 +67,163 @@ def input_size_sweep(args: argparse.Namespace, sizes: list[int]) -> int:
     return 0
 
 
-def cross_validate(args: argparse.Namespace, k: int) -> int:
-    """K patient-level folds: train on K-1 (val carved out), test on the held-out fold."""
+CV_LEVELS = ("image", "breast", "breast:R", "breast:L", "exam")
+CV_METRICS = ("accuracy", "kappa_linear", "kappa_quadratic", "dense_accuracy", "dense_auc")
+
+
+def summarise_folds(per_fold: list[dict], pooled: dict | None = None) -> dict:
+    """Mean and sample sd over folds per level and metric; pooled recall and confusion."""
+    summary: dict[str, dict[str, object]] = {}
+    for level in CV_LEVELS:
+        rows = [f["levels"][level] for f in per_fold if level in f["levels"]]
+        if not rows:
+            continue
+        entry: dict[str, object] = {}
+        for metric in CV_METRICS:
+            vals = np.array([r.get(metric, np.nan) for r in rows], dtype=float)
+            entry[metric] = float(np.nanmean(vals)) if np.isfinite(vals).any() else None
+            entry[f"{metric}_std"] = (float(np.nanstd(vals, ddof=1))
+                                      if np.isfinite(vals).sum() > 1 else 0.0)
+        if pooled and level in pooled["levels"]:
+            entry["recall"] = pooled["levels"][level]["recall"]
+            entry["confusion"] = pooled["levels"][level]["confusion"]
+            entry["n"] = pooled["levels"][level]["n"]
+        summary[level] = entry
+    return summary
+
+
+def fold_records(args: argparse.Namespace, k: int, fold: int) -> list[mdata.ImageRecord]:
+    """The manifest's records with the splits of ``fold``: test = held-out patients,
+    val = the inner validation patients (``--val-fraction``), train = the rest."""
+    from mammo_density.train.recipes import apply_recipe
+    from mammo_density.train.train import load_records
+
+    a = copy.copy(args)
+    a.folds, a.fold = k, fold
+    apply_recipe(a)
+    return load_records(a)
+
+
+def cross_validate(args: argparse.Namespace, k: int, *, baselines: bool = True) -> int:
+    """K patient-level folds: train on K-1 (val carved out), test on the held-out fold.
+
+    The baselines (majority class; hand-made features + logistic regression) are scored
+    on the same folds and the same validation patients, so ``OUT/cv.json`` holds one row
+    per method: mean and sample sd over folds (image, breast, exam), pooled recall and
+    confusion over the out-of-fold predictions, wall time.
+    """
+    import time
+
+    from mammo_density.train.dataset import ArrayCache
+
     base = Path(args.out)
     records = mdata.screening_records(mdata.read_manifest_csv(args.manifest))
     mdata.kfold_patients(records, k, seed=args.split_seed)  # validates k early
-    per_fold = []
+    cache_dir = Path(args.cache_dir) if args.cache_dir else base / "cache"
+    per_fold: list[dict] = []
+    oof: dict[str, list] = {"cnn": [], "majority": [], "features+LR": []}
+    base_folds: dict[str, list[dict]] = {"majority": [], "features+LR": []}
+    seconds = {"cnn": 0.0, "majority": 0.0, "features+LR": 0.0}
+    features: dict = {}
+    fold_args = []
     for fold in range(k):
         a = copy.copy(args)
         a.folds, a.fold, a.out, a.view = k, fold, base / f"fold-{fold}", "all"
-        a.cache_dir = Path(args.cache_dir) if args.cache_dir else base / "cache"
-        per_fold.append(_train_and_score(a, "test"))
-    summary: dict[str, dict[str, float]] = {}
-    for level in ("breast:R", "breast:L", "exam"):
-        for metric in ("accuracy", "kappa_linear", "dense_accuracy", "dense_auc"):
-            vals = np.array([f["levels"][level][metric] for f in per_fold], dtype=float)
-            summary.setdefault(level, {})[metric] = float(np.nanmean(vals))
-            summary[level][f"{metric}_std"] = float(np.nanstd(vals, ddof=1)) if k > 1 else 0.0
-    (base / "cv.json").write_text(json.dumps({"k": k, "summary": summary,
-                                              "folds": per_fold}, indent=2) + "\n")
-    for level, m in summary.items():
-        print(f"{level:<10} accuracy {100 * m['accuracy']:.1f}% +- "
-              f"{100 * m['accuracy_std']:.1f}  kappa {m['kappa_linear']:.3f} +- "
-              f"{m['kappa_linear_std']:.3f}")
+        a.cache_dir = cache_dir
+        if hasattr(a, "func"):
+            del a.func  # the CLI's handler: not needed (nor picklable) in fold workers
+        fold_args.append(a)
+    t0 = time.perf_counter()
+    workers = min(int(getattr(args, "fold_workers", 1) or 1), k)
+    if workers > 1:
+        # Folds in parallel processes (one torch thread each): on a small shared CPU this
+        # beats one process with several threads, whose threads wait on each other.
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+            outcomes = list(pool.map(_fold_worker, fold_args))
+    else:
+        outcomes = [_train_and_score(a, "test") for a in fold_args]
+    seconds["cnn"] = time.perf_counter() - t0
+    for fold, (a, (result, preds)) in enumerate(zip(fold_args, outcomes, strict=True)):
+        per_fold.append(result)
+        oof["cnn"] += preds
+        if baselines:
+            from mammo_density.train import baselines as bl
+
+            recs = fold_records(a, k, fold)
+            tr = [r for r in recs if r.split == "train"]
+            va = [r for r in recs if r.split == "val"]
+            te = [r for r in recs if r.split == "test"]
+            t0 = time.perf_counter()
+            p = bl.majority_class(tr + va, te, args.task)
+            seconds["majority"] += time.perf_counter() - t0
+            oof["majority"] += p
+            base_folds["majority"].append(evaluate_predictions(p, args.task, n_boot=0))
+            t0 = time.perf_counter()
+            p, info = bl.features_logistic(tr, va, te, ArrayCache(cache_dir, args.input_size),
+                                           task=args.task, features=features)
+            seconds["features+LR"] += time.perf_counter() - t0
+            oof["features+LR"] += p
+            result = evaluate_predictions(p, args.task, n_boot=0)
+            result["model"] = info
+            base_folds["features+LR"].append(result)
+    rows: dict[str, dict] = {}
+    for name, folds in (("cnn", per_fold), *base_folds.items()):
+        if not folds:
+            continue
+        pooled = evaluate_predictions(oof[name], args.task, n_boot=0)
+        write_report(pooled, base / f"pooled-{name.replace('+', '-')}",
+                     png_levels=("image", "breast", "exam"))
+        rows[name] = {"summary": summarise_folds(folds, pooled), "seconds": round(
+            seconds[name], 1), "folds": [{lv: {m: f["levels"][lv].get(m) for m in CV_METRICS}
+                                          for lv in CV_LEVELS if lv in f["levels"]}
+                                         for f in folds]}
+    summary = rows["cnn"]["summary"]
+    (base / "cv.json").write_text(json.dumps({
+        "k": k, "split_seed": args.split_seed, "manifest": str(args.manifest),
+        "input_size": args.input_size, "recipe": getattr(args, "recipe", None),
+        "rows": rows, "summary": summary, "folds": per_fold}, indent=2, default=_json) + "\n")
+    print(format_cv_table(rows))
     return 0
+
+
+def _fold_worker(a: argparse.Namespace) -> tuple[dict, list]:
+    import torch
+
+    from mammo_density.logsetup import configure_logging
+
+    configure_logging(0)
+    torch.set_num_threads(max(1, int(a.threads or 1)))
+    return _train_and_score(a, "test")
+
+
+def _json(o: object) -> object:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(type(o).__name__)
+
+
+def format_cv_table(rows: dict[str, dict], levels: tuple[str, ...] = ("image", "breast",
+                                                                       "exam")) -> str:
+    """Markdown: one line per (method, level): accuracy +- sd, kappas, recall per class."""
+    lines = ["| method | level | accuracy % (sd) | kappa linear (sd) | kappa quadratic | "
+             "recall per class | dense/non-dense % |", "|---|---|---|---|---|---|---|"]
+    for name, row in rows.items():
+        for level in levels:
+            e = row["summary"].get(level)
+            if not e:
+                continue
+            rec = e.get("recall") or {}
+            rec_s = " ".join(f"{c} {v:.2f}" if v is not None else f"{c} -"
+                             for c, v in rec.items())
+            kq = e.get("kappa_quadratic")
+            lines.append(
+                f"| {name} | {level} | {100 * e['accuracy']:.1f} ({100 * e['accuracy_std']:.1f})"
+                f" | {e['kappa_linear']:.3f} ({e['kappa_linear_std']:.3f}) | "
+                f"{kq:.3f} | {rec_s} | {100 * e['dense_accuracy']:.1f} |"
+                if kq is not None else f"| {name} | {level} | - | - | - | {rec_s} | - |")
+    return "\n".join(lines)

@@ -50,7 +50,8 @@ def export_onnx(model: nn.Module, path: Path, input_size: int, *, opset: int = 1
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    wrapped = WithSoftmax(model).eval().cpu()
+    wrapped = (model if getattr(model, "outputs_probabilities", False)
+               else WithSoftmax(model)).eval().cpu()
     dummy = torch.zeros(1, 1, input_size, input_size)
     torch.onnx.export(
         wrapped, (dummy,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
@@ -79,6 +80,27 @@ def export_onnx(model: nn.Module, path: Path, input_size: int, *, opset: int = 1
                                 f"> {limit:.0e}")
     log.info("exported %s (parity %.2e)", path.name, diff)
     return diff
+
+
+def time_onnx(path: Path, input_size: int, *, runs: int = 10, threads: int = 1) -> float:
+    """Median milliseconds of one image (batch 1) through ONNX Runtime on the CPU."""
+    import time
+
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(path), sess_options=opts,
+                                   providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).random((1, 1, input_size, input_size), dtype=np.float32)
+    name = session.get_inputs()[0].name
+    session.run(None, {name: x})
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        session.run(None, {name: x})
+        times.append((time.perf_counter() - t0) * 1000.0)
+    return round(float(np.median(times)), 2)
 
 
 def _toposort(graph) -> None:
@@ -122,22 +144,36 @@ def write_registry_entry(
 ) -> ModelManifest:
     """Export one network per view (slot -> module) and write the manifest.
 
-    Returns the manifest written to ``out_dir/manifest.json``; the parity of every file
-    is recorded in ``metrics["export_parity_max_abs_diff"]``.
+    One module serving several slots (a network shared across views) is written once, as
+    ``shared.onnx``, and named for each of its slots. Returns the manifest written to
+    ``out_dir/manifest.json``; the parity of every file is recorded in
+    ``metrics["export_parity_max_abs_diff"]`` and its ONNX Runtime CPU time per image in
+    ``metrics["inference_ms_per_image"]``.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     views: dict[str, str] = {}
     hashes: dict[str, str] = {}
     parity: dict[str, float] = {}
+    timing: dict[str, float] = {}
+    done: dict[int, str] = {}
+    users: dict[int, int] = {}
+    for model in models.values():
+        users[id(model)] = users.get(id(model), 0) + 1
     for slot, model in models.items():
-        filename = f"{slot}.onnx"
-        parity[slot] = export_onnx(model, out_dir / filename, input_size, fp16=fp16,
-                                   opset=opset)
-        views[slot] = filename
+        if id(model) in done:
+            views[slot] = done[id(model)]
+            continue
+        filename = "shared.onnx" if users[id(model)] > 1 else f"{slot}.onnx"
+        key = filename[:-len(".onnx")]
+        parity[key] = export_onnx(model, out_dir / filename, input_size, fp16=fp16,
+                                  opset=opset)
+        timing[key] = time_onnx(out_dir / filename, input_size)
+        views[slot] = done[id(model)] = filename
         hashes[filename] = sha256_file(out_dir / filename)
     all_metrics = dict(metrics or {})
     all_metrics["export_parity_max_abs_diff"] = parity
+    all_metrics["inference_ms_per_image"] = timing
     manifest = ModelManifest(
         name=name, version=version, task=task, classes=TASK_CLASSES[task], views=views,
         input_size=input_size, preprocessing_version=preprocessing_version,
@@ -181,18 +217,19 @@ def export_run(run_dir: Path, out_dir: Path, *, name: str, version: str,
     first = next(iter(models.values()))[1]
     a = first["args"]
     model0 = next(iter(models.values()))[0]
-    from mammo_density.train.model import count_conv_layers, count_residual_blocks
-
-    architecture = {"type": "DensityResNet", "width": int(a["width"]),
-                    "conv_layers": count_conv_layers(model0),
-                    "residual_blocks": count_residual_blocks(model0),
-                    "activation": "LeakyReLU", "output": "softmax"}
+    architecture = _architecture(a, model0, network="shared" if len(
+        {id(m) for m, _ in models.values()}) < len(models) else "per-view")
     all_metrics = dict(metrics or {})
     all_metrics["validation_accuracy"] = {slot: round(float(c["best_acc"]), 4)
                                           for slot, (_, c) in models.items()}
+    temps = {slot: round(float(c.get("temperature", 1.0)), 4) for slot, (_, c) in models.items()}
+    if any(t != 1.0 for t in temps.values()):
+        all_metrics["temperature"] = temps
+        all_metrics["calibration"] = {slot: c.get("calibration") for slot, (_, c)
+                                      in models.items()}
     all_metrics["best_epoch"] = {slot: int(c["best_epoch"]) for slot, (_, c) in models.items()}
     manifest = write_registry_entry(
-        out_dir, {slot: m for slot, (m, _) in models.items()}, name=name, version=version,
+        out_dir, _wrapped_views(models), name=name, version=version,
         task=a["task"], input_size=int(a["input_size"]),
         preprocessing_version=PREPROCESSING_VERSION,
         training_data=training_data or f"manifest {Path(a['manifest']).name}",
@@ -204,4 +241,122 @@ def export_run(run_dir: Path, out_dir: Path, *, name: str, version: str,
     from mammo_density.train.model_card import write_card
 
     write_card(out_dir, manifest, evaluation, a)
+    return manifest
+
+
+def _architecture(a: dict, model: nn.Module, *, network: str, members: int = 1) -> dict:
+    from mammo_density.train.model import count_conv_layers, count_residual_blocks
+
+    arch = a.get("arch") or "density-resnet"
+    out: dict[str, object] = {
+        "type": "DensityResNet" if arch == "density-resnet" else "ResNet18",
+        "conv_layers": count_conv_layers(model),
+        "residual_blocks": count_residual_blocks(model) if arch == "density-resnet" else 8,
+        "activation": "LeakyReLU" if arch == "density-resnet" else "ReLU",
+        "output": "softmax", "network": network}
+    if arch == "density-resnet":
+        out["width"] = int(a["width"])
+    if members > 1:
+        out["ensemble"] = f"mean of {members} fold models' probabilities"
+        out["members"] = members
+    return out
+
+
+def _wrapped_views(models: Mapping[str, tuple[nn.Module, dict]]) -> dict[str, nn.Module]:
+    """slot -> network with its temperature; a network shared by slots stays one object."""
+    cache: dict[int, nn.Module] = {}
+    return {slot: cache.setdefault(id(m), _with_temperature(m, c))
+            for slot, (m, c) in models.items()}
+
+
+def _with_temperature(model: nn.Module, ckpt: dict) -> nn.Module:
+    """The network with its calibration temperature folded into the exported softmax."""
+    t = float(ckpt.get("temperature", 1.0))
+    if t == 1.0:
+        return model
+    from mammo_density.train.model import WithSoftmax
+
+    wrapped = WithSoftmax(model, t)
+    wrapped.outputs_probabilities = True  # type: ignore[attr-defined]
+    return wrapped
+
+
+def fold_dirs(cv_dir: Path) -> list[Path]:
+    """``cv_dir/fold-<i>`` folders in fold order."""
+    dirs = [p for p in Path(cv_dir).glob("fold-*") if p.is_dir()]
+    return sorted(dirs, key=lambda p: int(p.name.split("-")[1]))
+
+
+def export_cv(cv_dir: Path, out_dir: Path, *, name: str, version: str,
+              which: str = "best", training_data: str = "", intended_use: str = "",
+              not_for_clinical_use: bool = False, commands: list[str] | None = None,
+              fp16: bool = False, opset: int = 17,
+              cv_report: dict | None = None) -> ModelManifest:
+    """Export the K fold models of ``train --cv K`` together as one registry entry.
+
+    Each view's file outputs the mean of the fold models' probabilities (each with its own
+    normalisation and calibration temperature inside the graph, so the manifest's
+    normalisation is the identity). A shared network gives one file for all views. The
+    cross-validation table (``cv_dir/cv.json``, or ``cv_report``: rows of the CNN and of
+    the baselines on the same folds) goes into the manifest's metrics and the model card.
+    """
+    import json
+
+    from mammo_density.train.evaluation import load_checkpoint_models
+    from mammo_density.train.model import Ensemble
+    from mammo_density.worker.preprocess import PREPROCESSING_VERSION
+
+    folds = fold_dirs(cv_dir)
+    if not folds:
+        raise FileNotFoundError(f"no fold-<i>/ folders under {cv_dir} (run train --cv K)")
+    per_fold = [load_checkpoint_models(f, which=which) for f in folds]
+    first_ckpt = next(iter(per_fold[0].values()))[1]
+    a = first_ckpt["args"]
+    keys = {(c["args"]["task"], int(c["args"]["input_size"]), c.get("preprocessing_version"))
+            for m in per_fold for _, c in m.values()}
+    if len(keys) != 1:
+        raise ValueError(f"the fold models disagree on task/size/preprocessing: {sorted(keys)}")
+    if first_ckpt.get("preprocessing_version") != PREPROCESSING_VERSION:
+        raise ValueError(f"fold models were trained on preprocessing "
+                         f"{first_ckpt.get('preprocessing_version')}, the installed "
+                         f"preprocessing is {PREPROCESSING_VERSION}: retrain")
+    slots = sorted(set.intersection(*(set(m) for m in per_fold)),
+                   key=lambda s: ("R-CC", "L-CC", "R-MLO", "L-MLO").index(s))
+    ensembles: dict[str, nn.Module] = {}
+    by_members: dict[tuple[int, ...], nn.Module] = {}
+    for slot in slots:
+        members = [m[slot] for m in per_fold]
+        key = tuple(id(model) for model, _ in members)
+        if key not in by_members:
+            by_members[key] = Ensemble(
+                [model for model, _ in members],
+                [(c["normalisation"]["mean"], c["normalisation"]["std"]) for _, c in members],
+                [float(c.get("temperature", 1.0)) for _, c in members])
+            by_members[key].outputs_probabilities = True  # type: ignore[attr-defined]
+        ensembles[slot] = by_members[key]
+    network = "shared" if len(by_members) < len(slots) else "per-view"
+    architecture = _architecture(a, per_fold[0][slots[0]][0], network=network,
+                                 members=len(folds))
+    report = cv_report
+    if report is None and (Path(cv_dir) / "cv.json").exists():
+        report = json.loads((Path(cv_dir) / "cv.json").read_text())
+    metrics: dict[str, object] = {
+        "temperature": [float(m[slots[0]][1].get("temperature", 1.0)) for m in per_fold],
+        "calibration": [m[slots[0]][1].get("calibration") for m in per_fold]}
+    if report:
+        metrics["cross_validation"] = {
+            "k": report.get("k"), "split_seed": report.get("split_seed"),
+            "input_size": report.get("input_size"),
+            "rows": {n: {"summary": r["summary"], "seconds": r.get("seconds")}
+                     for n, r in report.get("rows", {}).items()}}
+    manifest = write_registry_entry(
+        out_dir, ensembles, name=name, version=version, task=a["task"],
+        input_size=int(a["input_size"]), preprocessing_version=PREPROCESSING_VERSION,
+        training_data=training_data or f"manifest {Path(a['manifest']).name}",
+        normalisation=Normalisation(), metrics=metrics, intended_use=intended_use,
+        not_for_clinical_use=not_for_clinical_use, architecture=architecture,
+        commands=commands, fp16=fp16, opset=opset)
+    from mammo_density.train.model_card import write_card
+
+    write_card(out_dir, manifest, None, a)
     return manifest

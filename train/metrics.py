@@ -3,7 +3,7 @@
 Input: one :class:`Prediction` per image (exam, laterality, view, class probabilities,
 true density). Levels (docs/method.md, "From views to an exam"):
 
-- ``view:<slot>``: each view's network alone.
+- ``view:<slot>``: each view's network alone; ``image``: all images pooled.
 - ``breast:R`` / ``breast:L`` / ``breast``: mean of the breast's views' probabilities
   (the method's "right breast" / "left breast" rows); ground truth = the breast's label.
 - ``exam``: the method's "all views" row, by the deployed exam rule: the functions of
@@ -136,6 +136,7 @@ def build_levels(preds: Iterable[Prediction], task: str) -> dict[str, LevelData]
     by_breast: dict[tuple[str, str], list[Prediction]] = defaultdict(list)
     for p in preds:
         add(f"view:{p.slot}", p.density, p.probs, p.exam_id)
+        add("image", p.density, p.probs, p.exam_id)
         by_breast[(p.exam_id, p.laterality)].append(p)
 
     breast_out: dict[str, dict[str, tuple[np.ndarray, str]]] = defaultdict(dict)
@@ -185,6 +186,7 @@ def _stats(d: LevelData, task: str, idx: np.ndarray | None = None) -> dict[str, 
     return {
         "accuracy": accuracy(t, p),
         "kappa_linear": kappa_linear(t, p, n),
+        "kappa_quadratic": cohen_kappa(t, p, n, weights="quadratic") if len(t) else float("nan"),
         "dense_accuracy": accuracy(d.dense_true[idx], dense_pred),
         "dense_auc": roc_auc(d.dense_true[idx], d.dense_score[idx]),
     }
@@ -219,7 +221,8 @@ def evaluate_predictions(preds: Iterable[Prediction], task: str = "birads4", *,
     out: dict[str, object] = {"task": task, "classes": classes,
                               "exams": len({p.exam_id for p in preds}),
                               "images": len(preds), "levels": {}}
-    order = [f"view:{s}" for s in SLOT_ORDER] + ["breast:R", "breast:L", "breast", "exam"]
+    order = [f"view:{s}" for s in SLOT_ORDER] + ["image", "breast:R", "breast:L", "breast",
+                                                 "exam"]
     for level in [lv for lv in order if lv in levels]:
         d = levels[level]
         conf = confusion(d.y_true, d.y_pred, len(classes))

@@ -10,6 +10,8 @@ ONNX file outputs scores that sum to 1 like the method's last layer.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -114,15 +116,176 @@ class DensityResNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-class WithSoftmax(nn.Module):
-    """Wraps a classifier so that it outputs probabilities (used for ONNX export)."""
+class BasicBlock(nn.Module):
+    """torchvision's ResNet basic block (two 3x3 convolutions), same parameter names."""
 
-    def __init__(self, model: nn.Module) -> None:
+    expansion = 1
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int = 1) -> None:
         super().__init__()
-        self.model = model
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_ch)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_ch)
+        self.downsample: nn.Module | None = None
+        if stride != 1 or in_ch != out_ch:
+            self.downsample = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride=stride,
+                                                      bias=False), nn.BatchNorm2d(out_ch))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.model(x), dim=1)
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+class ResNet18(nn.Module):
+    """ResNet-18 with torchvision's module names (``conv1``, ``layer1``..``layer4``, ``fc``).
+
+    A torchvision / timm ``resnet18`` state dict loads into it by key
+    (:func:`load_init_weights`; the RGB stem is summed to one grey channel).
+    """
+
+    def __init__(self, *, num_classes: int = 4, in_chans: int = 1, dropout: float = 0.0,
+                 base: int = 64) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.conv1 = nn.Conv2d(in_chans, base, 7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(base)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        in_ch = base
+        for i in range(4):
+            out_ch = base * 2 ** i
+            stride = 1 if i == 0 else 2
+            setattr(self, f"layer{i + 1}", nn.Sequential(BasicBlock(in_ch, out_ch, stride),
+                                                         BasicBlock(out_ch, out_ch)))
+            in_ch = out_ch
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.fc = nn.Linear(in_ch, num_classes)
+        self.num_features = in_ch
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(self.dropout(torch.flatten(self.avgpool(x), 1)))
+
+
+def build_network(arch: str = "density-resnet", *, num_classes: int = 4, width: int = 16,
+                  dropout: float = 0.0) -> nn.Module:
+    """The network named ``arch`` (``density-resnet``: the method's; ``resnet18``)."""
+    if arch == "density-resnet":
+        return DensityResNet(num_classes=num_classes, width=width, dropout=dropout)
+    if arch == "resnet18":
+        return ResNet18(num_classes=num_classes, dropout=dropout)
+    raise ValueError(f"unknown architecture {arch!r}")
+
+
+_PREFIXES = ("module.", "model.", "backbone.", "encoder.")
+
+
+def load_init_weights(model: nn.Module, path: str | Path) -> dict[str, int]:
+    """Load weights a site brings into ``model`` by key and shape; returns the counts.
+
+    ``path`` holds a state dict, or a checkpoint with one under ``model`` / ``state_dict``
+    (an earlier run of this project, a torchvision or timm ResNet). Wrapper prefixes
+    (``module.``, ``model.``, ...) are stripped; a 3-channel (RGB) first convolution is
+    summed to the model's one grey channel; tensors whose shape differs (e.g. a classifier
+    head with another number of classes) are skipped and stay freshly initialised. Raises
+    ``ValueError`` when no tensor matches (the wrong architecture).
+    """
+    obj = torch.load(Path(path), map_location="cpu", weights_only=False)
+    if isinstance(obj, dict):
+        for key in ("model", "state_dict", "model_state_dict"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: no state dict inside")
+    own = model.state_dict()
+    loaded: dict[str, torch.Tensor] = {}
+    skipped = 0
+    for key, value in obj.items():
+        if not isinstance(value, torch.Tensor):
+            continue
+        name = key
+        for prefix in _PREFIXES:
+            if name.startswith(prefix) and name[len(prefix):] in own:
+                name = name[len(prefix):]
+        target = own.get(name)
+        if target is None:
+            skipped += 1
+            continue
+        if (value.ndim == 4 and target.ndim == 4 and value.shape[1] == 3
+                and target.shape[1] == 1 and value.shape[0] == target.shape[0]):
+            value = value.sum(1, keepdim=True)  # RGB stem -> grey
+        if value.shape != target.shape:
+            skipped += 1
+            continue
+        loaded[name] = value.to(target.dtype)
+    if not loaded:
+        raise ValueError(f"{path}: none of its {len(obj)} tensors match the model's keys and "
+                         "shapes (another architecture? see --arch)")
+    own.update(loaded)
+    model.load_state_dict(own)
+    return {"loaded": len(loaded), "skipped": skipped, "model_tensors": len(own)}
+
+
+class WithSoftmax(nn.Module):
+    """Wraps a classifier so that it outputs probabilities (used for ONNX export).
+
+    ``temperature`` (from calibration) divides the logits before the softmax.
+    """
+
+    def __init__(self, model: nn.Module, temperature: float = 1.0) -> None:
+        super().__init__()
+        self.model = model
+        self.temperature = float(temperature)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.model(x)
+        if self.temperature != 1.0:
+            logits = logits / self.temperature
+        return torch.softmax(logits, dim=1)
+
+
+class Ensemble(nn.Module):
+    """Mean of several networks' probabilities (the K fold models of a cross-validation).
+
+    Each member keeps its own input normalisation and temperature: the input is the
+    preprocessed image in [0, 1] mapped by ``(x - mean) / std`` of the registry manifest;
+    each member undoes that and applies its own training normalisation.
+    """
+
+    def __init__(self, members: list[nn.Module], normalisations: list[tuple[float, float]],
+                 temperatures: list[float], *, input_mean: float = 0.0,
+                 input_std: float = 1.0) -> None:
+        super().__init__()
+        if not members or not len(members) == len(normalisations) == len(temperatures):
+            raise ValueError("an ensemble needs members with one normalisation and one "
+                             "temperature each")
+        self.members = nn.ModuleList(members)
+        self.norms = [(float(m), float(s)) for m, s in normalisations]
+        self.temperatures = [float(t) for t in temperatures]
+        self.input_mean, self.input_std = float(input_mean), float(input_std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raw = x * self.input_std + self.input_mean
+        total = None
+        for model, (mean, std), t in zip(self.members, self.norms, self.temperatures,
+                                         strict=True):
+            p = torch.softmax(model((raw - mean) / std) / t, dim=1)
+            total = p if total is None else total + p
+        assert total is not None
+        return total / len(self.members)
 
 
 def count_conv_layers(model: nn.Module) -> int:

@@ -19,16 +19,19 @@ def render(manifest: ModelManifest, evaluation: dict | None = None,
     m = manifest
     lines = [f"# {m.name} {m.version}", ""]
     if m.not_for_clinical_use:
-        lines += ["**NOT FOR CLINICAL USE.** Trained on synthetic images only; its outputs "
-                  "say nothing about real patients.", ""]
+        lines += ["**NOT FOR CLINICAL USE.** " + (
+            "Trained on synthetic images only; its outputs say nothing about real patients."
+            if _synthetic(m) else "A research model from a small development set; not "
+            "validated for any clinical decision."), ""]
     lines += [
         "## What it is",
-        f"- Task: `{m.task}` (classes {', '.join(m.classes)}); one network per view "
-        f"({', '.join(m.views)}), combined by the method's rules at inference.",
+        f"- Task: `{m.task}` (classes {', '.join(m.classes)}); {_networks(m)}, "
+        "combined by the method's rules at inference.",
         f"- Architecture: {m.architecture.get('type', '?')}, "
         f"{m.architecture.get('conv_layers', '?')} convolutional layers in "
         f"{m.architecture.get('residual_blocks', '?')} residual blocks, width "
-        f"{m.architecture.get('width', '?')}, LeakyReLU, softmax output.",
+        f"{m.architecture.get('width', '-')}, {m.architecture.get('activation', 'LeakyReLU')}, "
+        "softmax output.",
         f"- Input: {m.input_size} x {m.input_size} px from preprocessing "
         f"`{m.preprocessing_version}`, then (x - {m.normalisation.mean:.5f}) / "
         f"{m.normalisation.std:.5f}. ONNX input `{m.input_name}`, output `{m.output_name}`.",
@@ -36,9 +39,11 @@ def render(manifest: ModelManifest, evaluation: dict | None = None,
         "", "## Training data", f"{m.training_data}", "",
     ]
     if training:
-        keys = ("task", "input_size", "width", "optimizer", "lr", "momentum", "weight_decay",
-                "batch_size", "epochs", "lr_factor", "lr_patience", "rotation",
-                "val_fraction", "split_seed", "seed")
+        keys = ("recipe", "network", "arch", "init_from", "task", "input_size", "width",
+                "optimizer", "lr", "momentum", "weight_decay", "scheduler", "batch_size",
+                "epochs", "lr_factor", "lr_patience", "loss", "class_weights", "sampler",
+                "select", "early_stop", "calibrate", "rotation", "scale", "translate",
+                "gamma", "contrast", "val_fraction", "split_seed", "seed")
         lines += ["## Training settings",
                   ", ".join(f"`{k}`={training[k]}" for k in keys if k in training), ""]
         val = m.metrics.get("validation_accuracy")
@@ -62,6 +67,36 @@ def render(manifest: ModelManifest, evaluation: dict | None = None,
             lines += ["", "Exam-level confusion (rows truth, columns predicted, "
                       f"{' '.join(evaluation['classes'])}): {ex['confusion']}"]
         lines.append("")
+    cv = m.metrics.get("cross_validation")
+    if isinstance(cv, dict) and cv.get("rows"):
+        from mammo_density.train.experiments import format_cv_table
+
+        lines += [f"## Cross-validation ({cv.get('k')} folds by patient, split seed "
+                  f"{cv.get('split_seed')}, {cv.get('input_size')} px; baselines on the "
+                  "same folds)", "",
+                  "Mean (sample sd) over the folds; recall per class and dense/non-dense "
+                  "accuracy pooled over the out-of-fold predictions. `cnn` is the recipe "
+                  "this entry was trained with; each fold's model scored its held-out "
+                  "patients. The exported entry averages the fold models, so it has no "
+                  "held-out estimate of its own: expect about the `cnn` row or slightly "
+                  "better.", "", format_cv_table(cv["rows"]), ""]
+    temps = m.metrics.get("temperature")
+    if temps:
+        calib = m.metrics.get("calibration")
+        eces = []
+        for c in (calib.values() if isinstance(calib, dict) else calib or []):
+            if isinstance(c, dict):
+                eces.append((c["ece_before"], c["ece_after"]))
+        line = f"## Calibration\nTemperature scaling on the validation images: T = {temps}."
+        if eces:
+            line += (" Validation expected calibration error (10 bins) before -> after: "
+                     + ", ".join(f"{b:.3f} -> {a:.3f}" for b, a in eces) + ".")
+        lines += [line, ""]
+    timing = m.metrics.get("inference_ms_per_image")
+    if isinstance(timing, dict) and timing:
+        lines += ["## Inference time", "ONNX Runtime, CPU, 1 thread, batch 1, median of 10: "
+                  + ", ".join(f"{k} {v:.1f} ms" for k, v in timing.items())
+                  + " per image (measured at export on the exporting machine).", ""]
     parity = m.metrics.get("export_parity_max_abs_diff")
     if isinstance(parity, dict):
         lines += ["## Export check", "ONNX Runtime vs PyTorch, max |difference| of the "
@@ -72,10 +107,25 @@ def render(manifest: ModelManifest, evaluation: dict | None = None,
     lines += [f"| {f} | `{h}` |" for f, h in m.files_sha256.items()]
     lines += ["", "## Limitations",
               "- Synthetic phantoms are far simpler than mammograms; accuracy here is no "
-              "estimate of clinical accuracy." if m.not_for_clinical_use else
+              "estimate of clinical accuracy." if _synthetic(m) else
               "- See the training data description for the population it was trained on.",
               "- Validate on local data (`mammo-density evaluate`) before any use.", ""]
     return "\n".join(lines)
+
+
+def _synthetic(m: ModelManifest) -> bool:
+    return "synthetic" in m.training_data.lower()
+
+
+def _networks(m: ModelManifest) -> str:
+    files = sorted(set(m.views.values()))
+    members = m.architecture.get("members")
+    text = (f"one network shared by the views ({', '.join(m.views)})" if len(files) <
+            len(m.views) else f"one network per view ({', '.join(m.views)})")
+    if isinstance(members, int) and members > 1:
+        text += (f"; each file is an ensemble: the mean of the probabilities of the "
+                 f"{members} cross-validation fold models")
+    return text
 
 
 def write_card(folder: Path, manifest: ModelManifest, evaluation: dict | None = None,

@@ -28,13 +28,25 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
+from torch.utils.data import (
+    DataLoader,
+    DistributedSampler,
+    RandomSampler,
+    SequentialSampler,
+    WeightedRandomSampler,
+)
 
 from mammo_density.study.slots import SLOTS
 from mammo_density.train import data as mdata
 from mammo_density.train.args import get_args_parser
-from mammo_density.train.dataset import ArrayCache, DensityDataset, compute_normalisation
+from mammo_density.train.dataset import (
+    ArrayCache,
+    Augment,
+    DensityDataset,
+    compute_normalisation,
+)
 from mammo_density.train.distributed import (
     DistInfo,
     all_gather_object,
@@ -44,8 +56,15 @@ from mammo_density.train.distributed import (
     state_digest,
     unwrap,
 )
-from mammo_density.train.engine import evaluate, train_one_epoch
-from mammo_density.train.model import DensityResNet
+from mammo_density.train.engine import (
+    balanced_class_weights,
+    evaluate,
+    make_loss,
+    recalibrate_batchnorm,
+    train_one_epoch,
+)
+from mammo_density.train.model import build_network, load_init_weights
+from mammo_density.train.recipes import apply_recipe
 
 log = logging.getLogger(__name__)
 
@@ -111,15 +130,81 @@ def save_curves(history: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def build_model(args: argparse.Namespace) -> DensityResNet:
-    return DensityResNet(num_classes=len(mdata.TASKS[args.task]), width=args.width,
+def build_model(args: argparse.Namespace) -> torch.nn.Module:
+    return build_network(getattr(args, "arch", None) or "density-resnet",
+                         num_classes=len(mdata.TASKS[args.task]), width=args.width,
                          dropout=args.dropout)
+
+
+def manifest_slots(args: argparse.Namespace) -> list[str]:
+    """The view slots the manifest holds, in the usual order (R-CC, L-CC, R-MLO, L-MLO)."""
+    present = {r.slot for r in mdata.screening_records(
+        mdata.read_manifest_csv(args.manifest, consensus_method=args.consensus))}
+    return [s for s in SLOTS if s in present]
+
+
+def training_units(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
+    """(output folder name, view slots it trains on) for ``--view`` and ``--network``.
+
+    ``per-view``: one unit per view slot the manifest holds (or the one ``--view``);
+    ``shared``: one unit, ``shared``, trained on all of them.
+    """
+    slots = manifest_slots(args) if args.view == "all" else [args.view]
+    if not slots:
+        raise SystemExit(f"{args.manifest}: no CC or MLO images")
+    if args.network == "shared":
+        return [("shared", slots)]
+    return [(s, [s]) for s in slots]
+
+
+def _kappa(targets: list[int], probs: np.ndarray, n: int) -> float:
+    if not len(targets):
+        return float("nan")
+    return mdata.cohen_kappa(targets, probs.argmax(1), n, weights="linear")
+
+
+def _selection_score(select: str, acc: float, kappa: float, loss: float) -> float:
+    """Higher is better. ``kappa`` ties (common on small sets) are broken by the loss."""
+    if select == "acc":
+        return acc
+    if select == "kappa":
+        return (kappa if np.isfinite(kappa) else -1.0) - 1e-6 * loss
+    if select == "loss":
+        return -loss
+    return 0.0  # "last": every epoch replaces the previous one
+
+
+def calibrate_checkpoint(path: Path, model: torch.nn.Module, loader: DataLoader,
+                         targets: list[int], device: torch.device) -> dict:
+    """Fit a temperature on the validation images and store it in the checkpoint."""
+    from mammo_density.train.calibration import (
+        apply_temperature,
+        expected_calibration_error,
+        fit_temperature,
+    )
+
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    unwrap(model).load_state_dict(ckpt["model"])
+    _, probs, idx = evaluate(model, loader, device)
+    y = np.asarray(targets)[idx]
+    t = fit_temperature(probs, y)
+    info = {"temperature": t, "val_images": len(y),
+            "ece_before": expected_calibration_error(probs, y),
+            "ece_after": expected_calibration_error(apply_temperature(probs, t), y)}
+    ckpt["temperature"] = t
+    ckpt["calibration"] = info
+    torch.save(ckpt, path)
+    return info
 
 
 # --------------------------------------------------------------------------- one view
 
-def train_view(args: argparse.Namespace, slot: str, dist_info: DistInfo) -> dict:
-    """Train one view's network; returns its summary (best accuracy, epoch, normalisation)."""
+def train_view(args: argparse.Namespace, slot: str, dist_info: DistInfo,
+               slots: list[str] | None = None) -> dict:
+    """Train one network on the images of ``slots`` (default: the view ``slot``), written
+    to ``OUT/<slot>/``; returns its summary (best score, epoch, normalisation)."""
+    apply_recipe(args)
+    slots = slots or [slot]
     device = resolve_device(args.device, dist_info)
     use_cuda = device.type == "cuda"
     amp = use_cuda if args.amp is None else args.amp
@@ -131,8 +216,8 @@ def train_view(args: argparse.Namespace, slot: str, dist_info: DistInfo) -> dict
     records = load_records(args)
     cache = ArrayCache(args.cache_dir or Path(args.out) / "cache", args.input_size)
     train_all = mdata.select(records, split="train")
-    train_recs = mdata.select(train_all, slot=slot)
-    val_recs = mdata.select(records, split="val", slot=slot)
+    train_recs = [r for r in train_all if r.slot in slots]
+    val_recs = [r for r in mdata.select(records, split="val") if r.slot in slots]
     if not train_recs or not val_recs:
         raise SystemExit(f"{slot}: {len(train_recs)} training and {len(val_recs)} validation "
                          "images; need both")
@@ -142,13 +227,25 @@ def train_view(args: argparse.Namespace, slot: str, dist_info: DistInfo) -> dict
         # One normalisation for all four views (the registry entry has one).
         mean, std = compute_normalisation(train_all, cache)
     progress = dist_info.is_main and not args.no_progress
+    augment = Augment(rotation=args.rotation, scale=args.scale, translate=args.translate,
+                      gamma=args.gamma, contrast=args.contrast)
     train_ds = DensityDataset(train_recs, cache, task=args.task, mean=mean, std=std,
                               rotation=args.rotation, soft_labels=args.soft_labels,
-                              seed=args.seed)
+                              seed=args.seed, augment=augment)
+    n_classes = len(mdata.TASKS[args.task])
+    weights = (balanced_class_weights(train_ds.targets(), n_classes)
+               if args.class_weights == "balanced" else None)
+    loss_fn = make_loss(args.loss, class_weights=weights).to(device)
     val_ds = DensityDataset(val_recs, cache, task=args.task, mean=mean, std=std)
     if dist_info.enabled:
         train_sampler = DistributedSampler(train_ds, shuffle=True, seed=args.seed)
         val_sampler = DistributedSampler(val_ds, shuffle=False)
+    elif args.sampler == "balanced":
+        counts = np.bincount(train_ds.targets(), minlength=n_classes)
+        train_sampler = WeightedRandomSampler(
+            [1.0 / counts[t] for t in train_ds.targets()], len(train_ds), replacement=True,
+            generator=torch.Generator().manual_seed(args.seed))
+        val_sampler = SequentialSampler(val_ds)
     else:
         train_sampler = RandomSampler(train_ds, generator=torch.Generator().manual_seed(args.seed))
         val_sampler = SequentialSampler(val_ds)
@@ -160,8 +257,20 @@ def train_view(args: argparse.Namespace, slot: str, dist_info: DistInfo) -> dict
                               drop_last=len(train_sampler) > args.batch_size, **loader_kw)
     val_loader = DataLoader(val_ds, batch_size=max(args.batch_size, 32), sampler=val_sampler,
                             **loader_kw)
+    bn_loader = None
+    if args.bn_recalibrate and not dist_info.enabled:
+        # A fixed, evenly spread subset of the training images, without augmentation.
+        step = max(1, len(train_recs) // args.bn_recalibrate)
+        bn_ds = DensityDataset(train_recs[::step][:args.bn_recalibrate], cache,
+                               task=args.task, mean=mean, std=std)
+        bn_loader = DataLoader(bn_ds, batch_size=max(args.batch_size, 16), **loader_kw)
 
-    model = build_model(args).to(device)
+    model = build_model(args)
+    if args.init_from and not args.resume:
+        counts_loaded = load_init_weights(model, args.init_from)
+        log.info("%s: initialised from %s (%d tensors loaded, %d skipped)", slot,
+                 args.init_from, counts_loaded["loaded"], counts_loaded["skipped"])
+    model = model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     if args.optimizer == "adamw":
@@ -170,10 +279,16 @@ def train_view(args: argparse.Namespace, slot: str, dist_info: DistInfo) -> dict
     else:
         optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
                                     weight_decay=args.weight_decay)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="min", factor=args.lr_factor, patience=args.lr_patience)
+    if args.scheduler == "cosine":
+        scheduler: torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.\
+            ReduceLROnPlateau = torch.optim.lr_scheduler.CosineAnnealingLR(
+                optimizer, T_max=max(1, args.epochs))
+    else:
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="min", factor=args.lr_factor, patience=args.lr_patience)
     scaler = torch.amp.GradScaler("cuda") if (amp and use_cuda) else None
     start_epoch, best_acc, best_epoch, history = 0, -1.0, -1, []
+    best_score = -np.inf
     ckpt_path = out / "checkpoint.pth"
     if args.resume and ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
@@ -184,6 +299,7 @@ def train_view(args: argparse.Namespace, slot: str, dist_info: DistInfo) -> dict
             scaler.load_state_dict(ckpt["scaler"])
         start_epoch = ckpt["epoch"] + 1
         best_acc, best_epoch = ckpt.get("best_acc", -1.0), ckpt.get("best_epoch", -1)
+        best_score = ckpt.get("best_score", best_acc)
         history = ckpt.get("history", [])
         log.info("%s: resumed at epoch %d (best val acc %.3f)", slot, start_epoch, best_acc)
     if dist_info.enabled:
@@ -199,7 +315,11 @@ def train_view(args: argparse.Namespace, slot: str, dist_info: DistInfo) -> dict
                  if k != "func"}
     normalisation = {"mean": mean, "std": std}
     t_start = time.perf_counter()
+    val_targets = val_ds.targets()
     for epoch in range(start_epoch, args.epochs):
+        if args.early_stop and best_epoch >= 0 and epoch - best_epoch > args.early_stop:
+            log.info("%s: early stop at epoch %d (best %d)", slot, epoch, best_epoch)
+            break
         train_ds.set_epoch(epoch)
         if isinstance(train_sampler, DistributedSampler):
             train_sampler.set_epoch(epoch)
@@ -208,22 +328,32 @@ def train_view(args: argparse.Namespace, slot: str, dist_info: DistInfo) -> dict
         tr = train_one_epoch(model, train_loader, optimizer, device, scaler=scaler, amp=amp,
                              channels_last=channels_last, progress=progress,
                              desc=f"{slot} {epoch + 1}/{args.epochs}",
-                             max_steps=args.max_steps_per_epoch)
-        va, _, _ = evaluate(model, val_loader, device, amp=amp, channels_last=channels_last)
-        scheduler.step(va.loss)
+                             max_steps=args.max_steps_per_epoch, loss_fn=loss_fn)
+        if bn_loader is not None:
+            recalibrate_batchnorm(model, bn_loader, device, channels_last=channels_last)
+        va, vprobs, vidx = evaluate(model, val_loader, device, amp=amp,
+                                    channels_last=channels_last)
+        vkappa = _kappa([val_targets[i] for i in vidx], vprobs, n_classes)
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            scheduler.step(va.loss)
+        else:
+            scheduler.step()
         lr = optimizer.param_groups[0]["lr"]
         row = {"epoch": epoch, "train_loss": tr.loss, "train_acc": tr.accuracy,
-               "val_loss": va.loss, "val_acc": va.accuracy, "lr": lr,
+               "val_loss": va.loss, "val_acc": va.accuracy, "val_kappa": vkappa, "lr": lr,
                "train_images_per_s": tr.images_per_s}
         history.append(row)
-        improved = va.accuracy > best_acc
+        score = _selection_score(args.select, va.accuracy, vkappa, va.loss)
+        improved = score > best_score or args.select == "last"
         if improved:
-            best_acc, best_epoch = va.accuracy, epoch
+            best_acc, best_epoch, best_score = va.accuracy, epoch, score
         if dist_info.is_main:
             state = {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
                      "lr_scheduler": scheduler.state_dict(), "epoch": epoch, "args": args_dict,
                      "best_acc": best_acc, "best_epoch": best_epoch, "history": history,
-                     "normalisation": normalisation, "slot": slot,
+                     "best_score": best_score, "select": args.select,
+                     "normalisation": normalisation, "slot": slot, "slots": slots,
+                     "temperature": 1.0,
                      "preprocessing_version": cache.version,
                      "scaler": scaler.state_dict() if scaler is not None else None}
             if improved:
@@ -238,12 +368,20 @@ def train_view(args: argparse.Namespace, slot: str, dist_info: DistInfo) -> dict
             log.info("%s epoch %d: train loss %.3f acc %.3f | val loss %.3f acc %.3f | lr %.1e",
                      slot, epoch, tr.loss, tr.accuracy, va.loss, va.accuracy, lr)
     elapsed = time.perf_counter() - t_start
+    calibration = None
+    if args.calibrate and dist_info.is_main and (out / "best.pth").exists():
+        calibration = calibrate_checkpoint(out / "best.pth", model, val_loader, val_targets,
+                                           device)
+        log.info("%s: temperature %.2f, validation ECE %.3f -> %.3f", slot,
+                 calibration["temperature"], calibration["ece_before"],
+                 calibration["ece_after"])
     # Under DDP every rank must end with the same weights; record each rank's digest.
     digests = all_gather_object(state_digest(model))
     if len(set(digests)) > 1:
         log.error("%s: DDP ranks ended with different weights: %s", slot, digests)
     agreement = mdata.reader_agreement(records)
-    summary = {"view": slot, "best_val_acc": best_acc, "best_epoch": best_epoch,
+    summary = {"view": slot, "slots": slots, "best_val_acc": best_acc,
+               "best_epoch": best_epoch, "select": args.select, "calibration": calibration,
                "reader_agreement": agreement if agreement.get("readers", 0) > 1 else None,
                "patients": {s: len({r.patient_id for r in records if r.split == s})
                             for s in mdata.SPLITS},
@@ -272,10 +410,11 @@ def _write_log(history: list[dict], path: Path) -> None:
 
 # --------------------------------------------------------------------------- entry
 
-def _spawn_views(args: argparse.Namespace, argv: list[str], parallel: int) -> int:
-    """Train the four views in ``parallel`` child processes (one GPU each when present)."""
+def _spawn_views(args: argparse.Namespace, argv: list[str], parallel: int,
+                 slots: list[str]) -> int:
+    """Train the views in ``parallel`` child processes (one GPU each when present)."""
     n_gpu = torch.cuda.device_count()
-    pending = list(SLOTS)
+    pending = list(slots)
     running: list[tuple[str, subprocess.Popen]] = []
     failed = []
     gpu_free = list(range(n_gpu))
@@ -328,13 +467,14 @@ def main(args: argparse.Namespace) -> int:
     """Train ``args.view`` (or all four, sequentially or in parallel child processes)."""
     if args.threads:
         torch.set_num_threads(args.threads)
+    apply_recipe(args)
     dist_info = init_distributed(args.device)
     try:
-        slots = list(SLOTS) if args.view == "all" else [args.view]
+        units = training_units(args)
         parallel = args.parallel or max(1, torch.cuda.device_count())
-        if len(slots) > 1 and parallel > 1 and not dist_info.enabled:
-            return _spawn_views(args, args_to_argv(args), parallel)
-        summaries = [train_view(args, slot, dist_info) for slot in slots]
+        if len(units) > 1 and parallel > 1 and not dist_info.enabled:
+            return _spawn_views(args, args_to_argv(args), parallel, [u for u, _ in units])
+        summaries = [train_view(args, unit, dist_info, slots) for unit, slots in units]
         if dist_info.is_main:
             for s in summaries:
                 log.info("%s: best val acc %.3f at epoch %d (%.0f s)", s["view"],

@@ -18,7 +18,13 @@ from mammo_density.config import Settings
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export trained networks to an ONNX registry entry")
-    p.add_argument("--run", required=True, type=Path, help="training output (<view>/best.pth)")
+    p.add_argument("--run", required=True, type=Path,
+                   help="training output (<view>/best.pth or shared/best.pth), or the output "
+                   "of `train --cv K` (fold-<i>/...): then the K fold models are exported "
+                   "together, each view's file averaging their probabilities")
+    p.add_argument("--cv-report", type=Path, default=None,
+                   help="with a --cv run: a cross-validation JSON with baselines' rows "
+                   "(default RUN/cv.json) for the manifest and model card")
     p.add_argument("--out", required=True, type=Path, help="registry entry folder to write")
     p.add_argument("--name", required=True, help="model name, e.g. site-birads4")
     p.add_argument("--version", dest="model_version", default="0.1.0", help="model version")
@@ -37,9 +43,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from mammo_density.train.export import export_run
+    from mammo_density.train.export import export_cv, export_run, fold_dirs
 
     try:
+        if fold_dirs(args.run):
+            report = json.loads(args.cv_report.read_text()) if args.cv_report else None
+            manifest = export_cv(
+                args.run, args.out, name=args.name, version=args.model_version,
+                which=args.checkpoint, training_data=args.training_data,
+                intended_use=args.intended_use,
+                not_for_clinical_use=args.not_for_clinical_use, commands=args.commands,
+                fp16=args.fp16, opset=args.opset, cv_report=report)
+            _print(args, manifest)
+            return 0
         metrics = evaluation = None
         if args.metrics:
             from mammo_density.train.metrics import summary
@@ -54,8 +70,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     except (OSError, ValueError, RuntimeError) as err:
         print(f"mammo-density export: {err}", file=sys.stderr)
         return 1
+    _print(args, manifest)
+    return 0
+
+
+def _print(args: argparse.Namespace, manifest: object) -> None:
     parity = manifest.metrics.get("export_parity_max_abs_diff", {})
     print(f"wrote {args.out}: {manifest.name} {manifest.version} ({manifest.task}, "
           f"{manifest.input_size} px, views {', '.join(manifest.views)}); "
           f"ONNX Runtime vs PyTorch max |diff| {max(parity.values()):.1e}")
-    return 0

@@ -25,6 +25,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "250:850:100); one run folder per size under --out")
     g.add_argument("--cv", type=int, default=0, metavar="K",
                    help="K-fold patient-level cross-validation under --out/fold-<i>")
+    g.add_argument("--fold-workers", type=int, default=1, metavar="N",
+                   help="with --cv: train N folds at once in separate processes")
     g.add_argument("--eval-split", default="test",
                    help="split the experiments score (default test)")
     p.set_defaults(func=run)

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from mammo_density.train.adapters.common import AdapterError, finish
+from mammo_density.train.adapters.wrap import image_to_dicom, read_grey
 from mammo_density.train.data import ImageRecord
 
 NAME = "mias"
@@ -43,40 +44,10 @@ def parse_info(path: Path) -> dict[str, str]:
 
 def pgm_to_dicom(pgm: Path, out: Path, *, laterality: str, patient: str) -> Path:
     """Wrap a PGM as a For Presentation digital mammogram (MONOCHROME2, 8 bit)."""
-    import cv2
-    from pydicom import Dataset
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    img = cv2.imread(str(pgm), cv2.IMREAD_UNCHANGED)
-    if img is None:
-        raise AdapterError(f"{pgm}: unreadable image")
-    img = np.ascontiguousarray(img.astype(np.uint8))
-    from mammo_density.study.sop import MG_FOR_PRESENTATION
-
-    sop_class = MG_FOR_PRESENTATION
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=["mias", pgm.name])
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID = generate_uid(entropy_srcs=["mias-study", patient])
-    ds.SeriesInstanceUID = generate_uid(entropy_srcs=["mias-series", pgm.name])
-    ds.Modality, ds.PatientID, ds.PatientName = "MG", patient, ""
-    ds.ImageLaterality, ds.Laterality, ds.ViewPosition = laterality, laterality, "MLO"
-    ds.PatientOrientation = ["A" if laterality == "L" else "P", "F"]
-    ds.PresentationIntentType = "FOR PRESENTATION"
-    ds.ImageType = ["DERIVED", "PRIMARY"]
-    ds.Rows, ds.Columns = img.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-    ds.PixelSpacing = ds.ImagerPixelSpacing = [PIXEL_SPACING_MM, PIXEL_SPACING_MM]
-    ds.PixelData = img.tobytes()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(out, enforce_file_format=True)
-    return out
+    img = read_grey(pgm).astype(np.uint8)
+    return image_to_dicom(img, out, laterality=laterality, view="MLO", patient=patient,
+                          study=patient, key=pgm.name, spacing_mm=PIXEL_SPACING_MM,
+                          source="mias")
 
 
 def convert(root: Path, out_csv: Path, *, images_dir: Path | None = None) -> list[ImageRecord]:

@@ -1,0 +1,155 @@
+"""Cross-validation on a real labelled set: baselines and CNN recipes on the same folds.
+
+One run, the same patient folds (``--k`` folds by woman, stratified by density) and the same
+inner validation patients for everything:
+
+- ``majority``: the most frequent training class;
+- ``features+LR``: hand-made histogram/texture features of the breast + logistic regression
+  (scikit-learn; :mod:`mammo_density.train.baselines`);
+- one row per CNN variant (``--variant NAME="train options"``; default the ``small-real``
+  recipe), each trained by ``mammo-density train --cv K``.
+
+Per method and level (image, breast, exam): accuracy, linear and quadratic kappa (mean and
+sample sd over folds), per-class recall and confusion pooled over the out-of-fold
+predictions (PNG per method), wall time. Writes ``real_cv.json`` and ``real_cv.md`` to
+``--out`` (outside the repository: nothing per image, but the folds are real patients').
+``--export NAME`` exports the first variant's fold models as one registry entry (mean of
+their probabilities) with this table in its model card. ``--inbreast ROOT`` builds the
+manifest first with the INbreast adapter (PNG copy or original DICOM).
+
+    python -m benchmarks.real_cv --inbreast /data/inbreast --input-size 256 --threads 2 \\
+        --out /tmp/real_cv
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_VARIANTS = {"cnn-small-real": "--recipe small-real"}
+
+
+def _parse_variant(text: str) -> tuple[str, str]:
+    name, _, opts = text.partition("=")
+    if not name or not opts:
+        raise argparse.ArgumentTypeError(f"expected NAME=OPTIONS, got {text!r}")
+    return name.strip(), opts
+
+
+def machine() -> str:
+    import os
+
+    import torch
+
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)} (CUDA)"
+    load = os.getloadavg()[0]
+    return (f"{platform.machine()} CPU, {len(os.sched_getaffinity(0))} cores, torch threads "
+            f"{torch.get_num_threads()}, load avg at start {load:.1f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--manifest", type=Path, help="labelled training manifest CSV")
+    src.add_argument("--inbreast", type=Path, help="INbreast root (INbreast.csv + images)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="output folder (default /tmp/real_cv-<UTC time>)")
+    p.add_argument("--k", type=int, default=5)
+    p.add_argument("--split-seed", type=int, default=0)
+    p.add_argument("--input-size", type=int, default=256)
+    p.add_argument("--variant", type=_parse_variant, action="append", default=[],
+                   help='NAME="train options" (repeatable); default '
+                   f"{DEFAULT_VARIANTS}")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    p.add_argument("--cache-dir", type=Path, default=None)
+    p.add_argument("--fold-workers", type=int, default=1,
+                   help="folds trained at once in separate processes (1 thread each is "
+                   "best on a small shared CPU: --threads 1 --fold-workers 2)")
+    p.add_argument("--export", metavar="NAME", default=None,
+                   help="export the first variant's fold models as registry entry NAME "
+                   "into OUT/model")
+    args = p.parse_args(argv)
+
+    import torch
+
+    from mammo_density.logsetup import configure_logging
+    from mammo_density.train.args import get_args_parser
+    from mammo_density.train.experiments import cross_validate, format_cv_table
+
+    configure_logging(0)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    stamp = dt.datetime.now(dt.UTC)
+    out = args.out or Path(f"/tmp/real_cv-{stamp:%Y%m%d-%H%M}")
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = args.manifest
+    if args.inbreast:
+        from mammo_density.train.adapters import get
+
+        manifest = out / "manifest.csv"
+        get("inbreast").convert(args.inbreast, manifest)
+    cache = args.cache_dir or out / "cache"
+    variants = dict(args.variant) or dict(DEFAULT_VARIANTS)
+    rows: dict[str, dict] = {}
+    info = {"command": " ".join(shlex.quote(a) for a in [sys.executable, "-m",
+                                                          "benchmarks.real_cv", *(argv or
+                                                                                  sys.argv[1:])]),
+            "machine": machine(), "date": f"{stamp:%Y-%m-%d %H:%M} UTC", "k": args.k,
+            "split_seed": args.split_seed, "input_size": args.input_size,
+            "variants": variants}
+    t_all = time.perf_counter()
+    for i, (name, opts) in enumerate(variants.items()):
+        targs = get_args_parser().parse_args(
+            ["--manifest", str(manifest), "--out", str(out / name), "--input-size",
+             str(args.input_size), "--split-seed", str(args.split_seed), "--device",
+             args.device, "--cache-dir", str(cache), "--no-progress", "--no-tensorboard",
+             *(["--threads", str(args.threads)] if args.threads else []), *shlex.split(opts)])
+        targs.fold_workers = args.fold_workers
+        t0 = time.perf_counter()
+        cross_validate(targs, args.k, baselines=(i == 0))
+        cv = json.loads((out / name / "cv.json").read_text())
+        cv["rows"]["cnn"]["wall_seconds"] = round(time.perf_counter() - t0, 1)
+        if i == 0:
+            rows["majority"] = cv["rows"]["majority"]
+            rows["features+LR"] = cv["rows"]["features+LR"]
+        rows[name] = cv["rows"]["cnn"]
+    info["wall_seconds"] = round(time.perf_counter() - t_all, 1)
+    report = {**info, "rows": rows}
+    (out / "real_cv.json").write_text(json.dumps(report, indent=2) + "\n")
+    table = format_cv_table(rows)
+    times = ", ".join(f"{n} {r.get('wall_seconds', r.get('seconds', 0)) / 60:.1f} min"
+                      for n, r in rows.items())
+    md = (f"# Cross-validation: {args.k} folds by patient (split seed {args.split_seed}), "
+          f"{args.input_size} px\n\n{table}\n\n- command: `{info['command']}`\n"
+          f"- machine: {info['machine']}\n- date: {info['date']}\n"
+          f"- wall time: {info['wall_seconds'] / 60:.1f} min ({times})\n"
+          f"- variants: {json.dumps(variants)}\n"
+          f"- confusion matrices: `<variant>/pooled-*/confusion_*.png`\n")
+    (out / "real_cv.md").write_text(md)
+    print(md)
+    if args.export:
+        from mammo_density.train.export import export_cv
+
+        first = next(iter(variants))
+        manifest_entry = export_cv(
+            out / first, out / "model", name=args.export, version="0.0.0-cv",
+            training_data=f"{manifest} ({args.k}-fold CV ensemble)",
+            intended_use="research: cross-validation ensemble on a development set",
+            not_for_clinical_use=True, commands=[info["command"]],
+            cv_report={"k": args.k, "split_seed": args.split_seed,
+                       "input_size": args.input_size, "rows": rows})
+        print(f"exported {out / 'model'}: inference "
+              f"{manifest_entry.metrics['inference_ms_per_image']} ms/image")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
