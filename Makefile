@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-# libopenjp2-7: glymur's reduced-resolution JPEG 2000 decode (DECODE.md).
+# libopenjp2-7: glymur's reduced-resolution JPEG 2000 decode (docs/decoding.md).
 APT_PACKAGES := redis-server orthanc orthanc-python dcmtk dicom3tools libopenjp2-7
 # Debian package -> a file it installs, to tell whether it is there.
 APT_PROBES := /usr/bin/redis-server /usr/sbin/Orthanc /usr/share/orthanc/plugins/libOrthancPython.so /usr/bin/storescu /usr/bin/dciodvfy
@@ -14,7 +14,7 @@ APT_PROBES := /usr/bin/redis-server /usr/sbin/Orthanc /usr/share/orthanc/plugins
 VIEWER_APT_PACKAGES := orthanc-dicomweb chromium npm
 VIEWER_APT_PROBES := /usr/share/orthanc/plugins/libOrthancDicomWeb.so /usr/bin/chromium /usr/bin/npm
 
-.PHONY: setup setup-dev system-deps viewer-deps viewer-check serve test lint clean
+.PHONY: setup setup-dev system-deps viewer-deps viewer-check serve test test-unit lint clean
 
 # Two venv stamps, one per extra set: `make serve` needs only the runtime (no torch,
 # TensorBoard, pytest or ruff); `make test` adds the `train` and `dev` extras on top, so
@@ -72,6 +72,11 @@ lint: setup-dev
 test: setup-dev system-deps lint
 	@$(BIN)/python -m pytest -q; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+# The fast unit run: no Redis, Orthanc, dcmtk or dciodvfy needed (tests marked
+# `services` are left out; tests/services.py fails an unmarked test that starts one).
+test-unit: setup-dev lint
+	$(BIN)/python -m pytest -q -m "not services"
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -2,42 +2,30 @@
 
 Layout: ``<spool>/<study>/<instance>.dcm`` where ``<study>`` and ``<instance>`` are the
 UIDs themselves when they are well-formed DICOM UIDs, else ``x`` + a SHA-256 prefix (so a
-hostile UID can never walk out of the spool). A file only appears under its final name
-once its bytes and its directory entry are on disk (write or link, ``fsync``, ``rename``,
-``fsync`` of the directory): a crash leaves either the whole file or nothing but a
-``*.part`` leftover, which :func:`clean_partials` removes at start-up.
+hostile UID can never walk out of the spool); the rule lives in
+:mod:`mammo_density.spool_layout`, which the pipeline uses to find images. A file
+only appears under its final name once its bytes and its directory entry are on disk
+(write or link, ``fsync``, ``rename``, ``fsync`` of the directory): a crash leaves
+either the whole file or nothing but a ``*.part`` leftover, which
+:func:`clean_partials` removes at start-up.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-import re
 import shutil
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+from mammo_density.spool_layout import instance_path, safe_name
+
 log = logging.getLogger(__name__)
 
-_UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 PART_SUFFIX = ".part"
 CHUNK = 1 << 20
-
-
-def safe_name(uid: str) -> str:
-    """A file-system-safe name for a UID: the UID itself if well-formed, else a hash."""
-    uid = (uid or "").strip().rstrip("\x00")
-    if _UID_RE.match(uid) and len(uid) <= 64:
-        return uid
-    return "x" + hashlib.sha256(uid.encode("utf-8", "surrogateescape")).hexdigest()[:40]
-
-
-def instance_path(spool_dir: Path, study_uid: str, sop_uid: str) -> Path:
-    """Final spool path of one instance."""
-    return spool_dir / safe_name(study_uid) / (safe_name(sop_uid) + ".dcm")
 
 
 def free_mb(path: Path) -> float:

@@ -1,10 +1,13 @@
 """``mammo-density serve``: the node's composition root.
 
 Wires, top to bottom: the state database, the pipeline's ``submit`` (in-process
-:class:`~mammo_density.worker.embedded.EmbeddedRunner` by default, Celery when a broker is
-configured), the DICOM listener, the SR outbox and the hook queue delivery loops, and the
-stable-timeout timer (inside the listener). SIGTERM / SIGINT stop it gracefully: no new
-associations, running ones finish, in-process studies finish, loops stop.
+:class:`~mammo_density.worker.embedded.EmbeddedRunner` over a pipeline built with the
+node's sinks by :func:`~mammo_density.commands.compose.node_pipeline`, or Celery when a
+broker is configured), the DICOM listener, the SR outbox (owned here: serve decides the
+SR destinations, also for SRs that Celery workers store) and the hook queue delivery
+loops, and the stable-timeout timer (inside the listener). SIGTERM / SIGINT stop it
+gracefully: no new associations, running ones finish, in-process studies finish, loops
+stop.
 """
 
 from __future__ import annotations
@@ -48,9 +51,11 @@ def _pipeline_submit(settings: Settings) -> tuple[Callable[[StudyJob], Any], Cal
     if settings.embedded and prepcache.start_for(settings) is not None:
         log.info("preparing images on arrival")
     if settings.embedded:
+        from mammo_density.commands.compose import node_pipeline
         from mammo_density.worker.embedded import EmbeddedRunner
 
-        runner = EmbeddedRunner(settings)
+        runner = EmbeddedRunner(node_pipeline(settings, owns_outbox=True),
+                                workers=settings.embedded_workers)
         log.info("pipeline: embedded, %d worker thread(s)", settings.embedded_workers)
 
         def close() -> None:
@@ -70,10 +75,11 @@ def _start_loops(settings: Settings, stop: threading.Event) -> list[threading.Th
     loops: list[tuple[str, Callable[[], Any]]] = []
     from mammo_density.plugin.outbox import Outbox
 
-    # The SR is enqueued by the pipeline (possibly in a Celery worker process): look for
-    # due deliveries often, a 1 s tick added ~0.5 s to the end-to-end latency
-    # (benchmarks/e2e_latency.py); an empty poll is one SQLite query.
-    outbox = Outbox(settings)
+    # The SR is enqueued by the pipeline (possibly in a Celery worker process, which
+    # leaves its routing to this owner): look for new SRs and due deliveries often, a
+    # 1 s tick added ~0.5 s to the end-to-end latency (benchmarks/e2e_latency.py); an
+    # empty poll is two SQLite queries.
+    outbox = Outbox(settings, owner=True)
     loops.append(("sr-outbox", lambda stop: outbox.run_forever(stop, interval=OUTBOX_POLL_S)))
     from mammo_density.worker.hooks import HookQueue
 
