@@ -88,6 +88,17 @@ def on_spooled(callback: Callable[[NewInstance], None]) -> Callable[[], None]:
     return remove
 
 
+def on_spooled_images(callback: Callable[[Path], None]) -> Callable[[], None]:
+    """Like :func:`on_spooled`, for the screening images only: ``callback(path)`` with the
+    spooled file of each instance that fills a slot (the preparation cache's feed)."""
+
+    def spooled(inst: NewInstance) -> None:
+        if inst.kind == sop.KIND_IMAGE and inst.slot and inst.path:
+            callback(Path(inst.path))
+
+    return on_spooled(spooled)
+
+
 @dataclass(frozen=True)
 class Incoming:
     """One received C-STORE data set, as a file, with the request's parameters.

@@ -15,16 +15,15 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+from mammo_density.durable import PART_SUFFIX, durable_write, fsync_dir
+from mammo_density.durable import ensure_dir as _ensure_dir
 from mammo_density.spool_layout import instance_path, safe_name
 
 log = logging.getLogger(__name__)
 
-PART_SUFFIX = ".part"
 CHUNK = 1 << 20
 
 
@@ -36,13 +35,6 @@ def free_mb(path: Path) -> float:
     return shutil.disk_usage(probe).free / (1024 * 1024)
 
 
-def fsync_dir(path: Path) -> None:
-    """Make a directory's entries (a rename into it) durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _fsync_file(path: Path) -> None:
@@ -53,10 +45,6 @@ def _fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-def _ensure_dir(directory: Path) -> None:
-    if not directory.is_dir():
-        directory.mkdir(parents=True, exist_ok=True)
-        fsync_dir(directory.parent)
 
 
 def commit_file(received: Path, final: Path, *, move: bool) -> Path:
@@ -96,25 +84,6 @@ def commit_file(received: Path, final: Path, *, move: bool) -> Path:
     return durable_write(final, copy)
 
 
-def durable_write(final: Path, fill: Callable[[BinaryIO], object]) -> Path:
-    """Write a file at ``final`` crash-safely: ``fill`` writes the bytes into a ``*.part``
-    file beside it, which is fsync'd and renamed over ``final``, then the directory is
-    fsync'd. A crash or an exception leaves ``final`` as it was (a ``*.part`` leftover at
-    worst, removed by :func:`clean_partials`)."""
-    directory = final.parent
-    _ensure_dir(directory)
-    part = directory / f".{final.name}.{uuid.uuid4().hex[:8]}{PART_SUFFIX}"
-    try:
-        with open(part, "wb") as dst:
-            fill(dst)
-            dst.flush()
-            os.fsync(dst.fileno())
-        os.replace(part, final)
-    except BaseException:
-        part.unlink(missing_ok=True)
-        raise
-    fsync_dir(directory)
-    return final
 
 
 def clean_partials(spool_dir: Path) -> int:

@@ -12,7 +12,10 @@ import pydicom
 import pytest
 
 from mammo_density.config import load_settings
-from mammo_density.plugin.spool import clean_partials, durable_write
+from mammo_density.durable import durable_write
+from mammo_density.plugin.ingest import on_spooled_images
+from mammo_density.plugin.spool import clean_partials
+from mammo_density.spool_layout import SpoolImages
 from mammo_density.study.slots import SLOTS
 from mammo_density.worker import prepcache
 from mammo_density.worker.pipeline import Pipeline
@@ -41,6 +44,16 @@ def no_preparer():
 def settings_for(tmp_path, model_dir, **extra):
     return load_settings(model_dir=model_dir, data_dir=tmp_path / "data", ort_threads=1,
                          **extra)
+
+
+def pipeline(settings) -> Pipeline:
+    return Pipeline(settings, images=SpoolImages(settings.spool_dir))
+
+
+def assess(settings, job):
+    p = pipeline(settings)
+    prepared = p.prepare(job)
+    return p.decide(job, prepared, p.infer(prepared))
 
 
 def spooled_copy(src: Path, folder: Path) -> Path:
@@ -112,30 +125,32 @@ def test_damaged_entries_are_misses_and_crash_leftovers_are_cleaned(tmp_path, re
 def test_received_images_are_prepared_in_the_background_and_used(tmp_path, model_dir,
                                                                  records):
     settings = settings_for(tmp_path, model_dir)
-    preparer = prepcache.start_for(settings)
+    preparer = prepcache.start_for(settings, on_spooled_images)
     assert preparer is not None
     jobs = []
     receive(settings, study_files(records[0]), jobs.append)
     assert len(jobs) == 1
     job = jobs[0]
-    for im in job.images:
-        preparer.wait(im.path)
+    spool = SpoolImages(settings.spool_dir)
+    paths = [spool.locate(job.study_instance_uid, im.sop_instance_uid) for im in job.images]
+    for path in paths:
+        preparer.wait(path)
     assert preparer.prepared == 4
-    for im in job.images:
-        assert prepcache.read_entry(im.path, 64) is not None
-    prepared = Pipeline(settings).prepare(job)
+    for path in paths:
+        assert prepcache.read_entry(path, 64) is not None
+    prepared = pipeline(settings).prepare(job)
     assert prepared.timings_ms["prepared_on_arrival"] == 4.0
     assert "decode" not in prepared.timings_ms  # nothing decoded at study time
     # the same inputs, warnings and quality as preparing at study time
     off = settings_for(tmp_path, model_dir, prepare_on_arrival=False)
-    direct = Pipeline(off).prepare(job)
+    direct = pipeline(off).prepare(job)
     assert "prepared_on_arrival" not in direct.timings_ms
     for slot in SLOTS:
         assert np.array_equal(prepared.inputs[64][slot], direct.inputs[64][slot])
     assert prepared.warnings == direct.warnings
     assert prepared.quality == direct.quality
-    result_cached = Pipeline(settings).assess(job)
-    result_direct = Pipeline(off).assess(job)
+    result_cached = assess(settings, job)
+    result_direct = assess(off, job)
     assert [v.probabilities for v in result_cached.views] == \
         [v.probabilities for v in result_direct.views]
 
@@ -145,7 +160,7 @@ def test_late_image_and_a_process_without_preparer_use_the_cache(tmp_path, model
     """A worker process (Celery) on the same spool has no Preparer of its own: it reads
     the entries the serve process wrote; an image without one is prepared as before."""
     settings = settings_for(tmp_path, model_dir)
-    preparer = prepcache.start_for(settings)
+    preparer = prepcache.start_for(settings, on_spooled_images)
     files = study_files(records[1])
     jobs = []
     receive(settings, files[:3], jobs.append)  # three views: not complete yet
@@ -155,6 +170,6 @@ def test_late_image_and_a_process_without_preparer_use_the_cache(tmp_path, model
     prepcache.stop()  # from here on: like a process without a preparer
     receive(settings, files[3:], jobs.append)  # the late fourth view, not prepared
     assert len(jobs) == 1
-    prepared = Pipeline(settings).prepare(jobs[0])
+    prepared = pipeline(settings).prepare(jobs[0])
     assert prepared.timings_ms["prepared_on_arrival"] == 3.0
     assert set(prepared.inputs[64]) == set(SLOTS)

@@ -345,6 +345,10 @@ class Pipeline:
                                 dict[str, float], list[str], str]:
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
+        try:
+            path = self.images.locate(study_uid, sop_uid)
+        except NotInSpool as err:
+            return slot, None, None, timings, [], f"image not found: {err}"
         if self.settings.prepare_on_arrival:  # prepared as it arrived (worker/prepcache.py)
             hit = prepcache.lookup(path, sizes)
             if hit is not None:
@@ -361,10 +365,6 @@ class Pipeline:
                 warnings = [f"{slot}: {w}" for e in hit.values() for w in e.warnings]
                 return (slot, {s: e.array for s, e in hit.items()}, header, timings,
                         warnings, "")
-        try:
-            path = self.images.locate(study_uid, sop_uid)
-        except NotInSpool as err:
-            return slot, None, None, timings, [], f"image not found: {err}"
         try:
             ds = pydicom.dcmread(path)
         except Exception as err:

@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from mammo_density.durable import durable_write
 from mammo_density.worker.preprocess import PREPROCESSING_VERSION
 
 log = logging.getLogger(__name__)
@@ -75,8 +76,8 @@ def _source(st: os.stat_result) -> list[int]:
 
 def write_entry(dcm_path: Path | str, size: int, entry: Entry, source: os.stat_result,
                 version: str = PREPROCESSING_VERSION) -> Path:
-    """Write ``entry`` durably (``plugin.spool.durable_write``) and return its path."""
-    from mammo_density.plugin.spool import durable_write
+    """Write ``entry`` durably (:func:`mammo_density.durable.durable_write`) and return its
+    path."""
 
     arr = np.ascontiguousarray(entry.array, dtype="<f4")
     data = arr.tobytes()
@@ -288,32 +289,31 @@ _active: Preparer | None = None
 _unhook: Callable[[], None] | None = None
 
 
-def start(preparer: Preparer) -> Preparer:
-    """Make ``preparer`` the one :func:`notify` and :func:`lookup` use in this process and
-    feed it every slotted image the listener spools (``plugin.ingest.on_spooled``)."""
-    global _active, _unhook
-    from mammo_density.plugin.ingest import on_spooled
-    from mammo_density.study import sop
+Subscribe = Callable[[Callable[[Path], None]], Callable[[], None]]
+"""How the composition root feeds a Preparer: ``subscribe(callback)`` calls ``callback(path)``
+for every slotted screening image once it is durable in the spool, and returns the function
+that ends the subscription (``serve`` wires it to the listener's ``on_spooled``)."""
 
+
+def start(preparer: Preparer, subscribe: Subscribe | None = None) -> Preparer:
+    """Make ``preparer`` the one :func:`notify` and :func:`lookup` use in this process and,
+    with ``subscribe``, feed it every slotted image the listener spools."""
+    global _active, _unhook
     stop()
     _active = preparer
-
-    def spooled(inst) -> None:
-        if inst.kind == sop.KIND_IMAGE and inst.slot and inst.path:
-            notify(inst.path)
-
-    _unhook = on_spooled(spooled)
+    if subscribe is not None:
+        _unhook = subscribe(notify)
     return preparer
 
 
-def start_for(settings: Any) -> Preparer | None:
+def start_for(settings: Any, subscribe: Subscribe | None = None) -> Preparer | None:
     """Start a Preparer for the node's models when ``settings.prepare_on_arrival``."""
     if not getattr(settings, "prepare_on_arrival", False):
         return None
     from mammo_density.worker.pipeline import Pipeline
 
     pipeline = Pipeline(settings)  # reads the manifests only, no ONNX session
-    return start(Preparer(pipeline.input_sizes))
+    return start(Preparer(pipeline.input_sizes), subscribe)
 
 
 def stop(wait: bool = True) -> None:

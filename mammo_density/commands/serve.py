@@ -42,13 +42,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def _pipeline_submit(settings: Settings) -> tuple[Callable[[StudyJob], Any], Callable[[], None]]:
     """The ``submit`` callable for the listener, and how to close it."""
-    from mammo_density.worker import prepcache
-
     # Embedded: images prepared as they arrive, cached beside the spool
     # (prepare_on_arrival = false turns it off). Not with Celery: a worker starts on the
     # study before serve's preparer is done and decodes the same images again (measured
     # slower, benchmarks/README.md); workers still read entries they find in the spool.
-    if settings.embedded and prepcache.start_for(settings) is not None:
+    from mammo_density.plugin.ingest import on_spooled_images
+    from mammo_density.worker import prepcache
+
+    if settings.embedded and prepcache.start_for(settings, on_spooled_images) is not None:
         log.info("preparing images on arrival")
     if settings.embedded:
         from mammo_density.commands.compose import node_pipeline
