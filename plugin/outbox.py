@@ -73,9 +73,9 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from mammo_density.config import Destination, Settings, mask_url
+from mammo_density.durable import durable_write, fsync_dir
 from mammo_density.logsetup import uid_hash
 from mammo_density.plugin.send import DeliveryError, c_store, client_tls_context, stow_rs
-from mammo_density.durable import durable_write, fsync_dir
 
 log = logging.getLogger(__name__)
 
