@@ -10,9 +10,13 @@ go. A worker that consumes only the ``gpu`` queue gets no sink at all: it runs
 
 from __future__ import annotations
 
+import logging
+
 from mammo_density.config import Settings
 from mammo_density.spool_layout import SpoolImages
 from mammo_density.worker.pipeline import Pipeline
+
+log = logging.getLogger(__name__)
 
 
 def node_pipeline(settings: Settings, *, owns_outbox: bool, sinks: bool = True,
@@ -43,4 +47,19 @@ def node_pipeline(settings: Settings, *, owns_outbox: bool, sinks: bool = True,
                     hooks=QueuedHooks(settings), **options)
 
 
-__all__ = ["node_pipeline"]
+def warm_up_reporting(settings: Settings) -> None:
+    """highdicom's lazy set-up (SR, and the summary image when it is on) done now, off the
+    first study's report stage; errors are logged, never raised."""
+    try:
+        from mammo_density.worker import sr
+
+        sr.warm_up()
+        if settings.sr_summary_image:
+            from mammo_density.worker import summary
+
+            summary.warm_up()
+    except Exception:
+        log.exception("SR warm-up failed")
+
+
+__all__ = ["node_pipeline", "warm_up_reporting"]

@@ -52,8 +52,13 @@ def _pipeline_submit(settings: Settings) -> tuple[Callable[[StudyJob], Any], Cal
     if settings.embedded and prepcache.start_for(settings, on_spooled_images) is not None:
         log.info("preparing images on arrival")
     if settings.embedded:
-        from mammo_density.commands.compose import node_pipeline
+        from mammo_density.commands.compose import node_pipeline, warm_up_reporting
         from mammo_density.worker.embedded import EmbeddedRunner
+
+        # highdicom's first SR and summary image cost 0.2-1 s: pay it now, beside the
+        # listener's start, not in the first study's report stage
+        threading.Thread(target=warm_up_reporting, args=(settings,), name="sr-warm-up",
+                         daemon=True).start()
 
         runner = EmbeddedRunner(node_pipeline(settings, owns_outbox=True),
                                 workers=settings.embedded_workers)

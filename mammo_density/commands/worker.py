@@ -60,7 +60,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     limit_heap_growth()  # before any worker thread: flat RSS over many studies
     from celery.signals import worker_process_init
 
-    from mammo_density.commands.compose import node_pipeline
+    from mammo_density.commands.compose import node_pipeline, warm_up_reporting
     from mammo_density.worker import tasks
     from mammo_density.worker.celery_app import CPU_QUEUE, GPU_QUEUE, make_app
     from mammo_density.worker.models import ModelError, resolve_model_dir, verify_entry
@@ -87,16 +87,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     def _init_process(**_kwargs) -> None:  # in each pool process, after the fork
         tasks.reset_after_fork()
         if warm_sr:  # highdicom's lazy set-up off the first study's report
-            try:
-                from mammo_density.worker.sr import warm_up
-
-                warm_up()
-                if settings.sr_summary_image:
-                    from mammo_density.worker import summary
-
-                    summary.warm_up()
-            except Exception:
-                log.exception("SR warm-up failed")
+            warm_up_reporting(settings)
         if preload:
             try:
                 pipeline = tasks.get_pipeline()
