@@ -6,10 +6,11 @@
 - Study: 4 x 3328 x 4096 12-bit (Hologic-like, ``mammo_density.synth`` size "full"),
   JPEG 2000 lossless. Model: ``--model-dir`` or the method's DensityResNet (41 conv
   layers) at ``--width`` exported to ONNX (timings do not depend on the weights).
-- Fast path: ``Pipeline.assess`` as ``classify`` runs it, models loaded, process pinned
-  to ``--cores`` cores: median wall over ``--repeat`` runs after one warm-up, with the
-  per-stage breakdown (read/decode/preprocess are summed over the 4 images, which run
-  in parallel threads; ``prepare`` is that stage's wall time) and CPU seconds per study.
+- Fast path: ``Pipeline.run`` as ``classify`` runs it (no SR, no state), models
+  loaded, process pinned to ``--cores`` cores: median wall over ``--repeat`` runs
+  after one warm-up, with the per-stage breakdown (read/decode/preprocess are summed
+  over the 4 images, which run in parallel threads; ``prepare`` is that stage's wall
+  time) and CPU seconds per study.
 - Naive path in the same run: full-resolution decode, then the same area resize.
 - ``classify`` CLI once, cold (process start + model load + study), as a user runs it.
 - ``serve`` RSS: a real ``mammo-density serve`` (embedded pipeline) receives the study
@@ -46,15 +47,15 @@ def _cpu() -> float:
 
 
 def _run_path(pipeline, job, repeat: int) -> dict:
-    pipeline.assess(job)  # warm-up (page cache, ORT arenas)
+    pipeline.run(job)  # warm-up (page cache, ORT arenas)
     walls, cpus, stages = [], [], []
     for _ in range(repeat):
         c0, t0 = _cpu(), time.perf_counter()
-        result = pipeline.assess(job)
+        result = pipeline.run(job)
         walls.append(time.perf_counter() - t0)
         cpus.append(_cpu() - c0)
         stages.append(result.timings_ms)
-    keys = ["read", "decode", "preprocess", "prepare", "inference", "combine", "total"]
+    keys = ["read", "decode", "preprocess", "prepare", "inference", "decide", "total"]
     return {
         "wall_s_median": round(statistics.median(walls), 3),
         "wall_s_all": [round(w, 3) for w in walls],
@@ -140,24 +141,27 @@ def main(argv: list[str] | None = None) -> int:
     cores = pin_cores(args.cores)
     from mammo_density.commands.classify import collect_jobs
     from mammo_density.config import load_settings
+    from mammo_density.spool_layout import FileImages
     from mammo_density.worker.pipeline import Pipeline
 
     study = full_field_study()
     model_dir = bench_model(input_size=args.input_size, width=args.width,
                             model_dir=args.model_dir)
-    job = collect_jobs([study]).jobs[0]
+    collected = collect_jobs([study])
+    job = collected.jobs[0]
+    images = FileImages(collected.files)
     work = Path(tempfile.mkdtemp(prefix="md-bench-"))
     settings = load_settings(model_dir=model_dir, data_dir=work / "data",
                              ort_threads=len(cores))
     out: dict = {"cores": cores, "load_avg_1min_start": round(os.getloadavg()[0], 2),
                  "input_size": args.input_size, "model": str(model_dir),
                  "study": "4 x 3328x4096 12-bit JPEG 2000 lossless"}
-    fast = Pipeline(settings)
+    fast = Pipeline(settings, images=images)
     t0 = time.perf_counter()
     fast.models  # noqa: B018
     out["model_load_s"] = round(time.perf_counter() - t0, 3)
     out["fast"] = _run_path(fast, job, args.repeat)
-    naive = Pipeline(settings, models=fast.models, reduced_decode=False)
+    naive = Pipeline(settings, images=images, models=fast.models, reduced_decode=False)
     out["naive"] = _run_path(naive, job, args.naive_repeat)
     out["speedup_wall"] = round(out["naive"]["wall_s_median"] / out["fast"]["wall_s_median"], 2)
 

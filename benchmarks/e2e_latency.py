@@ -2,7 +2,7 @@
 stored in Orthanc.
 
     .venv/bin/python -m benchmarks.e2e_latency [--studies 20] [--cores 2] [--broker]
-        [--model-dir DIR] [--data DIR] [--no-summary] [--json]
+        [--model-dir DIR] [--data DIR] [--no-summary] [--ab KEY=VALUE ...] [--json]
 
 Real processes on loopback: Orthanc 1.10 with the routing plugin
 (plugin/orthanc/mammo_density_orthanc.py), ``mammo-density serve`` (embedded pipeline by
@@ -16,6 +16,9 @@ Orthanc's change log shows the SR's and the summary image's NewInstance (polled 
 Orthanc -> plugin -> C-STORE to the node -> assembly -> decode/preprocess/infer -> SR
 build -> outbox C-STORE -> Orthanc. One warm-up study is not counted. ``--cores 2``
 pins every process to two CPUs (``sched_setaffinity``), like the 2-core target machine.
+``--ab MAMMO_DENSITY_X=...`` runs a second Orthanc + node whose node has those settings and
+sends every study to both stacks, alternating which goes first: both figures come from one
+run on the same load.
 """
 
 from __future__ import annotations
@@ -120,6 +123,67 @@ def forward_seconds(log: Path) -> list[float]:
     return [float(x) for x in re.findall(r"sent to \S+ \(four-views\) in ([0-9.]+) s", text)]
 
 
+class Stack:
+    """Orthanc with the routing plugin + `serve` (+ Redis and a worker with ``broker``)."""
+
+    def __init__(self, work: Path, model_dir: Path | None, broker: bool,
+                 extra: dict[str, str], summary: bool = True) -> None:
+        self.node_port = free_port()
+        self.server = OrthancServer(work / "orthanc", SCRIPT,
+                                    {**routing_config(self.node_port), "StableAge": 60})
+        self.redis = RedisServer(work / "redis").start() if broker else None
+        data_dir = work / "node" / "data"
+        self.env = node_env(data_dir, orthanc_dicom_port=0, model_dir=model_dir,
+                            broker_url=self.redis.url if self.redis else "",
+                            extra={"MAMMO_DENSITY_STABLE_SECONDS": "60", **extra})
+        self.env.pop("OMP_NUM_THREADS", None)
+        self.env["MAMMO_DENSITY_SR_SUMMARY_IMAGE"] = "true" if summary else "false"
+        self.wanted = {"SR", "OT"} if summary else {"SR"}
+        self.data_dir = data_dir
+        self.broker = broker
+        self.processes: list[NodeProcess] = []
+        self.latencies: list[float] = []
+        self.sr_latencies: list[float] = []
+
+    def start(self) -> Stack:
+        self.server.start()
+        self.env["MAMMO_DENSITY_SR_DESTINATIONS"] = f"ORTHANC@127.0.0.1:{self.server.dicom_port}"
+        self.processes.append(serve(self.data_dir, self.env, port=self.node_port))
+        if self.broker:
+            self.processes.append(worker(self.data_dir, self.env))
+        for proc in self.processes:
+            proc.start()
+        return self
+
+    def one(self, paths: list[Path]) -> tuple[float, float]:
+        """Seconds from the last C-STORE response to all reports, and to the SR."""
+        since = last_change(self.server)
+        t0 = send(paths, self.server.dicom_port)
+        seen = wait_for_reports(self.server, since, self.wanted)
+        return max(seen.values()) - t0, seen["SR"] - t0
+
+    def stop(self) -> None:
+        for proc in reversed(self.processes):
+            proc.stop()
+        self.server.stop()
+        if self.redis:
+            self.redis.stop()
+
+    def summary(self) -> dict:
+        lat = self.latencies
+        forwards = forward_seconds(self.server.log_path)[1:]
+        return {
+            "studies": len(lat),
+            "median_s": round(statistics.median(lat), 3),
+            "sr_median_s": round(statistics.median(self.sr_latencies), 3),
+            "p95_s": round(percentile(lat, 0.95), 3),
+            "min_s": round(min(lat), 3),
+            "max_s": round(max(lat), 3),
+            "plugin_forward_median_s": round(statistics.median(forwards), 3)
+            if forwards else None,
+        }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--studies", type=int, default=20)
@@ -129,13 +193,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="Celery worker over a real Redis instead of the embedded pipeline")
     parser.add_argument("--model-dir", type=Path, default=None,
                         help="model registry entry (default: the bundled demo model)")
+    parser.add_argument("--ab", action="append", default=[], metavar="KEY=VALUE",
+                        help="A/B in one run: a second stack whose node gets these settings "
+                        "(environment); every study goes to both, in alternating order")
     parser.add_argument("--data", type=Path,
                         default=Path(tempfile.gettempdir()) / "mammo-density-e2e-bench")
     parser.add_argument("--no-summary", action="store_true",
                         help="no summary image (sr_summary_image off): the SR alone")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    wanted = {"SR"} if args.no_summary else {"SR", "OT"}
 
     if args.cores:
         cpus = sorted(os.sched_getaffinity(0))[: args.cores]
@@ -144,58 +210,46 @@ def main(argv: list[str] | None = None) -> int:
     all_studies = studies(args.data, args.studies + 1, args.seed)
 
     work = Path(tempfile.mkdtemp(prefix="e2e-bench-"))
-    node_port = free_port()
-    server = OrthancServer(work / "orthanc", SCRIPT,
-                           {**routing_config(node_port), "StableAge": 60})
-    redis = RedisServer(work / "redis").start() if args.broker else None
-    data_dir = work / "node" / "data"
-    env = node_env(data_dir, orthanc_dicom_port=0, model_dir=args.model_dir,
-                   broker_url=redis.url if redis else "",
-                   extra={"MAMMO_DENSITY_STABLE_SECONDS": "60"})
-    env.pop("OMP_NUM_THREADS", None)
-    env["MAMMO_DENSITY_SR_SUMMARY_IMAGE"] = "false" if args.no_summary else "true"
-    processes: list[NodeProcess] = []
-    latencies: list[float] = []
-    sr_latencies: list[float] = []
+    variants = {"A": {}}
+    if args.ab:
+        variants["B"] = dict(kv.split("=", 1) for kv in args.ab)
+    stacks = {name: Stack(work / name, args.model_dir, args.broker, extra,
+                          summary=not args.no_summary)
+              for name, extra in variants.items()}
+    load = [round(os.getloadavg()[0], 2)]
     try:
-        server.start()
-        env["MAMMO_DENSITY_SR_DESTINATIONS"] = f"ORTHANC@127.0.0.1:{server.dicom_port}"
-        processes.append(serve(data_dir, env, port=node_port))
-        if args.broker:
-            processes.append(worker(data_dir, env))
-        for proc in processes:
-            proc.start()
+        for stack in stacks.values():
+            stack.start()
+        names = list(stacks)
         for i, paths in enumerate(all_studies):
-            since = last_change(server)
-            t0 = send(paths, server.dicom_port)
-            seen = wait_for_reports(server, since, wanted)
-            t1 = max(seen.values())
-            if i > 0:
-                latencies.append(t1 - t0)
-                sr_latencies.append(seen["SR"] - t0)
-            print(f"study {i:2d}: {t1 - t0:6.3f} s{' (warm-up)' if i == 0 else ''}",
-                  file=sys.stderr)
+            order = names if i % 2 == 0 else names[::-1]
+            for name in order:
+                seconds, sr_seconds = stacks[name].one(paths)
+                if i > 0:
+                    stacks[name].latencies.append(seconds)
+                    stacks[name].sr_latencies.append(sr_seconds)
+                print(f"study {i:2d} {name}: {seconds:6.3f} s"
+                      f"{' (warm-up)' if i == 0 else ''}", file=sys.stderr)
     finally:
-        for proc in reversed(processes):
-            proc.stop()
-        server.stop()
-        if redis:
-            redis.stop()
-    forwards = forward_seconds(server.log_path)[1:]
-    result = {
-        "studies": len(latencies),
+        for stack in stacks.values():
+            stack.stop()
+    load.append(round(os.getloadavg()[0], 2))
+    result: dict = {
         "pipeline": "celery+redis" if args.broker else "embedded",
         "cores": len(os.sched_getaffinity(0)),
         "summary_image": not args.no_summary,
-        "median_s": round(statistics.median(latencies), 3),
-        "sr_median_s": round(statistics.median(sr_latencies), 3),
-        "p95_s": round(percentile(latencies, 0.95), 3),
-        "min_s": round(min(latencies), 3),
-        "max_s": round(max(latencies), 3),
-        "plugin_forward_median_s": round(statistics.median(forwards), 3) if forwards else None,
+        "load_avg_start_end": load,
         "model_dir": str(args.model_dir) if args.model_dir else "bundled demo model",
         "image_bytes_per_study": sum(p.stat().st_size for p in all_studies[1]),
     }
+    for name, stack in stacks.items():
+        result[name if args.ab else "result"] = {**stack.summary(),
+                                                 "settings": variants[name]}
+    if args.ab:
+        a, b = stacks["A"].latencies, stacks["B"].latencies
+        result["median_ratio_B_over_A"] = round(statistics.median(b) / statistics.median(a), 3)
+        result["paired_median_diff_s"] = round(statistics.median(
+            y - x for x, y in zip(a, b, strict=True)), 3)
     if args.json:
         print(json.dumps(result, indent=2))
     else:

@@ -66,16 +66,18 @@ def main(argv: list[str] | None = None) -> int:
     import mammo_density.worker.pipeline as pipeline_module
     from mammo_density.commands.classify import collect_jobs
     from mammo_density.config import load_settings
+    from mammo_density.spool_layout import FileImages
     from mammo_density.worker.pipeline import Pipeline
     from mammo_density.worker.preprocess import PREPROCESSING_VERSION
 
     study = full_field_study()
     model_dir = bench_model(input_size=args.input_size, width=args.width)
-    job = collect_jobs([study]).jobs[0]
+    collected = collect_jobs([study])
+    job = collected.jobs[0]
     work = Path(tempfile.mkdtemp(prefix="md-bench-ab-"))
     settings = load_settings(model_dir=model_dir, data_dir=work / "data",
                              ort_threads=len(cores))
-    pipeline = Pipeline(settings)
+    pipeline = Pipeline(settings, images=FileImages(collected.files))
     pipeline.models  # noqa: B018
     variants = {"A": pipeline_module.preprocess_dataset}
     variants["B"], base_version = base_preprocess(args.base)
@@ -83,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     def run(name: str) -> dict:
         pipeline_module.preprocess_dataset = variants[name]
         t0 = time.perf_counter()
-        result = pipeline.assess(job)
+        result = pipeline.run(job)
         wall = time.perf_counter() - t0
         return {"wall_s": wall, **{k: result.timings_ms.get(k, 0.0)
                                    for k in ("decode", "preprocess", "prepare", "total")}}

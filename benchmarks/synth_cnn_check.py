@@ -8,9 +8,9 @@ four standard views back (file window applied, left breasts mirrored), resizes t
 ``--input`` pixels with INTER_AREA and trains a deliberately tiny CNN (5 convolutions,
 ~40k weights, Adam, cosine schedule) on the first 70% of exams against the reader labels.
 Each epoch prints the view accuracy (reader labels) and the exam accuracy on the other 30%
-against the true exam class, combining views as METHOD.md does (average the two views of
-each breast, the exam gets the denser breast). This is a check of the data, not the
-project's model (train/ has the residual network).
+against the true exam class, combining views as the method does (docs/method.md:
+average the two views of each breast, the exam gets the denser breast). This is a check
+of the data, not the project's model (train/ has the residual network).
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ COMMANDS: tuple[str, ...] = (
     "train",
     "evaluate",
     "export",
+    "quantize",
     "worker",
     "classify",
 )

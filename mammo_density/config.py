@@ -198,7 +198,27 @@ class Settings(BaseSettings):
     dense_model_dir: Path | None = Field(
         None, description="optional dense2 model set; else dense = P(C)+P(D) of birads4"
     )
-    ort_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads; 0 = auto")
+    ort_threads: int = Field(
+        0, ge=0, description="ONNX Runtime intra-op threads per network; 0 = the cores this "
+        "process may use divided by ort_parallel_views")
+    ort_inter_threads: int = Field(1, ge=1, le=64, description="ONNX Runtime inter-op threads "
+                                   "(parallel execution mode only)")
+    ort_graph_optimization: Literal["disable", "basic", "extended", "all"] = Field(
+        "all", description="ONNX Runtime graph optimisation level")
+    ort_execution_mode: Literal["sequential", "parallel"] = Field(
+        "sequential", description="ONNX Runtime execution mode")
+    ort_spinning: bool = Field(False, description="let idle ONNX Runtime threads busy-wait")
+    ort_parallel_views: int = Field(2, ge=1, le=8, description="view networks run at the "
+                                    "same time for one study (threads)")
+    ort_batch_shared: bool = Field(True, description="views sharing one network file run "
+                                   "as one batch")
+    prepare_on_arrival: bool = Field(
+        True, description="embedded pipeline: prepare each image's model input in the "
+        "background as it is spooled (cached beside the spool), so a complete study only "
+        "needs inference; Celery workers read the entries they find in a local spool")
+    model_variant: Literal["fp32", "int8"] = Field(
+        "fp32", description="which networks of the model entry to run: fp32 (exported) or "
+        "int8 (`mammo-density quantize`; see its parity report before using it)")
     ort_providers: CommaList = Field(
         default_factory=list, description="execution providers; empty = CUDA if present, else CPU"
     )

@@ -1,8 +1,12 @@
 """The hand-over from the listener to the pipeline: one study ready to be assessed.
 
 The listener (plugin/) builds a :class:`StudyJob` and calls the ``submit`` callable it was
-given; the pipeline (worker/, in-process or through Celery) consumes it. It carries paths
-and UIDs only, never pixel data, so it travels cheaply as JSON.
+given; the pipeline (worker/, in-process or through Celery) consumes it. It carries UIDs
+only: no file paths, no pixel data. The pipeline finds each image's file through the
+:class:`~mammo_density.spool_layout.ImageSource` its composition root gave it (for
+``serve`` and ``worker``: its own spool, nothing outside it), so a job on the broker
+cannot name a file for a worker to read. A field a job does not define (``path`` in a
+job from an older version, say) is ignored.
 """
 
 from __future__ import annotations
@@ -19,7 +23,6 @@ class JobImage(BaseModel):
     """One spooled image chosen for a screening slot."""
 
     slot: str = Field(description="R-CC, L-CC, R-MLO or L-MLO")
-    path: str = Field(description="absolute path of the spooled DICOM file")
     sop_instance_uid: str
     sop_class_uid: str = ""
 
@@ -36,9 +39,9 @@ class StudyJob(BaseModel):
         the newest revision's result supersedes older ones.
     images
         The images filling the screening slots (at most one per slot).
-    other_paths
-        Every other spooled instance of the study: extra views, For Processing twins,
-        X-Ray Radiation Dose SRs (read by the dose hooks).
+    other_sop_uids
+        SOP Instance UIDs of every other spooled instance of the study: extra views,
+        For Processing twins, X-Ray Radiation Dose SRs (read for the dose figures).
     partial
         True when queued after the stable timeout with a slot empty.
     missing_views
@@ -56,7 +59,7 @@ class StudyJob(BaseModel):
     study_instance_uid: str
     revision: int = 1
     images: list[JobImage]
-    other_paths: list[str] = Field(default_factory=list)
+    other_sop_uids: list[str] = Field(default_factory=list)
     partial: bool = False
     missing_views: list[str] = Field(default_factory=list)
     unused_images: list[UnusedImage] = Field(default_factory=list)
@@ -68,8 +71,8 @@ class StudyJob(BaseModel):
         return next((im for im in self.images if im.slot == slot), None)
 
     @property
-    def all_paths(self) -> list[str]:
-        return [im.path for im in self.images] + list(self.other_paths)
+    def all_sop_uids(self) -> list[str]:
+        return [im.sop_instance_uid for im in self.images] + list(self.other_sop_uids)
 
 
 __all__ = ["SLOTS", "JobImage", "StudyJob"]

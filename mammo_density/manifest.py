@@ -38,6 +38,10 @@ class ModelManifest(BaseModel):
     preprocessing_version: str
     normalisation: Normalisation = Field(default_factory=Normalisation)
     files_sha256: dict[str, str]
+    variants: dict[str, dict[str, str]] = Field(
+        default_factory=dict,
+        description="other versions of the networks beside the fp32 ``views``: variant name "
+        "(``int8``) -> slot -> ONNX file name; each file has its sha256 in files_sha256")
     input_name: str = "image"
     output_name: str = "probabilities"
     architecture: dict[str, object] = Field(default_factory=dict)
@@ -52,6 +56,9 @@ class ModelManifest(BaseModel):
         unknown = set(self.views) - set(SLOTS)
         if unknown:
             raise ValueError(f"manifest names unknown views: {sorted(unknown)}")
+        for variant, views in self.variants.items():
+            if set(views) != set(self.views):
+                raise ValueError(f"variant {variant} must cover the views {sorted(self.views)}")
         if self.classes != TASK_CLASSES[self.task]:
             raise ValueError(f"task {self.task} needs classes {TASK_CLASSES[self.task]}, "
                              f"manifest has {self.classes}")

@@ -1,5 +1,5 @@
 """The density result: what ``classify --json`` prints, what hooks receive, what the SR
-is built from. One schema for the whole product (DESIGN.md "Contracts", issue #5/#9)."""
+is built from. One schema for the whole product (docs/architecture.md)."""
 
 from __future__ import annotations
 

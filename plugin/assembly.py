@@ -1,6 +1,6 @@
 """Study assembly: which spooled image fills which screening slot, and when a study goes.
 
-Rules (DESIGN.md, "Study assembly rules"):
+Rules (docs/architecture.md; the study rules themselves live in mammo_density/study/):
 
 - Which images may fill a slot is the screening-image gate's rule
   (:mod:`mammo_density.study.gate`, applied at ingest); images it keeps out are stored,
@@ -102,12 +102,12 @@ def select(rows: Iterable[InstanceRow]) -> Selection:
 def build_job(study_uid: str, revision: int, selection: Selection, *,
               calling_aet: str = "", peer_host: str = "") -> StudyJob:
     """The :class:`StudyJob` handed to the pipeline for a selection."""
-    images = [JobImage(slot=slot, path=row.path, sop_instance_uid=row.sop_uid,
+    images = [JobImage(slot=slot, sop_instance_uid=row.sop_uid,
                        sop_class_uid=row.sop_class_uid)
               for slot, row in ((s, selection.images[s]) for s in SLOTS if s in selection.images)]
     missing = selection.missing
     return StudyJob(study_instance_uid=study_uid, revision=revision, images=images,
-                    other_paths=[r.path for r in selection.others], partial=bool(missing),
+                    other_sop_uids=[r.sop_uid for r in selection.others], partial=bool(missing),
                     missing_views=missing, unused_images=selection.unused,
                     calling_aet=calling_aet, peer_host=peer_host)
 

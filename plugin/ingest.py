@@ -40,7 +40,7 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -70,6 +70,33 @@ PATIENT_CONFLICT = 0xC005
 
 MAX_DIMENSION = 20000
 _PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # Pixel Data, Float, Double Float
+
+
+_spooled_callbacks: list[Callable[[NewInstance], None]] = []
+
+
+def on_spooled(callback: Callable[[NewInstance], None]) -> Callable[[], None]:
+    """Call ``callback(instance)`` after each instance is durable in the spool and recorded
+    (its ``path`` set); returns the function that removes it. Callbacks must be quick
+    (they run in the C-STORE handler) and their errors are logged, never answered."""
+    _spooled_callbacks.append(callback)
+
+    def remove() -> None:
+        with contextlib.suppress(ValueError):
+            _spooled_callbacks.remove(callback)
+
+    return remove
+
+
+def on_spooled_images(callback: Callable[[Path], None]) -> Callable[[], None]:
+    """Like :func:`on_spooled`, for the screening images only: ``callback(path)`` with the
+    spooled file of each instance that fills a slot (the preparation cache's feed)."""
+
+    def spooled(inst: NewInstance) -> None:
+        if inst.kind == sop.KIND_IMAGE and inst.slot and inst.path:
+            callback(Path(inst.path))
+
+    return on_spooled(spooled)
 
 
 @dataclass(frozen=True)
@@ -526,6 +553,13 @@ class Ingestor:
         if not added:
             log.info("instance %s of study %s received again, unchanged (idempotent)",
                      uid_hash(record.sop_uid), uid_hash(record.study_uid))
+            return
+        for callback in list(_spooled_callbacks):  # e.g. prepare the image on arrival
+            try:
+                callback(record)
+            except Exception:
+                log.exception("on-spooled callback failed for instance %s",
+                              uid_hash(record.sop_uid))
 
     def _same_instance(self, incoming: Incoming, inst: NewInstance, known) -> None:
         """Raise 0xC003 unless the received data set is the spooled one sent again."""

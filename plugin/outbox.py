@@ -16,6 +16,11 @@ Rules:
 - ``enqueue`` writes the file durably (temporary file, fsync, rename, fsync of the
   folder) *before* recording any delivery, so a crash leaves either no row or a row
   whose file exists.
+- Destinations are decided by the outbox's owner, ``serve`` (``Outbox(owner=True)``),
+  from its own settings: an SR enqueued by a Celery worker (``owner=False``) is recorded
+  unrouted, and the owner gives it its delivery rows on its next poll. A worker started
+  with another environment therefore cannot send SRs elsewhere, or nowhere. With no
+  destination configured the owner logs a WARNING naming the outbox folder.
 - One delivery row per SOPInstanceUID and destination: enqueueing the same SR again
   (a re-run of the same study and model, which gives the same UIDs) adds nothing and
   never sends it twice (its rows, whatever their state, are left as they are).
@@ -68,9 +73,9 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from mammo_density.config import Destination, Settings, mask_url
+from mammo_density.durable import durable_write, fsync_dir
 from mammo_density.logsetup import uid_hash
 from mammo_density.plugin.send import DeliveryError, c_store, client_tls_context, stow_rs
-from mammo_density.plugin.spool import durable_write, fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +93,8 @@ CREATE TABLE IF NOT EXISTS srs (
     calling_aet  TEXT NOT NULL DEFAULT '',
     peer_host    TEXT NOT NULL DEFAULT '',
     created_at   REAL NOT NULL,
-    kind         TEXT NOT NULL DEFAULT 'SR'
+    kind         TEXT NOT NULL DEFAULT 'SR',
+    routed       INTEGER NOT NULL DEFAULT 1
 );
 CREATE INDEX IF NOT EXISTS srs_study ON srs(study_uid);
 CREATE TABLE IF NOT EXISTS deliveries (
@@ -139,10 +145,24 @@ def write_durably(ds: Dataset, path: Path) -> Path:
 
 
 class Outbox:
-    """Durable, retrying delivery of SRs to ``settings.sr_destinations``."""
+    """Durable, retrying delivery of SRs to ``settings.sr_destinations``.
 
-    def __init__(self, settings: Settings, *, readonly: bool = False) -> None:
+    Parameters
+    ----------
+    settings
+        The node's settings (data directory; for the owner also the destinations).
+    owner
+        True in ``serve``, which owns the outbox: it decides the destinations (at
+        enqueue, and for SRs enqueued by others at :meth:`route_new`) and delivers.
+        False in a Celery worker: :meth:`enqueue` only stores the SR.
+    readonly
+        ``status``: queries only, nothing created or written.
+    """
+
+    def __init__(self, settings: Settings, *, owner: bool = True,
+                 readonly: bool = False) -> None:
         self.settings = settings
+        self.owner = owner
         self.dir = Path(settings.outbox_dir)
         self.sent_dir = self.dir / SENT_DIR
         self.db_path = Path(settings.data_dir) / DB_NAME
@@ -158,6 +178,8 @@ class Outbox:
             columns = {r["name"] for r in db.execute("PRAGMA table_info(srs)")}
             if "kind" not in columns:  # an outbox written before the summary image
                 db.execute("ALTER TABLE srs ADD COLUMN kind TEXT NOT NULL DEFAULT 'SR'")
+            if "routed" not in columns:  # an outbox from before routing by the owner
+                db.execute("ALTER TABLE srs ADD COLUMN routed INTEGER NOT NULL DEFAULT 1")
 
     # --- database -------------------------------------------------------------------
     @contextmanager
@@ -214,7 +236,8 @@ class Outbox:
     # --- public API -----------------------------------------------------------------
     def enqueue(self, sr: Dataset, *, study_uid: str, calling_aet: str = "",
                 peer_host: str = "") -> Path:
-        """Write ``sr`` durably to the outbox, then record one delivery per destination.
+        """Write ``sr`` durably to the outbox; the owner then records one delivery per
+        destination (a non-owner leaves that to the owner's :meth:`route_new`).
 
         Idempotent per SOPInstanceUID: the same SR enqueued again is not sent again.
         Returns the SR file's path (under ``outbox/`` or ``outbox/sent/``).
@@ -236,16 +259,42 @@ class Outbox:
             log.info("SR already in the outbox", extra={"sr": uid_hash(sop_uid)})
             return path
         path = write_durably(sr, self.dir / f"{sop_uid}.dcm")
-        now = time.time()
-        targets = self._targets(calling_aet, peer_host)
         with self._transaction() as db:
             db.execute(
                 "INSERT INTO srs (sop_uid, study_uid, series_uid, revision, path, calling_aet,"
-                " peer_host, created_at, kind) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " peer_host, created_at, kind, routed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0)"
                 " ON CONFLICT(sop_uid) DO UPDATE SET path = excluded.path",
                 (sop_uid, study_uid, str(sr.get("SeriesInstanceUID", "")), revision, str(path),
-                 calling_aet, peer_host, now, kind),
+                 calling_aet, peer_host, time.time(), kind),
             )
+        if not self.owner:
+            log.info("SR stored in the outbox; serve decides its destinations",
+                     extra={"study": uid_hash(study_uid), "sr": uid_hash(sop_uid)})
+            return path
+        self._route(sop_uid)
+        return self._path_of(sop_uid) or path
+
+    def route_new(self) -> int:
+        """Give every SR stored by a non-owner its delivery rows; return how many."""
+        if not self.owner:
+            return 0
+        with self._connect() as db:
+            new = [r["sop_uid"] for r in db.execute(
+                "SELECT sop_uid FROM srs WHERE routed = 0 ORDER BY created_at").fetchall()]
+        for sop_uid in new:
+            self._route(sop_uid)
+        return len(new)
+
+    def _route(self, sop_uid: str) -> None:
+        """Record one delivery per destination of this owner's settings (once)."""
+        now = time.time()
+        with self._transaction() as db:
+            sr = db.execute("SELECT * FROM srs WHERE sop_uid = ? AND routed = 0",
+                            (sop_uid,)).fetchone()
+            if sr is None:  # routed already (by another loop of the same owner)
+                return
+            study_uid, revision, kind = sr["study_uid"], int(sr["revision"]), sr["kind"]
+            targets = self._targets(sr["calling_aet"], sr["peer_host"])
             newer = db.execute(
                 "SELECT 1 FROM srs WHERE study_uid = ? AND kind = ? AND sop_uid != ?"
                 " AND revision > ? LIMIT 1", (study_uid, kind, sop_uid, revision),
@@ -263,6 +312,7 @@ class Outbox:
                     (sop_uid, t.key, t.kind, t.ae_title, t.host, t.port, t.url, status, error,
                      now, now),
                 )
+            db.execute("UPDATE srs SET routed = 1 WHERE sop_uid = ?", (sop_uid,))
             if newer is None:
                 superseded = db.execute(
                     "UPDATE deliveries SET status = ?, last_error = ? WHERE status = ? AND"
@@ -274,15 +324,20 @@ class Outbox:
                 if superseded:
                     log.info("superseded %d older SR deliveries", superseded,
                              extra={"study": uid_hash(study_uid)})
-        log.info("SR enqueued for %d destination(s)", len(targets),
-                 extra={"study": uid_hash(study_uid), "sr": uid_hash(sop_uid)})
+        extra = {"study": uid_hash(study_uid), "sr": uid_hash(sop_uid)}
+        if targets:
+            log.info("SR enqueued for %d destination(s)", len(targets), extra=extra)
+        else:
+            log.warning("SR kept in %s: no SR destination is configured (sr_destinations)",
+                        self.dir, extra=extra)
         _WORK.set()
         self._maybe_retire(sop_uid)
-        return self._path_of(sop_uid) or path
 
     def deliver_due(self) -> int:
-        """Attempt every delivery that is due; return how many succeeded now."""
+        """Route new SRs, then attempt every delivery that is due; return how many
+        succeeded now."""
         with self._lock:
+            self.route_new()
             delivered = 0
             for row in self._claim_due():
                 if self._attempt(row):

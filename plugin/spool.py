@@ -2,42 +2,29 @@
 
 Layout: ``<spool>/<study>/<instance>.dcm`` where ``<study>`` and ``<instance>`` are the
 UIDs themselves when they are well-formed DICOM UIDs, else ``x`` + a SHA-256 prefix (so a
-hostile UID can never walk out of the spool). A file only appears under its final name
-once its bytes and its directory entry are on disk (write or link, ``fsync``, ``rename``,
-``fsync`` of the directory): a crash leaves either the whole file or nothing but a
-``*.part`` leftover, which :func:`clean_partials` removes at start-up.
+hostile UID can never walk out of the spool); the rule lives in
+:mod:`mammo_density.spool_layout`, which the pipeline uses to find images. A file
+only appears under its final name once its bytes and its directory entry are on disk
+(write or link, ``fsync``, ``rename``, ``fsync`` of the directory): a crash leaves
+either the whole file or nothing but a ``*.part`` leftover, which
+:func:`clean_partials` removes at start-up.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-import re
 import shutil
-import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+from mammo_density.durable import PART_SUFFIX, durable_write, fsync_dir
+from mammo_density.durable import ensure_dir as _ensure_dir
+from mammo_density.spool_layout import instance_path, safe_name
+
 log = logging.getLogger(__name__)
 
-_UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
-PART_SUFFIX = ".part"
 CHUNK = 1 << 20
-
-
-def safe_name(uid: str) -> str:
-    """A file-system-safe name for a UID: the UID itself if well-formed, else a hash."""
-    uid = (uid or "").strip().rstrip("\x00")
-    if _UID_RE.match(uid) and len(uid) <= 64:
-        return uid
-    return "x" + hashlib.sha256(uid.encode("utf-8", "surrogateescape")).hexdigest()[:40]
-
-
-def instance_path(spool_dir: Path, study_uid: str, sop_uid: str) -> Path:
-    """Final spool path of one instance."""
-    return spool_dir / safe_name(study_uid) / (safe_name(sop_uid) + ".dcm")
 
 
 def free_mb(path: Path) -> float:
@@ -48,13 +35,6 @@ def free_mb(path: Path) -> float:
     return shutil.disk_usage(probe).free / (1024 * 1024)
 
 
-def fsync_dir(path: Path) -> None:
-    """Make a directory's entries (a rename into it) durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _fsync_file(path: Path) -> None:
@@ -65,10 +45,6 @@ def _fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-def _ensure_dir(directory: Path) -> None:
-    if not directory.is_dir():
-        directory.mkdir(parents=True, exist_ok=True)
-        fsync_dir(directory.parent)
 
 
 def commit_file(received: Path, final: Path, *, move: bool) -> Path:
@@ -108,25 +84,6 @@ def commit_file(received: Path, final: Path, *, move: bool) -> Path:
     return durable_write(final, copy)
 
 
-def durable_write(final: Path, fill: Callable[[BinaryIO], object]) -> Path:
-    """Write a file at ``final`` crash-safely: ``fill`` writes the bytes into a ``*.part``
-    file beside it, which is fsync'd and renamed over ``final``, then the directory is
-    fsync'd. A crash or an exception leaves ``final`` as it was (a ``*.part`` leftover at
-    worst, removed by :func:`clean_partials`)."""
-    directory = final.parent
-    _ensure_dir(directory)
-    part = directory / f".{final.name}.{uuid.uuid4().hex[:8]}{PART_SUFFIX}"
-    try:
-        with open(part, "wb") as dst:
-            fill(dst)
-            dst.flush()
-            os.fsync(dst.fileno())
-        os.replace(part, final)
-    except BaseException:
-        part.unlink(missing_ok=True)
-        raise
-    fsync_dir(directory)
-    return final
 
 
 def clean_partials(spool_dir: Path) -> int:

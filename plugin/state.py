@@ -1,8 +1,10 @@
 """State of every study and instance the node has received, in SQLite (WAL mode).
 
 One database file (``settings.state_db``) is shared by the listener (``serve``) and the
-pipeline, in-process or in Celery workers on the same host: WAL mode, a busy timeout and
-``BEGIN IMMEDIATE`` transactions make it safe across threads and processes.
+pipeline's state sink: in-process, or in the Celery ``cpu`` workers, which run on the
+listener's host (SQLite locking is not reliable over network file systems; ``gpu``
+workers never open it). WAL mode, a busy timeout and ``BEGIN IMMEDIATE`` transactions
+make it safe across threads and processes of one host.
 
 Study life cycle (``studies.status``)::
 

@@ -7,7 +7,18 @@ from pathlib import Path
 
 import pytest
 
+from tests import services
 from tests.services import HERE, OrthancServer, RedisServer
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Let :func:`tests.services.require_binary` see the running test's markers."""
+    services.CURRENT_TEST = item
+
+
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    services.CURRENT_TEST = None
 
 
 @pytest.fixture(scope="session")

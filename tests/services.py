@@ -3,6 +3,11 @@
 Each server starts on free loopback ports in a temporary directory and stops afterwards.
 Under CI (``CI=true``) a missing program is a test failure, not a skip: a skip there would
 hide a broken install step.
+
+Every program outside the Python environment goes through :func:`require_binary`, which
+fails a test that does not carry ``@pytest.mark.services``: so ``pytest -m "not
+services"`` (the fast unit run) provably needs no service, and a new test that starts one
+cannot forget the marker.
 """
 
 from __future__ import annotations
@@ -41,8 +46,17 @@ def _search_path() -> str:
     return os.pathsep.join(p for p in parts if p and Path(p).resolve() != venv_bin)
 
 
+CURRENT_TEST: pytest.Item | None = None  # set by conftest.py for the running test
+
+
 def require_binary(name: str) -> str:
-    """Path of a program the test needs; fail under CI, skip elsewhere, if it is missing."""
+    """Path of a program the test needs; fail under CI, skip elsewhere, if it is missing.
+
+    A test (or a fixture it uses) that needs a program must be marked ``services``."""
+    item = CURRENT_TEST
+    if item is not None and item.get_closest_marker("services") is None:
+        pytest.fail(f"{item.nodeid} needs {name}, a real service: mark it "
+                    "@pytest.mark.services")
     path = shutil.which(name, path=_search_path())
     if path is None:
         message = f"{name} is not installed (run `make test`, which installs it)"

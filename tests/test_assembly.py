@@ -91,7 +91,7 @@ def test_retake_latest_acquisition_wins(env):
     for slot in FOUR[1:]:
         asm.add(inst(study, slot))
     assert jobs[0].image_for("R-CC").sop_instance_uid == late.sop_uid
-    assert early.path in jobs[0].other_paths
+    assert early.sop_uid in jobs[0].other_sop_uids
 
 
 def test_retake_instance_number_then_arrival(env):
@@ -120,7 +120,7 @@ def test_for_presentation_preferred_processing_fallback(env):
     job = jobs[0]
     assert job.image_for("R-CC").sop_instance_uid == proc.sop_uid
     assert not job.partial
-    # With a For Presentation twin the processing image goes to other_paths.
+    # With a For Presentation twin the processing image goes to other_sop_uids.
     study2 = generate_uid()
     proc2 = inst(study2, "R-CC", pres=False, acquired="20250101000000")
     asm.add(proc2)
@@ -128,10 +128,10 @@ def test_for_presentation_preferred_processing_fallback(env):
         asm.add(inst(study2, slot, acquired="20240101000000"))
     assert jobs[1].study_instance_uid == study2
     assert jobs[1].image_for("R-CC").sop_class_uid == MG_FOR_PRESENTATION
-    assert proc2.path in jobs[1].other_paths
+    assert proc2.sop_uid in jobs[1].other_sop_uids
 
 
-def test_extra_views_tomo_rdsr_in_other_paths_sr_ignored(env):
+def test_extra_views_tomo_rdsr_in_other_sop_uids_sr_ignored(env):
     _db, asm, jobs, _ = env
     study = generate_uid()
     extras = [inst(study, None), inst(study, None, kind=KIND_TOMO),
@@ -141,7 +141,7 @@ def test_extra_views_tomo_rdsr_in_other_paths_sr_ignored(env):
         asm.add(x)
     for slot in FOUR:
         asm.add(inst(study, slot))
-    assert sorted(jobs[0].other_paths) == sorted(x.path for x in extras)
+    assert sorted(jobs[0].other_sop_uids) == sorted(x.sop_uid for x in extras)
 
 
 def test_partial_after_stable_timeout(env):
@@ -313,7 +313,7 @@ def test_late_dose_report_reopens_own_sr_does_not(env):
     assert db.study(study)["status"] == "collecting"
     clock.now += 61
     asm.check_stable()
-    assert jobs[-1].revision == 2 and dose.path in jobs[-1].other_paths
+    assert jobs[-1].revision == 2 and dose.sop_uid in jobs[-1].other_sop_uids
 
 
 def test_status_says_why_a_study_was_not_assessable(tmp_path, capsys):

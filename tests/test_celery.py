@@ -23,9 +23,12 @@ from pathlib import Path
 import pydicom
 import pytest
 
+from mammo_density.commands.compose import node_pipeline
 from mammo_density.config import load_settings
 from mammo_density.job import StudyJob
+from mammo_density.plugin.outbox import Outbox
 from mammo_density.plugin.state import StateDB
+from mammo_density.spool_layout import instance_path
 from mammo_density.worker import tasks
 from mammo_density.worker.celery_app import celery_config
 from tests.models import cached_registry_entry
@@ -120,12 +123,16 @@ def test_config_matches_the_runtime_facts(tmp_path):
                                     visibility_timeout=10, task_time_limit=20))
 
 
+@pytest.mark.services
 def test_worker_classifies_received_study(tmp_path, redis_url, model_dir, records):
     require_binary("redis-server")
     data = tmp_path / "data"
     settings = load_settings(broker_url=redis_url, data_dir=data, model_dir=model_dir,
-                             visibility_timeout=VISIBILITY_S, task_time_limit=TASK_LIMIT_S)
+                             visibility_timeout=VISIBILITY_S, task_time_limit=TASK_LIMIT_S,
+                             sr_destinations=["PACS@127.0.0.1:1"])
     env = _env(redis_url, data, model_dir)
+    # a worker started with another SR destination than serve's: it must not matter
+    env["MAMMO_DENSITY_SR_DESTINATIONS"] = "WORKERPACS@127.0.0.1:2"
     log_path = tmp_path / "worker.log"
     worker = start_worker(env, log_path, "w1")
     try:
@@ -142,12 +149,19 @@ def test_worker_classifies_received_study(tmp_path, redis_url, model_dir, record
         assert len(result["views"]) == 4 and result["sr"]["sop_instance_uid"]
         assert Path(result["sr"]["path"]).is_file()
         assert result["timings_ms"]["inference"] > 0
+        # the worker stored the SR; serve (the outbox's owner) decides where it goes
+        sr_uid = result["sr"]["sop_instance_uid"]
+        outbox = Outbox(settings, owner=True)
+        assert outbox.deliveries(sr_uid) == []
+        assert outbox.route_new() == 2  # the SR and the summary image
+        assert [d["destination"] for d in outbox.deliveries(sr_uid)] == ["PACS@127.0.0.1:1"]
 
         # poison: every spooled image unreadable -> failed once, with the reason
         jobs: list[StudyJob] = []
         receive(settings, study_files(records[1]), jobs.append)
         for im in jobs[0].images:
-            Path(im.path).write_bytes(b"not dicom" * 50)
+            instance_path(settings.spool_dir, jobs[0].study_instance_uid,
+                          im.sop_instance_uid).write_bytes(b"not dicom" * 50)
         tasks.submit(jobs[0], settings)
         row = wait_status(db, records[1].study_instance_uid, {"done", "failed"}, 60,
                           worker, log_path)
@@ -164,6 +178,7 @@ def test_worker_classifies_received_study(tmp_path, redis_url, model_dir, record
     assert "succeeded in" not in text
 
 
+@pytest.mark.services
 def test_killed_worker_study_completes_once(tmp_path, redis_url, model_dir, records):
     data = tmp_path / "data"
     settings = load_settings(broker_url=redis_url, data_dir=data, model_dir=model_dir,
@@ -173,7 +188,8 @@ def test_killed_worker_study_completes_once(tmp_path, redis_url, model_dir, reco
     receive(settings, study_files(study), jobs.append)
     job = jobs[0]
     # hold the first worker inside the task: one spooled image becomes a FIFO
-    held = Path(job.images[1].path)
+    held = instance_path(settings.spool_dir, job.study_instance_uid,
+                         job.images[1].sop_instance_uid)
     real = held.with_suffix(".real")
     shutil.move(held, real)
     os.mkfifo(held)
@@ -219,6 +235,7 @@ def test_killed_worker_study_completes_once(tmp_path, redis_url, model_dir, reco
         kill_group(w1)
 
 
+@pytest.mark.services
 def test_cpu_and_gpu_queues_on_separate_workers(tmp_path, redis_url, model_dir, records):
     """The cpu worker has the spool and state; the gpu worker only the models and broker
     (its data dir is elsewhere, empty): a study still completes."""
@@ -238,7 +255,9 @@ def test_cpu_and_gpu_queues_on_separate_workers(tmp_path, redis_url, model_dir, 
         assert row["status"] == "done", row["last_error"]
         assert "Task mammo_density.infer[" in gpu_log.read_text()
         assert "Task mammo_density.infer[" not in cpu_log.read_text()
-        assert "Task mammo_density.preprocess[" in cpu_log.read_text()
+        assert "Task mammo_density.prepare[" in cpu_log.read_text()
+        assert "Task mammo_density.decide[" in cpu_log.read_text()
+        assert "Task mammo_density.report[" in cpu_log.read_text()
         assert not (tmp_path / "elsewhere" / "state.sqlite3").exists()
     finally:
         stop_worker(cpu)
@@ -255,28 +274,33 @@ def test_task_bodies_record_failures_instead_of_hanging(tmp_path, model_dir, rec
     job_json = jobs[0].model_dump(mode="json")
     db = StateDB(settings.state_db)
     uid = records[0].study_instance_uid
-    tasks.configure(settings)
+    tasks.configure(lambda: node_pipeline(settings, owns_outbox=False))
     try:
-        out = tasks.preprocess(job_json)
+        out = tasks.prepare(job_json)
         assert out["skipped"] and "model unavailable" in out["failed"]
         assert db.study(uid)["status"] == "failed"
         # a good model, but the gpu side failed: report records it
-        tasks.configure(load_settings(data_dir=data, model_dir=model_dir))
+        good = load_settings(data_dir=data, model_dir=model_dir)
+        tasks.configure(lambda: node_pipeline(good, owns_outbox=False))
         with db.tx() as conn:  # the listener would queue the study again
             conn.execute("UPDATE studies SET status='queued' WHERE study_uid=?", (uid,))
-        payload = tasks.preprocess(job_json)
+        payload = tasks.prepare(job_json)
         assert "arrays" in payload and db.study(uid)["status"] == "processing"
         meta = dict(payload, arrays={})
-        out = tasks.report({"prepared": meta, "inferred": None,
+        out = tasks.decide({"prepared": meta, "inferred": None,
                             "error": "inference failed: CUDA out of memory"}, job_json)
+        assert tasks.report(out, job_json) == out  # a failure passes through
         assert out["failed"] == "inference failed: CUDA out of memory"
         row = db.study(uid)
         assert row["status"] == "failed" and "CUDA out of memory" in row["last_error"]
         # and the normal path through the same bodies
         with db.tx() as conn:
             conn.execute("UPDATE studies SET status='queued' WHERE study_uid=?", (uid,))
-        result = tasks.report(tasks.infer(tasks.preprocess(job_json)), job_json)
+        decided = tasks.decide(tasks.infer(tasks.prepare(job_json)), job_json)
+        assert db.study(uid)["status"] == "processing"  # decide writes nothing
+        result = tasks.report(decided, job_json)
         assert result["exam"]["category"] in "ABCD" and db.study(uid)["status"] == "done"
-        assert tasks.preprocess(job_json)["skipped"]  # done already: not redone
+        assert result["sr"]["sop_instance_uid"] and "report" in result["timings_ms"]
+        assert tasks.prepare(job_json)["skipped"]  # done already: not redone
     finally:
-        tasks.configure(settings)
+        tasks.configure(lambda: node_pipeline(settings, owns_outbox=False))

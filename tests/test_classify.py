@@ -46,7 +46,9 @@ def test_collect_groups_studies_and_picks_latest_retake(folder):
         assert used == expected  # the superseded retake is not used
         assert job.missing_views == list(rec.missing) and job.partial == bool(rec.missing)
         superseded = [im for im in rec.images if im.extra == "retake-superseded"]
-        assert all(str(Path(im.path).resolve()) in job.other_paths for im in superseded)
+        assert all(im.sop_instance_uid in job.other_sop_uids for im in superseded)
+        assert all(collected.files[im.sop_instance_uid] == str(Path(im.path).resolve())
+                   for im in rec.images)
         # each image not used says why
         assert {(u.image, u.reason.value) for u in job.unused_images} == {
             (uid_hash(im.sop_instance_uid), "retake_superseded") for im in superseded}

@@ -297,6 +297,7 @@ def test_systemd_units_run_existing_commands(unit: str, command: str) -> None:
     assert ("User", "mammo-density") in lines
 
 
+@pytest.mark.services
 def test_systemd_units_verify(tmp_path: Path) -> None:
     exe = shutil.which("systemd-analyze")
     if exe is None:
@@ -321,6 +322,7 @@ def test_systemd_units_verify(tmp_path: Path) -> None:
     assert not re.search(r"Unknown (key|section)|ignoring|Invalid", output), output
 
 
+@pytest.mark.services
 def test_compose_file(tmp_path: Path) -> None:
     text = (DEPLOY / "compose.yaml").read_text()
     fields = set(Settings.model_fields)

@@ -6,11 +6,14 @@ import shutil
 from pathlib import Path
 
 import pydicom
+import pytest
 import redis
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from tests.services import OrthancServer, dciodvfy, echoscu, require_testdata, storescu
+
+pytestmark = pytest.mark.services
 
 GE_IMAGE = ("real-mg", "openrem", "MG-Im-GE_Seno_1_ForPresentation.dcm")
 

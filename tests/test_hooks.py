@@ -215,11 +215,19 @@ def test_failing_hook_blocks_nothing(tmp_path):
     assert len(Registry(settings).rows()) == 1
 
 
-def test_dispatch_never_raises(tmp_path):
+def test_dispatch_never_raises(tmp_path, caplog):
+    """The queue cannot be opened (data_dir is a file): dispatch returns, and says why
+    in the log; a dispatch that silently did nothing, or raised, fails this test."""
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("x")
-    settings = load_settings(data_dir=blocker)
-    dispatch(make_result(), settings)  # data_dir is a file: logged, not raised
+    settings = load_settings(data_dir=blocker, registry_enabled=True)
+    with caplog.at_level("ERROR", logger="mammo_density.worker.hooks"):
+        assert dispatch(make_result(), settings) is None
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert any("hooks could not be queued" in r.getMessage() for r in errors), \
+        [r.getMessage() for r in caplog.records]
+    assert any(r.exc_info for r in errors)  # the cause is in the log
+    assert blocker.read_text() == "x"
 
 
 def test_run_forever_delivers_in_background(tmp_path):

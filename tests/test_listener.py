@@ -33,6 +33,7 @@ from mammo_density.job import StudyJob
 from mammo_density.logsetup import uid_hash
 from mammo_density.plugin.listener import Listener
 from mammo_density.plugin.state import StateDB
+from mammo_density.spool_layout import SpoolImages
 from tests.mgdata import MG_PRES, MG_PROC, RDSR, SECONDARY_CAPTURE, mg, rdsr, study, write
 from tests.services import echoscu, free_port, require_testdata, storescu
 
@@ -110,6 +111,7 @@ def send(node: Node, datasets, ae: AE | None = None, called: str | None = None) 
 # --- real dcmtk peers ---------------------------------------------------------------------
 
 
+@pytest.mark.services
 def test_dcmtk_echo_and_store_complete_study(node, tmp_path):
     assert echoscu(node.port).returncode == 0
     sent = study()
@@ -124,7 +126,8 @@ def test_dcmtk_echo_and_store_complete_study(node, tmp_path):
     assert job.calling_aet == "STORESCU" and job.peer_host == "127.0.0.1"
     assert node.db.study(sent[0].StudyInstanceUID)["status"] == "queued"
     for im in job.images:
-        spooled = pydicom.dcmread(im.path)
+        spooled = pydicom.dcmread(SpoolImages(node.settings.spool_dir).locate(
+            job.study_instance_uid, im.sop_instance_uid))
         original = next(ds for ds in sent if ds.SOPInstanceUID == im.sop_instance_uid)
         assert spooled.PixelData == original.PixelData
         assert spooled.PatientID == original.PatientID
@@ -174,7 +177,7 @@ def test_retake_extra_views_rdsr_and_partial(node):
     job = node.jobs[0]
     assert job.partial and job.missing_views == ["L-CC", "R-MLO", "L-MLO"]
     assert job.image_for("R-CC").sop_instance_uid == retake.SOPInstanceUID
-    assert len(job.other_paths) == 5
+    assert len(job.other_sop_uids) == 5
     notes = {r.sop_uid: r.note for r in node.db.instances(uid)}
     assert notes[spot.SOPInstanceUID].startswith("spot_compression@R-CC")
     assert notes[nolat.SOPInstanceUID].startswith("no_laterality@?-MLO")
@@ -205,7 +208,7 @@ def test_no_usable_image_still_goes_to_the_pipeline_with_reasons(node):
     assert send(node, [xccl, stub, rdsr(uid)]) == [0, 0, 0]
     node.wait(lambda: len(node.jobs) == 1)
     (job,) = node.jobs
-    assert job.images == [] and len(job.other_paths) == 3
+    assert job.images == [] and len(job.other_sop_uids) == 3
     assert {(u.image, u.reason.value) for u in job.unused_images} == {
         (uid_hash(xccl.SOPInstanceUID), "non_standard_view"),
         (uid_hash(stub.SOPInstanceUID), "too_small")}
@@ -411,6 +414,7 @@ def test_sop_class_mismatch_and_garbage(node, tmp_path, monkeypatch):
 # --- guarding the door --------------------------------------------------------------------
 
 
+@pytest.mark.services
 def test_calling_aet_allow_list(node_factory):
     node = node_factory(allowed_aets=["PACS"])
     assoc = client("INTRUDER").associate("127.0.0.1", node.port, ae_title="MAMMODENSITY")
@@ -419,6 +423,7 @@ def test_calling_aet_allow_list(node_factory):
     assert echoscu(node.port, calling="PACS").returncode == 0
 
 
+@pytest.mark.services
 def test_source_address_allow_list(node_factory):
     node = node_factory(allowed_hosts=["10.0.0.0/8"])
     assoc = client().associate("127.0.0.1", node.port, ae_title="MAMMODENSITY")
@@ -544,6 +549,9 @@ def test_in_memory_receiving_fallback(node, monkeypatch):
     sent = study()
     assert send(node, sent) == [0] * 4
     node.wait(lambda: len(node.jobs) == 1)
-    for im in node.jobs[0].images:
-        assert pydicom.dcmread(im.path).PixelData == next(
+    job = node.jobs[0]
+    for im in job.images:
+        spooled = SpoolImages(node.settings.spool_dir).locate(job.study_instance_uid,
+                                                              im.sop_instance_uid)
+        assert pydicom.dcmread(spooled).PixelData == next(
             ds.PixelData for ds in sent if ds.SOPInstanceUID == im.sop_instance_uid)

@@ -506,7 +506,7 @@ def test_dcmtk_peer_gets_the_same_refusals(node, tmp_path):
 def test_accepted_corpus_studies_give_valid_srs(node, tmp_path):
     """Everything the corpus left in the node is assessed by the real pipeline: held
     studies produce no job; every SR produced passes dciodvfy."""
-    from mammo_density.worker.pipeline import Pipeline
+    from mammo_density.commands.compose import node_pipeline
     from tests.models import cached_registry_entry
 
     settings, db, listener, jobs, _root = node
@@ -516,7 +516,7 @@ def test_accepted_corpus_studies_give_valid_srs(node, tmp_path):
     assert not held & {j.study_instance_uid for j in jobs}
     model = cached_registry_entry(tmp_path / "models", seed=3)
     run_settings = settings.model_copy(update={"model_dir": model, "sr_destinations": []})
-    pipeline = Pipeline(run_settings)
+    pipeline = node_pipeline(run_settings, owns_outbox=True)
     srs = []
     for job in jobs:
         result = pipeline.run(job)

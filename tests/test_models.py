@@ -98,14 +98,24 @@ def test_missing_model_says_how_to_install(tmp_path):
         ModelSet.load(tmp_path / "bad")
 
 
-def test_default_model_dir_is_bundled_or_clearly_absent():
-    try:
-        folder = default_model_dir()
-    except ModelNotInstalled as err:
-        assert "train" in str(err) or "--model-dir" in str(err)
-    else:
-        assert (folder / "manifest.json").is_file()
-        ModelSet.load(folder, threads=1)
+def test_default_model_dir_is_the_bundled_demo():
+    """The repository ships the demo model: it is the default, and it loads."""
+    import mammo_density.onnx_models as registry
+
+    folder = default_model_dir()
+    assert folder.name == registry.DEFAULT_MODEL
+    assert (folder / "manifest.json").is_file()
+    assert ModelSet.load(folder, threads=1).task == "birads4"
+
+
+def test_missing_bundled_model_says_how_to_get_one(monkeypatch):
+    """An install whose bundled entry is gone: a clear error with the way out."""
+    import mammo_density.onnx_models as registry
+
+    monkeypatch.setattr(registry, "DEFAULT_MODEL", "no-such-entry")
+    with pytest.raises(ModelNotInstalled, match="no-such-entry") as err:
+        default_model_dir()
+    assert "--model-dir" in str(err.value) or "train" in str(err.value)
 
 
 def test_provider_choice():

@@ -115,6 +115,7 @@ def test_caller_without_port_is_skipped_with_reason(tmp_path: Path) -> None:
     assert outbox.deliver_due() == 0
 
 
+@pytest.mark.services
 def test_cstore_into_orthanc_lands_in_the_same_study(tmp_path: Path,
                                                      orthanc: OrthancServer) -> None:
     sources, sr = _study_sr()
@@ -152,6 +153,7 @@ def test_cstore_into_orthanc_lands_in_the_same_study(tmp_path: Path,
     assert stored3d["SOPClassUID"] == "1.2.840.10008.5.1.4.1.1.88.34"
 
 
+@pytest.mark.services
 def test_retried_until_orthanc_returns_across_outbox_restart(
         tmp_path: Path, orthanc: OrthancServer) -> None:
     sources, sr = _study_sr()
@@ -192,6 +194,7 @@ def test_retried_until_orthanc_returns_across_outbox_restart(
     assert len(_sr_instances(orthanc, study_uid)) == 1
 
 
+@pytest.mark.services
 def test_stow_rs_into_orthanc(tmp_path: Path, orthanc_factory) -> None:
     server = orthanc_factory(script=HERE / "orthanc_stow.py", name="stow")
     sources, sr = _study_sr()

@@ -1,4 +1,5 @@
-"""Pipeline: assess (decode -> preprocess -> ONNX -> rules) and run (SR, outbox, state)."""
+"""Pipeline: prepare -> infer -> decide -> report, with the sinks its composition root
+hands in; jobs carry UIDs, and images are found in the image source only."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mammo_density.commands.compose import node_pipeline
 from mammo_density.config import load_settings
 from mammo_density.job import JobImage, StudyJob
+from mammo_density.spool_layout import FileImages, instance_path
 from mammo_density.views import SLOTS
 from mammo_density.worker.models import ModelNotInstalled
 from mammo_density.worker.pipeline import Pipeline, Prepared
@@ -38,7 +41,7 @@ def study(tmp_path_factory):
 
 
 def job_of(record, slots=SLOTS) -> StudyJob:
-    images = [JobImage(slot=f"{im.laterality}-{im.view}", path=str(im.path),
+    images = [JobImage(slot=f"{im.laterality}-{im.view}",
                        sop_instance_uid=im.sop_instance_uid)
               for im in record.images if not im.extra and f"{im.laterality}-{im.view}" in slots]
     missing = [s for s in SLOTS if s not in {im.slot for im in images}]
@@ -46,14 +49,23 @@ def job_of(record, slots=SLOTS) -> StudyJob:
                     partial=bool(missing), missing_views=missing)
 
 
+def files_of(record) -> FileImages:
+    return FileImages({im.sop_instance_uid: im.path for im in record.images})
+
+
 def settings_for(tmp_path, model_dir, **extra):
     return load_settings(model_dir=model_dir, data_dir=tmp_path / "data", ort_threads=1,
                          **extra)
 
 
+def pipe_for(tmp_path, model_dir, record, **extra) -> Pipeline:
+    """A pipeline over the record's files, without sinks (as ``classify`` has it)."""
+    return Pipeline(settings_for(tmp_path, model_dir, **extra), images=files_of(record))
+
+
 def test_assess_complete_study(tmp_path, model_dir, study):
-    pipe = Pipeline(settings_for(tmp_path, model_dir))
-    result = pipe.assess(job_of(study))
+    pipe = pipe_for(tmp_path, model_dir, study)
+    result = pipe.run(job_of(study))
     assert result.assessable and not result.partial and result.missing_views == []
     assert [f"{v.laterality}-{v.view}" for v in result.views] == list(SLOTS)
     assert set(result.breasts) == {"R", "L"}
@@ -67,32 +79,34 @@ def test_assess_complete_study(tmp_path, model_dir, study):
     assert exam.category == max(b.category for b in result.breasts.values())
     assert result.model.name == "test-model" and len(result.model.sha256) == 64
     assert any("NOT FOR CLINICAL USE" in w for w in result.warnings)
-    for key in ("read", "decode", "preprocess", "inference", "combine", "total"):
+    for key in ("read", "decode", "preprocess", "inference", "decide", "report", "total"):
         assert result.timings_ms[key] >= 0.0
     assert result.dose is not None
     assert result.study_date
     # deterministic: the same study gives the same probabilities
-    again = pipe.assess(job_of(study))
+    again = pipe.run(job_of(study))
     assert again.exam.probabilities == exam.probabilities
 
 
 def test_partial_study(tmp_path, model_dir, study):
-    pipe = Pipeline(settings_for(tmp_path, model_dir))
-    result = pipe.assess(job_of(study, slots=("R-CC", "L-CC", "L-MLO")))
+    pipe = pipe_for(tmp_path, model_dir, study)
+    result = pipe.run(job_of(study, slots=("R-CC", "L-CC", "L-MLO")))
     assert result.partial and result.missing_views == ["R-MLO"]
     assert result.breasts["R"].views == ["R-CC"]
-    result = pipe.assess(job_of(study, slots=("L-CC", "L-MLO")))
+    result = pipe.run(job_of(study, slots=("L-CC", "L-MLO")))
     assert set(result.breasts) == {"L"}
 
 
 def test_poison_image_is_left_out(tmp_path, model_dir, study):
     job = job_of(study)
+    pipe = pipe_for(tmp_path, model_dir, study)
+    files = pipe.images.files
+    first = job.images[0].sop_instance_uid
     bad = tmp_path / "bad.dcm"
-    raw = bytearray(Path(job.images[0].path).read_bytes())
+    raw = bytearray(files[first].read_bytes())
     bad.write_bytes(bytes(raw[: len(raw) - len(raw) // 3]))  # truncated J2K pixel data
-    job.images[0].path = str(bad)
-    pipe = Pipeline(settings_for(tmp_path, model_dir))
-    result = pipe.assess(job)
+    files[first] = bad
+    result = pipe.run(job)
     slot = job.images[0].slot
     assert result.assessable and result.partial and slot in result.missing_views
     assert any(w.startswith(f"{slot}: image not used") for w in result.warnings)
@@ -100,8 +114,8 @@ def test_poison_image_is_left_out(tmp_path, model_dir, study):
     notdicom = tmp_path / "junk.dcm"
     notdicom.write_text("junk")
     for im in job.images:
-        im.path = str(notdicom)
-    result = pipe.assess(job)
+        files[im.sop_instance_uid] = notdicom
+    result = pipe.run(job)
     assert not result.assessable and result.exam is None
     assert any("not assessable" in w for w in result.warnings)
 
@@ -110,8 +124,9 @@ def test_poison_image_is_an_unused_image(tmp_path, model_dir, study):
     job = job_of(study)
     bad = tmp_path / "bad.dcm"
     bad.write_text("junk")
-    job.images[0].path = str(bad)
-    result = Pipeline(settings_for(tmp_path, model_dir)).assess(job)
+    pipe = pipe_for(tmp_path, model_dir, study)
+    pipe.images.files[job.images[0].sop_instance_uid] = bad
+    result = pipe.run(job)
     (unused,) = result.unused_images
     assert (unused.slot, unused.reason.value) == (job.images[0].slot, "unreadable")
 
@@ -137,7 +152,7 @@ def test_nothing_usable_is_reported_with_the_reasons(tmp_path, model_dir):
     StudyAssembler(db, received.append, stable_seconds=0.0).check_stable(now=row.received_at + 1)
     (job,) = received
     assert job.images == [] and [u.reason.value for u in job.unused_images] == ["stereotactic"]
-    result = Pipeline(settings_for(tmp_path, model_dir)).run(job)
+    result = node_pipeline(settings, owns_outbox=True).run(job)
     assert not result.assessable and result.unused_images == job.unused_images
     assert "stereotactic" in db.study("1.2.124.1")["last_error"]
     assert result.sr is not None, result.warnings
@@ -148,8 +163,8 @@ def test_nothing_usable_is_reported_with_the_reasons(tmp_path, model_dir):
 
 
 def test_dense2_set_when_installed(tmp_path, model_dir, dense_dir, study):
-    pipe = Pipeline(settings_for(tmp_path, model_dir, dense_model_dir=dense_dir))
-    result = pipe.assess(job_of(study))
+    pipe = pipe_for(tmp_path, model_dir, study, dense_model_dir=dense_dir)
+    result = pipe.run(job_of(study))
     assert result.exam.dense_source == "dense2"
     p = [v.p_dense for v in result.views]
     assert all(x is not None and 0 <= x <= 1 for x in p)
@@ -158,7 +173,7 @@ def test_dense2_set_when_installed(tmp_path, model_dir, dense_dir, study):
 
 
 def test_prepared_payload_roundtrip(tmp_path, model_dir, study):
-    pipe = Pipeline(settings_for(tmp_path, model_dir))
+    pipe = pipe_for(tmp_path, model_dir, study)
     job = job_of(study)
     prepared = pipe.prepare(job)
     payload = prepared.to_payload()
@@ -173,9 +188,9 @@ def test_prepared_payload_roundtrip(tmp_path, model_dir, study):
 
 
 def test_missing_model_is_a_clear_error(tmp_path, study):
-    pipe = Pipeline(settings_for(tmp_path, tmp_path / "no-model"))
+    pipe = pipe_for(tmp_path, tmp_path / "no-model", study)
     with pytest.raises(ModelNotInstalled, match="model"):
-        pipe.assess(job_of(study))
+        pipe.run(job_of(study))
 
 
 def test_run_writes_sr_and_state(tmp_path, model_dir, study):
@@ -186,7 +201,7 @@ def test_run_writes_sr_and_state(tmp_path, model_dir, study):
     jobs: list[StudyJob] = []
     statuses = receive(settings, study_files(study), jobs.append)
     assert statuses == [0] * len(statuses) and len(jobs) == 1
-    pipe = Pipeline(settings)
+    pipe = node_pipeline(settings, owns_outbox=True)
     result = pipe.run(jobs[0])
     assert result.assessable and result.sr is not None
     assert Path(result.sr.path).is_file()
@@ -213,8 +228,9 @@ def test_run_marks_poison_study_failed(tmp_path, model_dir, study):
     receive(settings, study_files(study), jobs.append)
     job = jobs[0]
     for im in job.images:  # every spooled image corrupted after it was received
-        Path(im.path).write_bytes(b"\0" * 200)
-    result = Pipeline(settings).run(job)
+        instance_path(settings.spool_dir, job.study_instance_uid,
+                      im.sop_instance_uid).write_bytes(b"\0" * 200)
+    result = node_pipeline(settings, owns_outbox=True).run(job)
     assert not result.assessable
     row = StateDB(settings.state_db).study(study.study_instance_uid)
     assert row["status"] == "failed"
@@ -230,7 +246,7 @@ def test_embedded_runner_runs_received_studies(tmp_path, model_dir, tmp_path_fac
                             transfer_syntax="rle")
     settings = settings_for(tmp_path, model_dir, embedded_workers=2)
     done = []
-    runner = EmbeddedRunner(settings, on_done=done.append)
+    runner = EmbeddedRunner(node_pipeline(settings, owns_outbox=True), on_done=done.append)
     for rec in records:
         receive(settings, study_files(rec), runner.submit)
     runner.close(wait=True)

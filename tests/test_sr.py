@@ -65,6 +65,7 @@ def four_view(tmp_path_factory: pytest.TempPathFactory):
     return sources, result, man, sr, path
 
 
+@pytest.mark.services
 def test_four_view_sr_is_valid(four_view) -> None:
     *_, path = four_view
     assert_valid(path)
@@ -283,6 +284,7 @@ def test_deterministic_uids() -> None:
     assert sr_uids(result, man, sources, comprehensive_3d=True)[1] != a.SOPInstanceUID
 
 
+@pytest.mark.services
 def test_type2_attributes_omitted_by_modality(tmp_path: Path) -> None:
     omit = ("StudyID", "AccessionNumber", "PatientBirthDate", "PatientOrientation",
             "ImagerPixelSpacing", "ReferringPhysicianName", "PatientSex")
@@ -300,6 +302,7 @@ def test_type2_attributes_omitted_by_modality(tmp_path: Path) -> None:
     assert all(v["view"] in ("CC", "MLO") for v in got["images"].values())
 
 
+@pytest.mark.services
 @pytest.mark.filterwarnings("ignore:Invalid value for VR")
 def test_malformed_type2_values_are_left_empty(tmp_path: Path) -> None:
     sources = srdata.mg_study()
@@ -313,6 +316,7 @@ def test_malformed_type2_values_are_left_empty(tmp_path: Path) -> None:
     assert ds.StudyDate == "" and ds.PatientSex == "" and ds.PatientID == sources[0].PatientID
 
 
+@pytest.mark.services
 def test_partial_study_has_only_supported_groups(tmp_path: Path) -> None:
     sources = srdata.mg_study(["L-CC", "L-MLO"])
     man = srdata.manifest()
@@ -331,6 +335,7 @@ def test_partial_study_has_only_supported_groups(tmp_path: Path) -> None:
     assert not pydicom.dcmread(path).SeriesDescription.startswith("NOT FOR CLINICAL USE")
 
 
+@pytest.mark.services
 def test_images_not_used_are_named_in_the_text(tmp_path: Path) -> None:
     from mammo_density.study.reasons import Reason
     from mammo_density.study.unused import unused_image
@@ -348,6 +353,7 @@ def test_images_not_used_are_named_in_the_text(tmp_path: Path) -> None:
     assert "Partial study" not in text
 
 
+@pytest.mark.services
 def test_not_assessable_result_gives_text_only_report(tmp_path: Path) -> None:
     sources = srdata.mg_study(["R-CC"])
     man = srdata.manifest()
@@ -367,6 +373,7 @@ def test_not_assessable_result_gives_text_only_report(tmp_path: Path) -> None:
     assert "missing: L-CC, R-MLO, L-MLO" in got["text"]
 
 
+@pytest.mark.services
 def test_comprehensive_3d_option(tmp_path: Path) -> None:
     sources = srdata.mg_study()
     man = srdata.manifest()
@@ -378,6 +385,7 @@ def test_comprehensive_3d_option(tmp_path: Path) -> None:
     assert read_density_sr(pydicom.dcmread(path))["overall"] == "C"
 
 
+@pytest.mark.services
 def test_real_vendor_headers(tmp_path: Path) -> None:
     folder = require_testdata("real-mg", "openrem")
     sources = [pydicom.dcmread(folder / name) for name in

@@ -40,6 +40,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[np.nda
     return out
 
 
+@pytest.mark.services
 @pytest.mark.parametrize("syntax", SYNTAXES)
 @pytest.mark.parametrize("vendor", VENDORS)
 def test_valid_and_lossless(tmp_path: Path, vendor: str, syntax: str,
@@ -233,6 +234,7 @@ def test_manifest(tmp_path: Path) -> None:
         assert row["extra"] == ("xccl" if row["view"] == "XCCL" else "")
 
 
+@pytest.mark.services
 def test_extras(tmp_path: Path) -> None:
     (rec,) = generate(tmp_path, studies=1, seed=10,
                       extras=("retake", "xccl", "spot", "missing", "for-processing"))
@@ -284,6 +286,7 @@ def test_bad_options(tmp_path: Path) -> None:
     assert main(["synth", str(tmp_path), "--send", "nohost"]) == 2
 
 
+@pytest.mark.services
 def test_cli_send_to_storescp_and_preview(tmp_path: Path) -> None:
     exe = require_binary("storescp")
     port = free_port()

@@ -1,7 +1,7 @@
 """Evaluation of density predictions at the method's levels: view, breast, exam.
 
 Input: one :class:`Prediction` per image (exam, laterality, view, class probabilities,
-true density). Levels (METHOD.md, "Combining the four views"):
+true density). Levels (docs/method.md, "From views to an exam"):
 
 - ``view:<slot>``: each view's network alone; ``image``: all images pooled.
 - ``breast:R`` / ``breast:L`` / ``breast``: mean of the breast's views' probabilities

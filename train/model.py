@@ -1,4 +1,4 @@
-"""The method's per-view residual network (METHOD.md, "The residual network").
+"""The method's per-view residual network (docs/method.md, "The published method").
 
 41 convolutional layers in 12 residual blocks: one stem convolution, four stages of three
 bottleneck blocks (three convolutions each, 36 in all), and one 1x1 projection on the

@@ -1,7 +1,7 @@
 """Training recipes: named presets of the training options (torch-free).
 
 ``method``
-    The talk's settings (METHOD.md): one network per view, SGD lr 0.1, batch 8,
+    The talk's settings (docs/method.md): one network per view, SGD lr 0.1, batch 8,
     100 epochs, x0.1 decay on a validation-loss plateau (patience 15), the weights of the
     best validation accuracy, rotation up to 20 degrees, plain cross-entropy.
 ``small-real``

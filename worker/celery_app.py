@@ -1,9 +1,9 @@
 """The Celery application, built from the node's settings (Redis broker).
 
-Choices (Celery user guide "Tasks"/"Optimizing", RUNTIME.md's measured facts):
+Choices (Celery user guide "Tasks"/"Optimizing", the measured facts in docs/runtime.md):
 
-- JSON only (``task_serializer``/``accept_content``): tasks carry a StudyJob (paths and
-  UIDs) or compact model-ready arrays, never pickles.
+- JSON only (``task_serializer``/``accept_content``): tasks carry a StudyJob (UIDs, no
+  file paths) or compact model-ready arrays, never pickles.
 - ``task_acks_late`` + ``task_reject_on_worker_lost``: a study whose worker dies is
   delivered again; the tasks are idempotent (deterministic SR UIDs, an outbox
   idempotent per SOP Instance UID, a state database that keeps one result per revision,
@@ -14,8 +14,9 @@ Choices (Celery user guide "Tasks"/"Optimizing", RUNTIME.md's measured facts):
   limit: checked) and ``unacked_restore_interval = unacked_restore_throttle = 1``, so a
   killed worker's study returns to the queue about ``visibility_timeout`` seconds after
   delivery (kombu otherwise sweeps only every ~100 s; the default timeout is an hour).
-- Queues: ``cpu`` (read/decode/preprocess, combine/SR/outbox/hooks/state: needs the
-  spool) and ``gpu`` (ONNX inference: needs only the models); one host may consume both.
+- Queues: ``cpu`` (prepare, decide, report: they read the spool and write the state,
+  outbox and hook queue, so they run on the host holding the data directory) and ``gpu``
+  (infer: needs only the models and the broker); one host may consume both.
 """
 
 from __future__ import annotations
@@ -63,10 +64,11 @@ def celery_config(settings: Settings) -> dict:
         "task_default_queue": CPU_QUEUE,
         "task_queues": [Queue(CPU_QUEUE), Queue(GPU_QUEUE)],
         "task_routes": {
-            "mammo_density.preprocess": {"queue": CPU_QUEUE},
+            "mammo_density.prepare": {"queue": CPU_QUEUE},
             "mammo_density.infer": {"queue": GPU_QUEUE},
+            "mammo_density.decide": {"queue": CPU_QUEUE},
             "mammo_density.report": {"queue": CPU_QUEUE},
-            "mammo_density.process_study": {"queue": CPU_QUEUE},
+            "mammo_density.run": {"queue": CPU_QUEUE},
         },
         "task_track_started": False,
         "broker_connection_retry_on_startup": True,
@@ -89,12 +91,13 @@ def celery_config(settings: Settings) -> dict:
 
 
 def make_app(settings: Settings) -> Celery:
-    """A new Celery app configured from ``settings``, with the pipeline tasks registered."""
+    """A new Celery app configured from ``settings``, with the pipeline tasks registered
+    (a worker process also needs :func:`mammo_density.worker.tasks.configure`)."""
     from mammo_density.worker import tasks
 
     app = Celery("mammo_density", set_as_current=False)
     app.conf.update(celery_config(settings))
-    tasks.register(app, settings)
+    tasks.register(app)
     return app
 
 

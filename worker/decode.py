@@ -1,4 +1,5 @@
-"""Pixel decoding of mammograms, the fastest path per transfer syntax (DECODE.md).
+"""Pixel decoding of mammograms, the fastest path per transfer syntax
+(docs/decoding.md).
 
 - JPEG 2000 (.90/.91, JPIP-free HTJ2K .201/.202/.203): OpenJPEG through imagecodecs at
   full resolution, or through glymur at a reduced resolution level (OpenJPEG's *reduce*:

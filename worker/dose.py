@@ -380,7 +380,7 @@ def extract_dose(image_datasets: Sequence[Dataset], rdsr_datasets: Sequence[Data
 def extract_dose_from_files(paths: Sequence[str | Path], *,
                             study_uid: str | None = None) -> DoseSummary:
     """:func:`extract_dose` on files: reads headers only, sorts images from dose reports
-    by SOP class, skips files that cannot be read (``StudyJob.all_paths()`` fits)."""
+    by SOP class, skips files that cannot be read."""
     import pydicom
 
     images: list[Dataset] = []

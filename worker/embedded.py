@@ -1,9 +1,9 @@
 """In-process pipeline: what ``serve`` uses when no broker is configured.
 
-The same code as the Celery tasks (:meth:`Pipeline.run`: assess, rules, SR -> outbox,
-hooks, state) in a small thread pool (``settings.embedded_workers`` threads): the decoders
-and ONNX Runtime release the GIL, and the listener's ``submit`` returns at once. One
-Pipeline (one set of ONNX sessions) is shared by the threads.
+The same stages as the Celery tasks (:meth:`Pipeline.run`: prepare -> infer -> decide ->
+report) in a small thread pool (``settings.embedded_workers`` threads): the decoders and
+ONNX Runtime release the GIL, and the listener's ``submit`` returns at once. One Pipeline
+(one set of ONNX sessions), built with its sinks by ``serve``, is shared by the threads.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from mammo_density.config import Settings
 from mammo_density.job import StudyJob
 from mammo_density.logsetup import uid_hash
 from mammo_density.result import StudyResult
@@ -27,22 +26,21 @@ class EmbeddedRunner:
 
     Parameters
     ----------
-    settings
-        The node's settings (``embedded_workers`` threads).
+    pipeline
+        The pipeline, with its sinks (built by the composition root).
+    workers
+        Studies assessed at once (threads); default ``settings.embedded_workers``.
     on_done
         Called with each study's result (from the worker thread); exceptions it raises
         are logged.
-    pipeline
-        A ready Pipeline (tests); default one built from ``settings``.
     """
 
-    def __init__(self, settings: Settings,
-                 on_done: Callable[[StudyResult], object] | None = None, *,
-                 pipeline: Pipeline | None = None) -> None:
-        self.settings = settings
+    def __init__(self, pipeline: Pipeline, *, workers: int | None = None,
+                 on_done: Callable[[StudyResult], object] | None = None) -> None:
+        self.pipeline = pipeline
         self.on_done = on_done
-        self.pipeline = pipeline or Pipeline(settings)
-        self._pool = ThreadPoolExecutor(max_workers=settings.embedded_workers,
+        workers = workers or pipeline.settings.embedded_workers
+        self._pool = ThreadPoolExecutor(max_workers=workers,
                                         thread_name_prefix="md-pipeline")
         self._lock = threading.Lock()
         self._in_flight: dict[tuple[str, int], Future] = {}

@@ -4,15 +4,21 @@ A registry entry (``onnx_models/<name>/``) holds one ONNX file per screening vie
 ``manifest.json`` (:mod:`mammo_density.manifest`). :meth:`ModelSet.load` refuses an entry
 whose files do not match the manifest's sha256, or whose preprocessing version is not
 the one this worker implements, with a message saying what to do. One
-``InferenceSession`` per view, created once per process; CUDA execution provider when
-onnxruntime-gpu finds a GPU, else CPU.
+``InferenceSession`` per distinct network file (views sharing a file share a session and
+run as one batch), created once per process; CUDA execution provider when onnxruntime-gpu
+finds a GPU, else CPU. Session options come from :class:`OrtTuning` (defaults measured on
+the 2-core node: ``benchmarks/ort_tuning.py``, figures in benchmarks/README.md). A
+manifest may list variants of the networks beside the fp32 files (``int8``: static
+quantisation, ``mammo-density quantize``); ``variant=`` picks one.
 """
 
 from __future__ import annotations
 
 import importlib.resources
 import logging
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -121,24 +127,139 @@ def check_preprocessing_version(manifest: ModelManifest) -> None:
             "or install the mammo-density release that matches the model")
 
 
-def _session_options(threads: int):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.inter_op_num_threads = 1
-    if threads > 0:
-        opts.intra_op_num_threads = threads
-    # Do not busy-wait between runs: decoding threads share the same cores.
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    opts.log_severity_level = 3
-    return opts
+GRAPH_OPTIMIZATION = ("disable", "basic", "extended", "all")
+EXECUTION_MODES = ("sequential", "parallel")
+VARIANTS = ("fp32", "int8")
 
 
-def verify_entry(folder: Path | str) -> ModelManifest:
+def available_cores() -> int:
+    """CPUs this process may run on (its affinity mask, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class OrtTuning:
+    """How ONNX Runtime runs the networks (settings ``ort_*``).
+
+    The defaults are the measured best on the 2-core node (benchmarks/README.md, "ONNX
+    Runtime tuning"): full graph optimisation, two view networks at a time, each with
+    half the cores this process may use (1 thread each on 2 cores: the least CPU per
+    study and the lowest median of the options that do not oversubscribe the cores),
+    sequential execution inside a network, no spinning (the decoders share the cores).
+
+    Attributes
+    ----------
+    threads
+        Intra-op threads per session; 0 = available cores // ``parallel_views``;
+        -1 = ONNX Runtime's own default (its count of physical cores).
+    inter_threads
+        Inter-op threads (used by the ``parallel`` execution mode only).
+    graph_optimization
+        ``disable``, ``basic``, ``extended`` or ``all``.
+    execution_mode
+        ``sequential`` or ``parallel`` (independent graph branches at once).
+    spinning
+        Let idle intra-op threads busy-wait for work.
+    parallel_views
+        Networks run at the same time, in threads, for one study.
+    batch_shared
+        Views whose network is the same file run as one batch.
+    """
+
+    threads: int = 0
+    inter_threads: int = 1
+    graph_optimization: str = "all"
+    execution_mode: str = "sequential"
+    spinning: bool = False
+    parallel_views: int = 2
+    batch_shared: bool = True
+
+    def __post_init__(self) -> None:
+        if self.graph_optimization not in GRAPH_OPTIMIZATION:
+            raise ValueError(f"graph_optimization must be one of {GRAPH_OPTIMIZATION}")
+        if self.execution_mode not in EXECUTION_MODES:
+            raise ValueError(f"execution_mode must be one of {EXECUTION_MODES}")
+        if self.threads < -1 or self.inter_threads < 1 or self.parallel_views < 1:
+            raise ValueError("threads >= 0, inter_threads >= 1, parallel_views >= 1")
+
+    @classmethod
+    def from_settings(cls, settings: object) -> OrtTuning:
+        """The node's ``ort_*`` settings (defaults for those a settings object lacks)."""
+        base = cls()
+        return cls(
+            threads=int(getattr(settings, "ort_threads", base.threads)),
+            inter_threads=int(getattr(settings, "ort_inter_threads", base.inter_threads)),
+            graph_optimization=str(getattr(settings, "ort_graph_optimization",
+                                           base.graph_optimization)),
+            execution_mode=str(getattr(settings, "ort_execution_mode", base.execution_mode)),
+            spinning=bool(getattr(settings, "ort_spinning", base.spinning)),
+            parallel_views=int(getattr(settings, "ort_parallel_views", base.parallel_views)),
+            batch_shared=bool(getattr(settings, "ort_batch_shared", base.batch_shared)))
+
+    def intra_threads(self) -> int:
+        if self.threads != 0:
+            return self.threads
+        return max(1, available_cores() // self.parallel_views)
+
+    def session_options(self):
+        import onnxruntime as ort
+
+        levels = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+                  "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                  "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+                  "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = levels[self.graph_optimization]
+        opts.execution_mode = (ort.ExecutionMode.ORT_PARALLEL
+                               if self.execution_mode == "parallel"
+                               else ort.ExecutionMode.ORT_SEQUENTIAL)
+        opts.inter_op_num_threads = self.inter_threads
+        if self.threads >= 0:
+            opts.intra_op_num_threads = self.intra_threads()
+        # Busy-waiting between runs takes cores from the decoders that share them.
+        opts.add_session_config_entry("session.intra_op.allow_spinning",
+                                      "1" if self.spinning else "0")
+        opts.add_session_config_entry("session.inter_op.allow_spinning",
+                                      "1" if self.spinning else "0")
+        opts.log_severity_level = 3
+        return opts
+
+
+def variant_views(manifest: ModelManifest, variant: str) -> dict[str, str]:
+    """slot -> file of ``variant`` (``fp32`` = the manifest's ``views``)."""
+    if variant == "fp32":
+        return dict(manifest.views)
+    views = manifest.variants.get(variant)
+    if not views:
+        have = ", ".join(["fp32", *manifest.variants]) or "fp32"
+        raise ModelError(f"model {manifest.name} has no {variant} variant (it has: {have}); "
+                         "create one with `mammo-density quantize`")
+    return dict(views)
+
+
+def check_variant_parity(manifest: ModelManifest, variant: str) -> None:
+    """Refuse a variant whose recorded parity with fp32 failed; warn when none is recorded."""
+    parity = manifest.metrics.get(f"{variant}_parity")
+    if not isinstance(parity, dict) or "holds" not in parity:
+        log.warning("model %s: the %s variant has no parity report in its manifest; "
+                    "run `mammo-density quantize --parity MANIFEST` before clinical use",
+                    manifest.name, variant)
+        return
+    if parity["holds"] is not True:
+        raise ModelError(
+            f"model {manifest.name}: the {variant} variant failed its parity check against "
+            f"fp32 (exam agreement {parity.get('exam_agreement')}, accuracy change "
+            f"{parity.get('exam_accuracy_change')}, kappa change "
+            f"{parity.get('exam_kappa_change')}); use model_variant=fp32")
+
+
+def verify_entry(folder: Path | str, variant: str = "fp32") -> ModelManifest:
     """Check a registry entry without creating sessions: manifest valid, preprocessing
-    version this worker's, every view file present with the manifest's sha256.
+    version this worker's, every view file of ``variant`` present with the manifest's
+    sha256.
 
     Raises :class:`ModelNotInstalled` / :class:`ModelError` (see :meth:`ModelSet.load`).
     """
@@ -152,7 +273,7 @@ def verify_entry(folder: Path | str) -> ModelManifest:
     check_preprocessing_version(manifest)
     if not manifest.views:
         raise ModelError(f"model {manifest.name} names no views")
-    for slot, filename in manifest.views.items():
+    for slot, filename in variant_views(manifest, variant).items():
         path = folder / filename
         if not path.is_file():
             raise ModelError(f"model {manifest.name}: file {filename} for {slot} is missing")
@@ -181,9 +302,14 @@ class ModelSet:
     sessions: dict[str, object]
     providers: list[str] = field(default_factory=list)
 
+    tuning: OrtTuning = field(default_factory=OrtTuning)
+    variant: str = "fp32"
+    _pool: ThreadPoolExecutor | None = field(default=None, repr=False)
+
     @classmethod
     def load(cls, folder: Path | str, *, threads: int = 0,
-             providers: Sequence[str] | None = None) -> ModelSet:
+             providers: Sequence[str] | None = None, tuning: OrtTuning | None = None,
+             variant: str = "fp32", check_parity: bool = True) -> ModelSet:
         """Read, verify and open a registry entry.
 
         Parameters
@@ -191,9 +317,18 @@ class ModelSet:
         folder
             The entry's folder (``manifest.json`` + ONNX files).
         threads
-            ONNX Runtime intra-op threads per session (0 = ONNX Runtime's default).
+            ONNX Runtime intra-op threads per session (0 = auto); overrides ``tuning``'s.
         providers
             Execution providers to try in order; default CUDA when present, else CPU.
+        tuning
+            Session options and how views run (default :class:`OrtTuning`).
+        variant
+            ``fp32`` (the exported networks) or another variant the manifest lists
+            (``int8``).
+        check_parity
+            Refuse a variant whose parity report in the manifest
+            (``metrics.<variant>_parity.holds``) failed; warn when there is none.
+            False only for the parity report itself.
 
         Raises
         ------
@@ -201,28 +336,40 @@ class ModelSet:
             The folder or its manifest does not exist.
         ModelError
             Invalid manifest, a file missing or not matching its sha256, a preprocessing
-            version other than :data:`PREPROCESSING_VERSION`, or ONNX Runtime refusing a file.
+            version other than :data:`PREPROCESSING_VERSION`, no such variant, or ONNX
+            Runtime refusing a file.
         """
         import onnxruntime as ort
 
         folder = Path(folder)
-        manifest = verify_entry(folder)
+        tuning = tuning or OrtTuning()
+        if threads:
+            tuning = OrtTuning(**{**tuning.__dict__, "threads": threads})
+        manifest = verify_entry(folder, variant)
+        if variant != "fp32" and check_parity:
+            check_variant_parity(manifest, variant)
         chosen = choose_providers(providers)
-        opts = _session_options(threads)
+        opts = tuning.session_options()
         sessions: dict[str, object] = {}
-        for slot, filename in manifest.views.items():
-            try:
-                sessions[slot] = ort.InferenceSession(str(folder / filename), sess_options=opts,
-                                                      providers=chosen)
-            except Exception as err:
-                raise ModelError(f"model {manifest.name}: ONNX Runtime cannot load "
-                                 f"{filename}: {err}") from None
+        by_file: dict[str, object] = {}
+        for slot, filename in variant_views(manifest, variant).items():
+            key = manifest.files_sha256[filename]
+            if key not in by_file:  # views sharing one network share its session
+                try:
+                    by_file[key] = ort.InferenceSession(str(folder / filename),
+                                                        sess_options=opts, providers=chosen)
+                except Exception as err:
+                    raise ModelError(f"model {manifest.name}: ONNX Runtime cannot load "
+                                     f"{filename}: {err}") from None
+            sessions[slot] = by_file[key]
         used = list(next(iter(sessions.values())).get_providers())  # type: ignore[attr-defined]
-        log.info("loaded model %s %s (%s, %d views, input %d px) on %s", manifest.name,
-                 manifest.version, manifest.task, len(sessions), manifest.input_size,
-                 ",".join(used))
+        log.info("loaded model %s %s%s (%s, %d views, %d networks, input %d px) on %s, "
+                 "%d intra-op threads x %d views at once", manifest.name, manifest.version,
+                 "" if variant == "fp32" else f" {variant}", manifest.task, len(sessions),
+                 len(by_file), manifest.input_size, ",".join(used), tuning.intra_threads(),
+                 tuning.parallel_views)
         return cls(folder=folder, manifest=manifest, digest=manifest_digest(folder),
-                   sessions=sessions, providers=used)
+                   sessions=sessions, providers=used, tuning=tuning, variant=variant)
 
     @property
     def input_size(self) -> int:
@@ -263,16 +410,59 @@ class ModelSet:
                           {self.manifest.input_name: x})[0]
         return np.asarray(out, dtype=np.float64)
 
+    def predict_views(self, images: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Class probabilities ``(classes,)`` per slot for one study's images
+        (``slot -> (S, S)`` float32 in [0, 1]); slots without a network are left out.
+
+        Views sharing a network run as one batch (``tuning.batch_shared``); distinct
+        networks run one after another, or ``tuning.parallel_views`` at a time in threads.
+        """
+        groups: dict[int, list[str]] = {}
+        for slot in images:
+            session = self.sessions.get(slot)
+            if session is not None:
+                groups.setdefault(id(session), []).append(slot)
+        units: list[list[str]] = []
+        for slots in groups.values():
+            units.extend([slots] if self.tuning.batch_shared else [[s] for s in slots])
+
+        def run(slots: list[str]) -> list[tuple[str, np.ndarray]]:
+            probs = self.predict(slots[0], np.stack([images[s] for s in slots]))
+            return list(zip(slots, probs, strict=True))
+
+        if self.tuning.parallel_views > 1 and len(units) > 1:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=self.tuning.parallel_views,
+                                                thread_name_prefix="md-infer")
+            done = list(self._pool.map(run, units))
+        else:
+            done = [run(u) for u in units]
+        return {slot: p for pairs in done for slot, p in pairs}
+
     def ref(self) -> ModelRef:
-        """The result's ``model`` block."""
+        """The result's ``model`` block (a variant other than fp32 is named in the
+        version, e.g. ``0.1.0+int8``, so results and SRs say which networks ran)."""
         m = self.manifest
-        return ModelRef(name=m.name, version=m.version, sha256=self.digest, task=m.task,
+        version = m.version if self.variant == "fp32" else f"{m.version}+{self.variant}"
+        return ModelRef(name=m.name, version=version, sha256=self.digest, task=m.task,
                         not_for_clinical_use=m.not_for_clinical_use,
                         training_data=m.training_data)
 
 
 __all__ = [
-    "INSTALL_HINT", "ModelError", "ModelNotInstalled", "ModelSet", "available_providers",
-    "check_preprocessing_version", "choose_providers", "default_model_dir", "resolve_model_dir",
+    "INSTALL_HINT",
+    "VARIANTS",
+    "ModelError",
+    "ModelNotInstalled",
+    "ModelSet",
+    "OrtTuning",
+    "available_cores",
+    "available_providers",
+    "check_preprocessing_version",
+    "check_variant_parity",
+    "choose_providers",
+    "default_model_dir",
+    "resolve_model_dir",
+    "variant_views",
     "verify_entry",
 ]

@@ -1,20 +1,25 @@
-"""One study in, one density result out: the pipeline, all wiring in one place.
+"""One study in, one density result out: four stages that read as a sentence.
 
-Stages (plain methods; the Celery tasks and the embedded runner are thin wrappers)::
+Stages (plain methods; the Celery tasks and the embedded runner call the same ones)::
 
-    prepare(job)            read + decode + preprocess every slotted image (CPU, threads)
-      -> infer(prepared)    per-view ONNX networks (GPU when present)
-      -> finish(...)        the method's rules -> StudyResult, + dose from the headers
-    assess(job) = prepare -> infer -> finish
-    run(job)    = assess, then screening rules, SR -> outbox, hooks, state
-                  (each in its own ``try``: one failing never loses the others)
+    prepare(job)                 read + decode + preprocess every slotted image (CPU)
+      -> infer(prepared)         per-view ONNX networks (GPU when present)
+      -> decide(job, ...)        the method's rules -> StudyResult, + dose from headers
+      -> report(job, result)     screening rules; SR -> outbox; hooks; state
+    run(job) = the four in a row (embedded mode, ``classify``, the one-task Celery path)
+
+The pipeline is composed, not self-wiring: where images come from
+(:class:`~mammo_density.spool_layout.ImageSource`) and where results go (state marks,
+SR outbox, hooks: the interfaces in :mod:`mammo_density.worker.sinks`) are handed in by
+the composition roots in ``mammo_density/commands`` (``serve``, ``worker``,
+``classify``). Nothing here imports the listener (``plugin/``).
 
 ``Prepared`` carries only model-ready arrays and a little metadata, so it can cross from
 a CPU host to a GPU host (:meth:`Prepared.to_payload`: 16-bit fixed point, zlib, base64).
 
-Failure policy: an image that cannot be read or decoded is a poison input. It is left
-out (the study becomes partial, with a warning naming the slot and why); a study with no
-usable image is not assessable and is marked failed in the state database with the
+Failure policy: an image that cannot be found in the image source, read or decoded is a
+poison input. It is left out (the study becomes partial, with a warning naming the slot
+and why); a study with no usable image is not assessable and is marked failed with the
 reasons. ``run`` never raises for a bad study. A model that cannot be loaded is not the
 study's fault: :class:`~mammo_density.worker.models.ModelError` propagates (after the
 study is marked failed) so that the operator sees it.
@@ -43,11 +48,13 @@ from mammo_density.job import StudyJob
 from mammo_density.logsetup import uid_hash
 from mammo_density.manifest import MANIFEST_NAME, ModelManifest, manifest_digest, read_manifest
 from mammo_density.result import ModelRef, SRRef, StudyResult, ViewResult
+from mammo_density.spool_layout import ImageSource, NotInSpool, SpoolImages
 from mammo_density.study import gate, sop
 from mammo_density.study.reasons import Reason
 from mammo_density.study.slots import SLOTS
 from mammo_density.study.unused import describe, unused_image
 from mammo_density.study.views import view_info
+from mammo_density.worker import prepcache
 from mammo_density.worker.combine import combine
 from mammo_density.worker.decode import DecodeError
 from mammo_density.worker.models import (
@@ -55,11 +62,13 @@ from mammo_density.worker.models import (
     ModelError,
     ModelNotInstalled,
     ModelSet,
+    OrtTuning,
     check_preprocessing_version,
     resolve_model_dir,
 )
 from mammo_density.worker.preprocess import preprocess_dataset
 from mammo_density.worker.quality import exam_confidence, view_quality
+from mammo_density.worker.sinks import ResultHooks, SROutbox, StudyStates
 
 log = logging.getLogger(__name__)
 
@@ -180,25 +189,33 @@ class Inferred:
                    timings_ms=dict(payload.get("timings_ms", {})))
 
 
-def read_headers(paths: Sequence[str]) -> list[Dataset]:
-    """Headers (no pixel data) of the readable files among ``paths``."""
+def read_headers(images: ImageSource, study_uid: str,
+                 sop_uids: Sequence[str]) -> list[Dataset]:
+    """Headers (no pixel data) of the instances of ``sop_uids`` that ``images`` has and
+    that can be read; the others are skipped with a warning (hashed UIDs only)."""
     out = []
-    for path in paths:
+    for sop_uid in sop_uids:
         try:
-            out.append(pydicom.dcmread(path, stop_before_pixels=True))
+            out.append(pydicom.dcmread(images.locate(study_uid, sop_uid),
+                                       stop_before_pixels=True))
         except Exception as err:
-            log.warning("unreadable file skipped for dose/SR: %s (%s)", os.path.basename(path),
-                        type(err).__name__)
+            log.warning("instance %s skipped for dose/SR: %s", uid_hash(sop_uid),
+                        err if isinstance(err, NotInSpool) else type(err).__name__)
     return out
 
 
 class Pipeline:
-    """Decode, preprocess, infer and combine studies; then report them (``run``).
+    """prepare -> infer -> decide -> report, for one study at a time (thread-safe).
 
     Parameters
     ----------
     settings
-        The node's settings (model dirs, ONNX Runtime threads/providers, state, outbox).
+        The node's settings (model dirs, ONNX Runtime threads/providers, SR options).
+    images
+        Where the job's images are found; default: the spool of ``settings`` and nothing
+        outside it.
+    states, outbox, hooks
+        The sinks (:mod:`mammo_density.worker.sinks`); ``None``: not written.
     models, dense_models
         Already loaded model sets (tests, benchmarks); by default loaded lazily, once.
     decode_workers
@@ -208,10 +225,17 @@ class Pipeline:
         (full decode, then area average), for benchmarks.
     """
 
-    def __init__(self, settings: Settings, *, models: ModelSet | None = None,
+    def __init__(self, settings: Settings, *, images: ImageSource | None = None,
+                 states: StudyStates | None = None, outbox: SROutbox | None = None,
+                 hooks: ResultHooks | None = None, models: ModelSet | None = None,
                  dense_models: ModelSet | None = None,
                  decode_workers: int | None = None, reduced_decode: bool = True) -> None:
         self.settings = settings
+        self.images: ImageSource = images if images is not None else \
+            SpoolImages(settings.spool_dir)
+        self.states = states
+        self.outbox = outbox
+        self.hooks = hooks
         self.reduced_decode = reduced_decode
         self._models = models
         self._dense_models = dense_models
@@ -219,7 +243,6 @@ class Pipeline:
         self._lock = threading.Lock()
         self.decode_workers = decode_workers or default_decode_workers()
         self._manifests: list[tuple[ModelManifest, str]] | None = None
-        self._state = None
 
     # --- models -----------------------------------------------------------------------
     @property
@@ -230,8 +253,9 @@ class Pipeline:
                 if self._models is None:
                     self._models = ModelSet.load(
                         resolve_model_dir(self.settings.model_dir),
-                        threads=self.settings.ort_threads,
-                        providers=self.settings.ort_providers or None)
+                        providers=self.settings.ort_providers or None,
+                        tuning=OrtTuning.from_settings(self.settings),
+                        variant=self.settings.model_variant)
                     if self._models.task != "birads4":
                         raise ModelError(f"model {self._models.manifest.name} is a "
                                          f"{self._models.task} model; model_dir needs a "
@@ -246,8 +270,9 @@ class Pipeline:
                 if not self._dense_checked:
                     if self.settings.dense_model_dir:
                         ms = ModelSet.load(self.settings.dense_model_dir,
-                                           threads=self.settings.ort_threads,
-                                           providers=self.settings.ort_providers or None)
+                                           providers=self.settings.ort_providers or None,
+                                           tuning=OrtTuning.from_settings(self.settings),
+                                           variant=self.settings.model_variant)
                         if ms.task != "dense2":
                             raise ModelError(f"dense_model_dir holds a {ms.task} model, "
                                              "not a dense2 one")
@@ -291,7 +316,9 @@ class Pipeline:
         if self._models is not None:
             return self._models.ref()
         manifest, digest = self._manifest_info()[0]
-        return ModelRef(name=manifest.name, version=manifest.version, sha256=digest,
+        variant = self.settings.model_variant
+        version = manifest.version if variant == "fp32" else f"{manifest.version}+{variant}"
+        return ModelRef(name=manifest.name, version=version, sha256=digest,
                         task=manifest.task,
                         not_for_clinical_use=manifest.not_for_clinical_use,
                         training_data=manifest.training_data)
@@ -312,12 +339,32 @@ class Pipeline:
         return sorted({m.input_size for m, _ in self._manifest_info()})
 
     # --- stages -----------------------------------------------------------------------
-    def _prepare_one(self, slot: str, path: str, sizes: list[int], threads: int,
-                     quality: dict[str, dict[str, Any]] | None = None,
+    def _prepare_one(self, study_uid: str, slot: str, sop_uid: str, sizes: list[int],
+                     threads: int, quality: dict[str, dict[str, Any]] | None = None,
                      ) -> tuple[str, dict[int, np.ndarray] | None, Dataset | None,
                                 dict[str, float], list[str], str]:
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
+        try:
+            path = self.images.locate(study_uid, sop_uid)
+        except NotInSpool as err:
+            return slot, None, None, timings, [], f"image not found: {err}"
+        if self.settings.prepare_on_arrival:  # prepared as it arrived (worker/prepcache.py)
+            hit = prepcache.lookup(path, sizes)
+            if hit is not None:
+                try:
+                    header = pydicom.dcmread(path, stop_before_pixels=True)
+                except Exception:
+                    hit = None
+            if hit is not None:
+                timings["read"] = (time.perf_counter() - t0) * 1000.0
+                timings["prepared_on_arrival"] = 1.0  # summed: images taken from the cache
+                last = hit[sizes[-1]]
+                if quality is not None and last.quality is not None:
+                    quality[slot] = last.quality
+                warnings = [f"{slot}: {w}" for e in hit.values() for w in e.warnings]
+                return (slot, {s: e.array for s, e in hit.items()}, header, timings,
+                        warnings, "")
         try:
             ds = pydicom.dcmread(path)
         except Exception as err:
@@ -353,13 +400,15 @@ class Pipeline:
         workers = max(1, min(self.decode_workers, len(images)))
         codec_threads = max(1, self.decode_workers // max(1, len(images)))
         if workers == 1:
-            outcomes = [self._prepare_one(im.slot, im.path, sizes, codec_threads,
+            outcomes = [self._prepare_one(job.study_instance_uid, im.slot,
+                                          im.sop_instance_uid, sizes, codec_threads,
                                           prepared.quality) for im in images]
         else:
             with ThreadPoolExecutor(max_workers=workers,
                                     thread_name_prefix="md-decode") as pool:
                 outcomes = list(pool.map(
-                    lambda im: self._prepare_one(im.slot, im.path, sizes, codec_threads,
+                    lambda im: self._prepare_one(job.study_instance_uid, im.slot,
+                                                 im.sop_instance_uid, sizes, codec_threads,
                                                  prepared.quality),
                     images))
         by_slot = {im.slot: im for im in images}
@@ -390,25 +439,31 @@ class Pipeline:
         out = Inferred()
         models = self.models
         dense = self.dense_models
-        for slot in prepared.slots:
-            if slot not in models.sessions:
-                continue
-            x = prepared.inputs[models.input_size][slot][None]
-            out.probabilities[slot] = [float(v) for v in models.predict(slot, x)[0]]
+        images = {slot: prepared.inputs[models.input_size][slot] for slot in prepared.slots}
+        for slot, probs in models.predict_views(images).items():
+            out.probabilities[slot] = [float(v) for v in probs]
         if dense is not None:
-            for slot in prepared.slots:
-                if slot in dense.sessions and slot in out.probabilities:
-                    x = prepared.inputs[dense.input_size][slot][None]
-                    p = dense.predict(slot, x)[0]
-                    out.p_dense[slot] = float(p[dense.classes.index("dense")])
+            images = {slot: prepared.inputs[dense.input_size][slot] for slot in prepared.slots
+                      if slot in out.probabilities}
+            dense_index = dense.classes.index("dense")
+            for slot, probs in dense.predict_views(images).items():
+                out.p_dense[slot] = float(probs[dense_index])
         out.timings_ms["inference"] = (time.perf_counter() - t0) * 1000.0
         return out
 
-    def finish(self, job: StudyJob, prepared: Prepared, inferred: Inferred, *,
-               headers: Sequence[Dataset] | None = None,
+    def decide(self, job: StudyJob, prepared: Prepared, inferred: Inferred, *,
                started: float | None = None) -> StudyResult:
-        """The method's rules and the result object (+ dose from the headers)."""
+        """The method's rules and the result object (+ dose from the headers).
+
+        ``prepared.headers`` are the slotted images' headers; when ``prepare`` ran in
+        another process they are read again from the image source."""
         t0 = time.perf_counter()
+        if not prepared.headers:
+            for im in job.images:
+                hdrs = read_headers(self.images, job.study_instance_uid,
+                                    [im.sop_instance_uid])
+                if hdrs:
+                    prepared.headers[im.slot] = hdrs[0]
         manifest = self.manifest
         classes = list(manifest.classes)
         comb = combine(inferred.probabilities, dense_probs=inferred.p_dense or None,
@@ -467,14 +522,13 @@ class Pipeline:
         result.low_confidence, result.low_confidence_reasons = exam_confidence(result)
         timings = {k: round(v, 2) for k, v in prepared.timings_ms.items()}
         timings.update({k: round(v, 2) for k, v in inferred.timings_ms.items()})
-        timings["combine"] = round((time.perf_counter() - t0) * 1000.0, 2)
+        timings["decide"] = round((time.perf_counter() - t0) * 1000.0, 2)
         # dose from the image headers and dose reports received with the study
         try:
             from mammo_density.worker.dose import extract_dose
 
-            image_headers = list(headers) if headers is not None else \
-                list(prepared.headers.values())
-            others = read_headers(job.other_paths)
+            image_headers = list(prepared.headers.values())
+            others = read_headers(self.images, job.study_instance_uid, job.other_sop_uids)
             rdsr = [ds for ds in others if str(ds.get("SOPClassUID", "")) in sop.RDSR_CLASSES]
             extra_images = [ds for ds in others if str(ds.get("Modality", "")) == "MG"
                             and str(ds.get("SOPClassUID", "")) not in sop.RDSR_CLASSES]
@@ -487,56 +541,46 @@ class Pipeline:
             timings["total"] = round((time.perf_counter() - started) * 1000.0, 2)
         else:  # stages ran in different tasks/hosts: the sum of their wall times
             timings["total"] = round(sum(timings.get(k, 0.0) for k in
-                                         ("prepare", "inference", "combine")), 2)
+                                         ("prepare", "inference", "decide")), 2)
         result.timings_ms = timings
         return result
 
-    def assess(self, job: StudyJob) -> StudyResult:
-        """Decode, preprocess, infer, combine (+ dose): the study's density result.
-
-        Bad images never raise (they are left out, with warnings); a model that cannot be
-        loaded raises :class:`~mammo_density.worker.models.ModelError`.
-        """
-        return self.assess_with_sources(job)[0]
-
-    def assess_with_sources(self, job: StudyJob) -> tuple[StudyResult, list[Dataset]]:
-        """:meth:`assess`, also returning the headers of the images (SR sources)."""
-        result, sources, _ = self._assess(job)
-        return result, sources
-
-    def _assess(self, job: StudyJob) -> tuple[StudyResult, list[Dataset], Prepared]:
-        started = time.perf_counter()
-        self.models  # noqa: B018 - load (and verify) before any work: a clear error first
-        prepared = self.prepare(job)
-        inferred = self.infer(prepared)
-        result = self.finish(job, prepared, inferred, started=started)
-        return result, [prepared.headers[s] for s in SLOTS if s in prepared.headers], prepared
-
     # --- reporting ----------------------------------------------------------------------
-    @property
-    def state(self):
-        if self._state is None:
-            from mammo_density.plugin.state import StateDB
-
-            self._state = StateDB(self.settings.state_db)
-        return self._state
-
     def record_state(self, what: str, job: StudyJob, *args: Any) -> None:
-        """Call ``StateDB.<what>(study_uid, revision, *args)``; a failure is logged, never
-        raised (the result and the SR must not be lost to a state hiccup)."""
+        """Call ``states.<what>(study_uid, revision, *args)`` when a state sink is set; a
+        failure is logged, never raised (the result and the SR must not be lost to a
+        state hiccup)."""
+        if self.states is None:
+            return
         try:
-            getattr(self.state, what)(job.study_instance_uid, job.revision, *args)
+            getattr(self.states, what)(job.study_instance_uid, job.revision, *args)
         except Exception:
             log.exception("study %s: state %s failed", uid_hash(job.study_instance_uid), what)
 
-    @staticmethod
-    def sr_sources(job: StudyJob, result: StudyResult,
+    def claim(self, job: StudyJob, *, stale_after: float) -> bool:
+        """Claim the job's revision in the state sink (False: another copy of the task is
+        on it, or the revision is finished or superseded). True without a state sink."""
+        if self.states is None:
+            return True
+        return bool(self.states.mark_processing(job.study_instance_uid, job.revision,
+                                                stale_after=stale_after))
+
+    def already_done(self, job: StudyJob) -> bool:
+        """True when the state sink shows this revision (or a newer one) done."""
+        if self.states is None:
+            return False
+        row = self.states.study(job.study_instance_uid)
+        return bool(row and row.get("status") == "done"
+                    and int(row.get("result_revision") or 0) >= job.revision)
+
+    def sr_sources(self, job: StudyJob, result: StudyResult,
                    sources: Sequence[Dataset]) -> list[Dataset]:
         """The SR's evidence: the images used; with none used, the images looked at and
         not used, so that the radiologist sees why the study was not assessable."""
         if sources or not result.unused_images:
             return list(sources)
-        return [ds for ds in read_headers(job.other_paths)
+        return [ds for ds in read_headers(self.images, job.study_instance_uid,
+                                          job.other_sop_uids)
                 if str(ds.get("Modality", "")).upper() == "MG"
                 and not sop.is_structured_report(str(ds.get("SOPClassUID", "")))]
 
@@ -544,16 +588,20 @@ class Pipeline:
                sources: Sequence[Dataset] | None = None,
                thumbnails: dict[str, np.ndarray] | None = None) -> StudyResult:
         """Screening rules, SR and summary image into the outbox, hooks, state: each step
-        on its own. ``thumbnails`` (per slot) are drawn on the summary image."""
+        on its own.
+
+        ``sources`` are the assessed images' headers (the SR's evidence); read from the
+        image source when not given. ``thumbnails`` (per slot) are drawn on the summary
+        image."""
         t0 = time.perf_counter()
         uid = uid_hash(job.study_instance_uid)
+        used = [v.sop_instance_uid for v in result.views]
         if sources is None:
-            sources = read_headers([im.path for im in job.images])
+            sources = read_headers(self.images, job.study_instance_uid,
+                                   used or [im.sop_instance_uid for im in job.images])
         sources = self.sr_sources(job, result, sources)
         sources = [ds for ds in sources
-                   if str(ds.get("SOPInstanceUID", "")) in {v.sop_instance_uid
-                                                            for v in result.views}] or \
-            list(sources)
+                   if str(ds.get("SOPInstanceUID", "")) in set(used)] or list(sources)
         try:
             from mammo_density.worker.screening_rules import evaluate
 
@@ -561,44 +609,43 @@ class Pipeline:
         except Exception as err:
             log.exception("study %s: screening rules failed", uid)
             result.warnings.append(f"screening rules failed: {type(err).__name__}")
-        try:
-            from mammo_density.plugin.outbox import Outbox
-            from mammo_density.worker.sr import build_density_sr
-
-            sr = build_density_sr(result, sources, self.manifest,
-                                  comprehensive_3d=self.settings.comprehensive_3d_sr)
-            outbox = Outbox(self.settings)
-            path = outbox.enqueue(sr, study_uid=job.study_instance_uid,
-                                  calling_aet=job.calling_aet, peer_host=job.peer_host)
-            result.sr = SRRef(sop_instance_uid=str(sr.SOPInstanceUID),
-                              series_instance_uid=str(sr.SeriesInstanceUID), path=str(path))
-        except Exception as err:
-            log.exception("study %s: SR not written", uid)
-            result.warnings.append(f"SR not written: {type(err).__name__}: {err}")
-        if self.settings.sr_summary_image:  # after the SR: the outbox may send it meanwhile
+        if self.outbox is not None:
             try:
-                from mammo_density.plugin.outbox import Outbox
+                from mammo_density.worker.sr import build_density_sr
+
+                sr = build_density_sr(result, sources, self.manifest,
+                                      comprehensive_3d=self.settings.comprehensive_3d_sr)
+                path = self.outbox.enqueue(sr, study_uid=job.study_instance_uid,
+                                           calling_aet=job.calling_aet,
+                                           peer_host=job.peer_host)
+                result.sr = SRRef(sop_instance_uid=str(sr.SOPInstanceUID),
+                                  series_instance_uid=str(sr.SeriesInstanceUID),
+                                  path=str(path))
+            except Exception as err:
+                log.exception("study %s: SR not written", uid)
+                result.warnings.append(f"SR not written: {type(err).__name__}: {err}")
+        # after the SR: the outbox may send it meanwhile
+        if self.outbox is not None and self.settings.sr_summary_image:
+            try:
                 from mammo_density.worker.summary import build_summary_image
 
                 t_sc = time.perf_counter()
                 sc = build_summary_image(result, sources, self.manifest,
                                          view_images=thumbnails)
-                Outbox(self.settings).enqueue(sc, study_uid=job.study_instance_uid,
-                                              calling_aet=job.calling_aet,
-                                              peer_host=job.peer_host)
+                self.outbox.enqueue(sc, study_uid=job.study_instance_uid,
+                                    calling_aet=job.calling_aet, peer_host=job.peer_host)
                 result.timings_ms["summary_image"] = round(
                     (time.perf_counter() - t_sc) * 1000.0, 2)
             except Exception as err:
                 log.exception("study %s: summary image not written", uid)
                 result.warnings.append(
                     f"summary image not written: {type(err).__name__}: {err}")
-        try:
-            from mammo_density.worker.hooks import dispatch
-
-            dispatch(result, self.settings)
-        except Exception as err:
-            log.exception("study %s: hooks not dispatched", uid)
-            result.warnings.append(f"hooks not dispatched: {type(err).__name__}")
+        if self.hooks is not None:
+            try:
+                self.hooks.dispatch(result)
+            except Exception as err:
+                log.exception("study %s: hooks not dispatched", uid)
+                result.warnings.append(f"hooks not dispatched: {type(err).__name__}")
         result.timings_ms["report"] = round((time.perf_counter() - t0) * 1000.0, 2)
         if result.assessable:
             self.record_state("mark_done", job, result.model_dump_json())
@@ -608,24 +655,21 @@ class Pipeline:
                 "not assessable")
         return result
 
-    def complete(self, job: StudyJob, prepared: Prepared, inferred: Inferred) -> StudyResult:
-        """The last stage when the earlier ones ran elsewhere (Celery ``report`` task):
-        headers re-read from the spool, rules, result, dose, then :meth:`report`."""
-        if not prepared.headers:
-            for im in job.images:
-                hdrs = read_headers([im.path])
-                if hdrs:
-                    prepared.headers[im.slot] = hdrs[0]
-        result = self.finish(job, prepared, inferred)
-        sources = [prepared.headers[s] for s in SLOTS if s in prepared.headers]
-        return self.report(job, result, sources=sources, thumbnails=prepared.thumbnails)
-
     def run(self, job: StudyJob) -> StudyResult:
-        """Assess the study and report it; never raises for a bad study."""
+        """prepare -> infer -> decide -> report; never raises for a bad study.
+
+        Bad images never raise (they are left out, with warnings); a model that cannot be
+        loaded raises :class:`~mammo_density.worker.models.ModelError` after the study is
+        marked failed.
+        """
         uid = uid_hash(job.study_instance_uid)
+        started = time.perf_counter()
         self.record_state("mark_processing", job)
         try:
-            result, sources, prepared = self._assess(job)
+            self.models  # noqa: B018 - load (and verify) before any work: a clear error first
+            prepared = self.prepare(job)
+            inferred = self.infer(prepared)
+            result = self.decide(job, prepared, inferred, started=started)
         except ModelError as err:
             self.record_state("mark_failed", job, f"model unavailable: {err}")
             raise
@@ -637,6 +681,7 @@ class Pipeline:
                                revision=job.revision, assessable=False, partial=job.partial,
                                missing_views=list(job.missing_views),
                                unused_images=list(job.unused_images), warnings=[reason])
+        sources = [prepared.headers[s] for s in SLOTS if s in prepared.headers]
         result = self.report(job, result, sources=sources, thumbnails=prepared.thumbnails)
         log.info("study %s revision %d: %s in %.0f ms", uid, job.revision,
                  result.exam.category if result.exam else "not assessable",

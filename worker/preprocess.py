@@ -10,7 +10,7 @@ Steps (``load_model_input``):
 1. **Decode** at a *working resolution level* ``L`` (:func:`working_level`): the largest
    ``L`` (at most :data:`MAX_LEVEL`) such that the long side of the image at
    ``2**-L`` scale is still ``>= WORKING_OVERSAMPLE * size`` (1.25). JPEG 2000 / HTJ2K decode at
-   that level directly (the wavelet's low-pass band, DECODE.md: 12x faster); every other
+   that level directly (the wavelet's low-pass band, docs/decoding.md: 12x faster); every other
    codec decodes at full size and is brought to the same working shape by an exact area
    average (``cv2.INTER_AREA``). The two routes agree within a stated tolerance
    (tests/test_preprocess.py). ``reduced=False`` forces the naive path (full decode,

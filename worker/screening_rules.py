@@ -9,7 +9,7 @@ Built-in rules
 --------------
 ``dense``
     Exam class in ``settings.dense_categories`` (default C, D) -> "consider supplemental
-    imaging" (warning). Dense tissue masks cancers and is a risk factor (METHOD.md).
+    imaging" (warning). Dense tissue masks cancers and is a risk factor (docs/method.md).
 ``dose_reference``
     Any exposure whose average glandular dose (AGD) exceeds the reference level for its
     compressed thickness -> "dose above reference" (warning).

@@ -1,21 +1,27 @@
-"""Celery tasks: thin wrappers around :class:`~mammo_density.worker.pipeline.Pipeline`.
+"""Celery tasks: the pipeline's four stages, one task each, on the queue they need.
 
-A study travels as a chain of three tasks so that CPU and GPU work can live on
-different hosts::
+A study travels as a chain, the same sentence as in embedded mode::
 
-    preprocess(job)            queue "cpu": state -> processing; read + decode +
+    prepare(job)               queue "cpu": state -> processing; read + decode +
                                preprocess from the spool; returns the model-ready arrays
                                (16-bit fixed point, zlib, base64: ~30-60 KB per 4-view
                                study at 64-256 px; see benchmarks/README.md)
       -> infer(prepared)       queue "gpu": ONNX per view; returns the probabilities
-      -> report(data, job)     queue "cpu": rules, result, dose, screening rules,
-                               SR -> outbox, hooks, state -> done / failed
+      -> decide(data, job)     queue "cpu": the method's rules, result, dose
+      -> report(result, job)   queue "cpu": screening rules, SR -> outbox, hooks,
+                               state -> done / failed
 
-``process_study(job)`` runs the whole :meth:`Pipeline.run` in one task (same code as the
-embedded runner). Tasks take a JSON StudyJob (paths and UIDs), are idempotent and skip a
-study revision the state database already shows done. Retries are declarative and only
-for transient errors (a busy SQLite database, a lost connection); a bad study is never
-retried: the pipeline records it as failed with the reason.
+``run(job)`` runs :meth:`Pipeline.run` (all four) in one task. Tasks take a JSON
+StudyJob: UIDs, never file paths; the worker finds the images in its own spool only.
+Tasks are idempotent and skip a study revision the state shows done. Retries are
+declarative and only for transient errors (a busy SQLite database, a lost connection); a
+bad study is never retried: the pipeline records it as failed with the reason.
+
+Which host runs what: ``infer`` needs only the broker and the model files. The ``cpu``
+tasks read the spool and write the state database, the outbox and the hook queue: run the
+``cpu`` queue on the host that holds the data directory (the listener's). This module
+builds no sink itself: the ``worker`` command (the composition root) hands
+:func:`configure` a factory that does.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from celery import Celery, chain
@@ -31,6 +38,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from mammo_density.config import Settings
 from mammo_density.job import StudyJob
 from mammo_density.logsetup import uid_hash
+from mammo_density.result import StudyResult
 from mammo_density.worker.models import ModelError
 from mammo_density.worker.pipeline import Inferred, Pipeline, Prepared
 
@@ -52,15 +60,18 @@ RETRY_OPTIONS: dict[str, Any] = {
     "max_retries": 5,
 }
 
-_settings: Settings | None = None
+PipelineFactory = Callable[[], Pipeline]
+
+_factory: PipelineFactory | None = None
 _pipeline: Pipeline | None = None
 _pipeline_lock = threading.Lock()
 
 
-def configure(settings: Settings) -> None:
-    """Settings used by this process's tasks (the pipeline is created lazily)."""
-    global _settings, _pipeline
-    _settings = settings
+def configure(factory: PipelineFactory) -> None:
+    """How this process builds its Pipeline (with its sinks), called lazily, once per
+    worker process, after the fork (ONNX sessions and SQLite handles do not fork)."""
+    global _factory, _pipeline
+    _factory = factory
     _pipeline = None
 
 
@@ -70,9 +81,9 @@ def get_pipeline() -> Pipeline:
     if _pipeline is None:
         with _pipeline_lock:
             if _pipeline is None:
-                if _settings is None:
-                    raise RuntimeError("tasks.configure(settings) was not called")
-                _pipeline = Pipeline(_settings)
+                if _factory is None:
+                    raise RuntimeError("tasks.configure(factory) was not called")
+                _pipeline = _factory()
     return _pipeline
 
 
@@ -84,24 +95,20 @@ def reset_after_fork() -> None:
 
 def _already_done(pipeline: Pipeline, job: StudyJob) -> bool:
     try:
-        row = pipeline.state.study(job.study_instance_uid)
+        return pipeline.already_done(job)
     except sqlite3.OperationalError:
         raise
     except Exception:
         return False
-    return bool(row and row.get("status") == "done"
-                and int(row.get("result_revision") or 0) >= job.revision)
 
 
 def _claim(pipeline: Pipeline, job: StudyJob) -> bool:
     """Claim the revision in the state database (False: another copy of this task, e.g.
     one re-submitted by the listener's sweep for a lost message, is already on it)."""
     try:
-        return bool(pipeline.state.mark_processing(
-            job.study_instance_uid, job.revision,
-            # a claim older than the task's hard time limit is held by a dead task: its
-            # message is the one redelivered now (after the visibility timeout)
-            stale_after=_settings.task_time_limit if _settings else 60.0))
+        # a claim older than the task's hard time limit is held by a dead task: its
+        # message is the one redelivered now (after the visibility timeout)
+        return pipeline.claim(job, stale_after=float(pipeline.settings.task_time_limit))
     except sqlite3.OperationalError:
         raise
     except Exception:
@@ -135,7 +142,7 @@ def _reason(stage: str, err: BaseException) -> str:
 
 # --- task bodies (plain functions; tests may call them directly) --------------------------
 
-def preprocess(job_json: dict[str, Any]) -> dict[str, Any]:
+def prepare(job_json: dict[str, Any]) -> dict[str, Any]:
     job = StudyJob.model_validate(job_json)
     pipeline = get_pipeline()
     if _already_done(pipeline, job) or not _claim(pipeline, job):
@@ -151,7 +158,7 @@ def preprocess(job_json: dict[str, Any]) -> dict[str, Any]:
 
 def infer(payload: dict[str, Any]) -> dict[str, Any]:
     """GPU side: touches neither the spool nor the state (another host may run it); a
-    failure travels on to ``report``, which records it."""
+    failure travels on to ``decide``, which records it."""
     if payload.get("skipped"):
         return payload
     meta = dict(payload)
@@ -167,7 +174,9 @@ def infer(payload: dict[str, Any]) -> dict[str, Any]:
     return {"prepared": meta, "inferred": inferred.to_payload()}
 
 
-def report(data: dict[str, Any], job_json: dict[str, Any]) -> dict[str, Any]:
+def decide(data: dict[str, Any], job_json: dict[str, Any]) -> dict[str, Any]:
+    """CPU side: the method's rules and the result (headers read from the spool). The
+    result travels on with the thumbnails ``prepare`` made for the summary image."""
     if data.get("skipped"):
         return data
     job = StudyJob.model_validate(job_json)
@@ -177,7 +186,27 @@ def report(data: dict[str, Any], job_json: dict[str, Any]) -> dict[str, Any]:
     try:
         prepared = Prepared.from_payload(data["prepared"])
         inferred = Inferred.from_payload(data["inferred"])
-        result = pipeline.complete(job, prepared, inferred)
+        result = pipeline.decide(job, prepared, inferred)
+    except TRANSIENT_ERRORS:
+        raise
+    except Exception as err:
+        return _failed(pipeline, job, _reason("decide", err))
+    return {"result": result.model_dump(mode="json"),
+            "thumbnails": data["prepared"].get("thumbnails") or {}}
+
+
+def report(data: dict[str, Any], job_json: dict[str, Any]) -> dict[str, Any]:
+    """CPU side, where the data directory is: SR and summary image -> outbox, hooks,
+    state."""
+    if data.get("skipped"):
+        return data
+    job = StudyJob.model_validate(job_json)
+    pipeline = get_pipeline()
+    try:
+        result = StudyResult.model_validate(data["result"])
+        thumbnails = Prepared.from_payload({"study_instance_uid": job.study_instance_uid,
+                                            "thumbnails": data.get("thumbnails")}).thumbnails
+        result = pipeline.report(job, result, thumbnails=thumbnails)
     except TRANSIENT_ERRORS:
         raise
     except Exception as err:
@@ -187,7 +216,8 @@ def report(data: dict[str, Any], job_json: dict[str, Any]) -> dict[str, Any]:
     return result.model_dump(mode="json")
 
 
-def process_study(job_json: dict[str, Any]) -> dict[str, Any]:
+def run(job_json: dict[str, Any]) -> dict[str, Any]:
+    """The four stages in one task (one host does all)."""
     job = StudyJob.model_validate(job_json)
     pipeline = get_pipeline()
     if _already_done(pipeline, job) or not _claim(pipeline, job):
@@ -200,22 +230,28 @@ def process_study(job_json: dict[str, Any]) -> dict[str, Any]:
         return _failed(pipeline, job, _reason("pipeline", err))
 
 
-def register(app: Celery, settings: Settings) -> None:
-    """Register the tasks on ``app`` and remember ``settings`` for this process."""
-    configure(settings)
-    for fn in (preprocess, infer, report, process_study):
-        app.task(name=f"mammo_density.{fn.__name__}", **RETRY_OPTIONS)(fn)
+STAGES = (prepare, infer, decide, report)
+
+
+def task_name(fn: Callable[..., Any]) -> str:
+    return f"mammo_density.{fn.__name__}"
+
+
+def register(app: Celery) -> None:
+    """Register the tasks on ``app`` (a worker also calls :func:`configure`)."""
+    for fn in (*STAGES, run):
+        app.task(name=task_name(fn), **RETRY_OPTIONS)(fn)
 
 
 def signature_for(job: StudyJob, app: Celery):
-    """The preprocess -> infer -> report chain of one study."""
+    """The prepare -> infer -> decide -> report chain of one study."""
     job_json = job.model_dump(mode="json")
     key = f"md-{uid_hash(job.study_instance_uid)}-r{job.revision}"  # idempotent task ids
-    return chain(app.signature("mammo_density.preprocess", args=(job_json,),
-                               task_id=f"{key}-preprocess"),
-                 app.signature("mammo_density.infer", task_id=f"{key}-infer"),
-                 app.signature("mammo_density.report", args=(job_json,),
-                               task_id=f"{key}-report"))
+    return chain(app.signature(task_name(prepare), args=(job_json,),
+                               task_id=f"{key}-prepare"),
+                 app.signature(task_name(infer), task_id=f"{key}-infer"),
+                 app.signature(task_name(decide), args=(job_json,), task_id=f"{key}-decide"),
+                 app.signature(task_name(report), args=(job_json,), task_id=f"{key}-report"))
 
 
 def submit(job: StudyJob, settings: Settings) -> str:
@@ -235,5 +271,6 @@ def submit(job: StudyJob, settings: Settings) -> str:
     return str(result.id)
 
 
-__all__ = ["RETRY_OPTIONS", "TRANSIENT_ERRORS", "TransientError", "configure", "get_pipeline",
-           "register", "reset_after_fork", "signature_for", "submit"]
+__all__ = ["RETRY_OPTIONS", "STAGES", "TRANSIENT_ERRORS", "PipelineFactory", "TransientError",
+           "configure", "get_pipeline", "register", "reset_after_fork", "signature_for",
+           "submit", "task_name"]

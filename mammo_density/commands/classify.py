@@ -76,6 +76,7 @@ class Collected:
 
     jobs: list[StudyJob] = field(default_factory=list)
     unreadable: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    files: dict[str, str] = field(default_factory=dict)  # SOP Instance UID -> path
 
 
 def _looks_like_dicom(path: Path) -> bool:
@@ -135,6 +136,7 @@ def collect_jobs(paths: Iterable[str | Path], *, digitised_film: bool = False) -
             if c.sop_uid not in seen:
                 seen.add(c.sop_uid)
                 unique.append(c)
+                out.files.setdefault(c.sop_uid, c.path)
         choice = choose(c for c in unique if c.kind == sop.KIND_IMAGE)
         chosen = choice.images
         used = {c.sop_uid for c in chosen.values()}
@@ -142,14 +144,14 @@ def collect_jobs(paths: Iterable[str | Path], *, digitised_film: bool = False) -
         unused = [unused_image(c.sop_uid, passed[c.sop_uid], slot=c.slot)
                   if c.sop_uid in passed else from_note(c.sop_uid, c.note)
                   for c in unique if c.kind in sop.IMAGE_KINDS and c.sop_uid not in used]
-        images = [JobImage(slot=s, path=chosen[s].path, sop_instance_uid=chosen[s].sop_uid,
+        images = [JobImage(slot=s, sop_instance_uid=chosen[s].sop_uid,
                            sop_class_uid=chosen[s].sop_class) for s in SLOTS if s in chosen]
-        others = [c.path for c in unique if c.sop_uid not in used
+        others = [c.sop_uid for c in unique if c.sop_uid not in used
                   and not (sop.is_structured_report(c.sop_class)
                            and c.sop_class not in sop.RDSR_CLASSES)]
         missing = choice.missing
         out.jobs.append(StudyJob(study_instance_uid=study_uid, images=images,
-                                 other_paths=others, partial=bool(missing),
+                                 other_sop_uids=others, partial=bool(missing),
                                  missing_views=missing, unused_images=unused,
                                  source="files"))
     return out
@@ -213,8 +215,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:
+    """The composition root of ``classify``: the named files are the image source, the
+    SR sink is ``--sr-out`` (or none); no state database, no hooks."""
+    from mammo_density.spool_layout import FileImages
     from mammo_density.worker.models import ModelError
     from mammo_density.worker.pipeline import Pipeline
+    from mammo_density.worker.sinks import FolderSRs
 
     collected = collect_jobs(args.paths, digitised_film=settings.digitised_film
                              or getattr(args, "digitised_film", False))
@@ -223,29 +229,31 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     if not collected.jobs:
         print("mammo-density classify: no DICOM studies found", file=sys.stderr)
         return 1
-    pipeline = Pipeline(settings)
+    # --sr-out gets the SRs only (the summary image is for the PACS's viewers)
+    pipeline = Pipeline(settings.model_copy(update={"sr_summary_image": False}),
+                        images=FileImages(collected.files),
+                        outbox=FolderSRs(args.sr_out) if args.sr_out else None)
     try:
         pipeline.models  # noqa: B018 - load once, fail early with the reason
     except ModelError as err:
         print(f"mammo-density classify: {err}", file=sys.stderr)
         return 2
-    if args.sr_out:
-        args.sr_out.mkdir(parents=True, exist_ok=True)
     results = []
     failures = 0
     for job in collected.jobs:
         t0 = time.perf_counter()
         try:
-            result, sources = pipeline.assess_with_sources(job)
+            result = pipeline.run(job)
         except Exception as err:
             log.exception("study assessment failed")
             print(f"mammo-density classify: study {job.study_instance_uid}: "
                   f"{type(err).__name__}: {err}", file=sys.stderr)
             failures += 1
             continue
-        if args.sr_out:
-            _write_sr(pipeline, result, pipeline.sr_sources(job, result, sources),
-                      args.sr_out)
+        for warning in result.warnings:
+            if warning.startswith(("SR not written", "assessment failed")):
+                print(f"mammo-density classify: study {job.study_instance_uid}: {warning}",
+                      file=sys.stderr)
         result.timings_ms.setdefault("total", (time.perf_counter() - t0) * 1000.0)
         if args.json:
             print(result.model_dump_json(), flush=True)
@@ -257,23 +265,6 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
               f"{failures} failed)", file=sys.stderr)
         return 1
     return 0
-
-
-def _write_sr(pipeline, result, sources, folder: Path) -> None:
-    from mammo_density.result import SRRef
-    from mammo_density.worker.sr import build_density_sr
-
-    try:
-        sr = build_density_sr(result, sources, pipeline.models.manifest,
-                              comprehensive_3d=pipeline.settings.comprehensive_3d_sr)
-        path = folder / f"{sr.SOPInstanceUID}.dcm"
-        sr.save_as(path, enforce_file_format=True)
-        result.sr = SRRef(sop_instance_uid=str(sr.SOPInstanceUID),
-                          series_instance_uid=str(sr.SeriesInstanceUID), path=str(path))
-    except Exception as err:
-        result.warnings.append(f"SR not written: {type(err).__name__}: {err}")
-        print(f"mammo-density classify: study {result.study_instance_uid}: SR not written: "
-              f"{err}", file=sys.stderr)
 
 
 __all__ = ["Collected", "add_parser", "collect_jobs", "format_table", "iter_files", "run"]

@@ -1,10 +1,13 @@
 """``mammo-density serve``: the node's composition root.
 
 Wires, top to bottom: the state database, the pipeline's ``submit`` (in-process
-:class:`~mammo_density.worker.embedded.EmbeddedRunner` by default, Celery when a broker is
-configured), the DICOM listener, the SR outbox and the hook queue delivery loops, and the
-stable-timeout timer (inside the listener). SIGTERM / SIGINT stop it gracefully: no new
-associations, running ones finish, in-process studies finish, loops stop.
+:class:`~mammo_density.worker.embedded.EmbeddedRunner` over a pipeline built with the
+node's sinks by :func:`~mammo_density.commands.compose.node_pipeline`, or Celery when a
+broker is configured), the DICOM listener, the SR outbox (owned here: serve decides the
+SR destinations, also for SRs that Celery workers store) and the hook queue delivery
+loops, and the stable-timeout timer (inside the listener). SIGTERM / SIGINT stop it
+gracefully: no new associations, running ones finish, in-process studies finish, loops
+stop.
 """
 
 from __future__ import annotations
@@ -39,16 +42,37 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def _pipeline_submit(settings: Settings) -> tuple[Callable[[StudyJob], Any], Callable[[], None]]:
     """The ``submit`` callable for the listener, and how to close it."""
+    # Embedded: images prepared as they arrive, cached beside the spool
+    # (prepare_on_arrival = false turns it off). Not with Celery: a worker starts on the
+    # study before serve's preparer is done and decodes the same images again (measured
+    # slower, benchmarks/README.md); workers still read entries they find in the spool.
+    from mammo_density.plugin.ingest import on_spooled_images
+    from mammo_density.worker import prepcache
+
+    if settings.embedded and prepcache.start_for(settings, on_spooled_images) is not None:
+        log.info("preparing images on arrival")
     if settings.embedded:
+        from mammo_density.commands.compose import node_pipeline, warm_up_reporting
         from mammo_density.worker.embedded import EmbeddedRunner
 
-        runner = EmbeddedRunner(settings)
+        # highdicom's first SR and summary image cost 0.2-1 s: pay it now, beside the
+        # listener's start, not in the first study's report stage
+        threading.Thread(target=warm_up_reporting, args=(settings,), name="sr-warm-up",
+                         daemon=True).start()
+
+        runner = EmbeddedRunner(node_pipeline(settings, owns_outbox=True),
+                                workers=settings.embedded_workers)
         log.info("pipeline: embedded, %d worker thread(s)", settings.embedded_workers)
-        return runner.submit, lambda: runner.close(wait=True)
+
+        def close() -> None:
+            runner.close(wait=True)
+            prepcache.stop()
+
+        return runner.submit, close
     from mammo_density.worker import tasks
 
     log.info("pipeline: Celery workers via the configured broker")
-    return (lambda job: tasks.submit(job, settings)), lambda: None
+    return (lambda job: tasks.submit(job, settings)), lambda: prepcache.stop()
 
 
 def _start_loops(settings: Settings, stop: threading.Event) -> list[threading.Thread]:
@@ -57,10 +81,11 @@ def _start_loops(settings: Settings, stop: threading.Event) -> list[threading.Th
     loops: list[tuple[str, Callable[[], Any]]] = []
     from mammo_density.plugin.outbox import Outbox
 
-    # The SR is enqueued by the pipeline (possibly in a Celery worker process): look for
-    # due deliveries often, a 1 s tick added ~0.5 s to the end-to-end latency
-    # (benchmarks/e2e_latency.py); an empty poll is one SQLite query.
-    outbox = Outbox(settings)
+    # The SR is enqueued by the pipeline (possibly in a Celery worker process, which
+    # leaves its routing to this owner): look for new SRs and due deliveries often, a
+    # 1 s tick added ~0.5 s to the end-to-end latency (benchmarks/e2e_latency.py); an
+    # empty poll is two SQLite queries.
+    outbox = Outbox(settings, owner=True)
     loops.append(("sr-outbox", lambda stop: outbox.run_forever(stop, interval=OUTBOX_POLL_S)))
     from mammo_density.worker.hooks import HookQueue
 
@@ -73,6 +98,9 @@ def _start_loops(settings: Settings, stop: threading.Event) -> list[threading.Th
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    from mammo_density.memory import limit_heap_growth
+
+    limit_heap_growth()  # before any worker thread: flat RSS over many studies
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:

@@ -1,9 +1,11 @@
 """``mammo-density worker``: a Celery worker for the density pipeline.
 
-Consumes the ``cpu`` queue (read/decode/preprocess from the spool; rules, SR, outbox,
-hooks, state) and the ``gpu`` queue (ONNX inference) unless ``--queues`` says otherwise:
-run ``--queues cpu`` on the listener's host and ``--queues gpu`` on GPU hosts (they only
-need the model files and the broker). Starts with mingle, gossip and heartbeat off
+Consumes the ``cpu`` queue (prepare from the spool; decide; report: SR into the outbox,
+hooks, state) and the ``gpu`` queue (infer: ONNX) unless ``--queues`` says otherwise.
+The ``cpu`` tasks read and write the data directory: run ``--queues cpu`` on the
+listener's host, and ``--queues gpu`` on GPU hosts (they only need the model files and
+the broker, and never open the data directory). SR destinations are not this process's
+to decide: ``serve`` routes the SRs a worker stores. Starts with mingle, gossip and heartbeat off
 (0.4 s instead of 1.4 s: the workers need no cluster events). Models are loaded once per
 worker process (ONNX sessions are created after the fork).
 """
@@ -53,8 +55,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from mammo_density.datadir import private_umask
 
     private_umask()  # SRs written to the outbox carry PHI: files 0600 (docs/security.md)
+    from mammo_density.memory import limit_heap_growth
+
+    limit_heap_growth()  # before any worker thread: flat RSS over many studies
     from celery.signals import worker_process_init
 
+    from mammo_density.commands.compose import node_pipeline, warm_up_reporting
     from mammo_density.worker import tasks
     from mammo_density.worker.celery_app import CPU_QUEUE, GPU_QUEUE, make_app
     from mammo_density.worker.models import ModelError, resolve_model_dir, verify_entry
@@ -75,21 +81,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     preload = GPU_QUEUE in queues
     warm_sr = CPU_QUEUE in queues
+    tasks.configure(lambda: node_pipeline(settings, owns_outbox=False, sinks=warm_sr))
 
     @worker_process_init.connect(weak=False)
     def _init_process(**_kwargs) -> None:  # in each pool process, after the fork
         tasks.reset_after_fork()
         if warm_sr:  # highdicom's lazy set-up off the first study's report
-            try:
-                from mammo_density.worker.sr import warm_up
-
-                warm_up()
-                if settings.sr_summary_image:
-                    from mammo_density.worker import summary
-
-                    summary.warm_up()
-            except Exception:
-                log.exception("SR warm-up failed")
+            warm_up_reporting(settings)
         if preload:
             try:
                 pipeline = tasks.get_pipeline()

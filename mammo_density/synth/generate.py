@@ -48,7 +48,8 @@ from mammo_density.synth.profiles import PROFILES, VENDORS
 log = logging.getLogger(__name__)
 
 CLASSES: tuple[str, ...] = ("A", "B", "C", "D")
-#: BI-RADS clinical mix of METHOD.md (264/611/888/199 of 1,962 exams, rounded)
+#: BI-RADS clinical mix of the method's data (docs/method.md: 264/611/888/199 of 1,962
+#: exams, rounded)
 DEFAULT_CLASS_MIX: tuple[float, float, float, float] = (0.13, 0.31, 0.45, 0.10)
 #: glandular share of the breast drawn for each class (uniform within the range)
 GLANDULAR_RANGE: dict[str, tuple[float, float]] = {

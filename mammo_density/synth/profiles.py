@@ -1,9 +1,9 @@
 """Vendor profiles for the synthetic mammograms: detector geometry and header style.
 
-The three detectors are the ones METHOD.md lists. Geometry is written rows x columns with
+The three detectors are the ones docs/method.md lists. Geometry is written rows x columns with
 the long side along the chest wall (portrait), as the detectors are mounted: Hologic
 Selenia Dimensions 4096 x 3328 at 70 um, GE Senographe DS 2294 x 1914 at 100 um (the
-METHOD's "2294x1914" read as rows x columns; 22.9 x 19.1 cm), IMS Giotto 3584 x 2816 at
+the method's "2294x1914" read as rows x columns; 22.9 x 19.1 cm), IMS Giotto 3584 x 2816 at
 85 um. Bit depth, photometric interpretation and VOI style differ per vendor on purpose,
 so consumers cannot assume one convention (IMS is MONOCHROME1, i.e. low values white).
 """

@@ -173,6 +173,7 @@ def study_with_report(server: OrthancServer, work: Path) -> tuple[str, str]:
     from mammo_density.commands.classify import collect_jobs
     from mammo_density.config import load_settings
     from mammo_density.plugin.outbox import Outbox
+    from mammo_density.spool_layout import FileImages
     from mammo_density.synth import generate
     from mammo_density.worker.pipeline import Pipeline
 
@@ -182,9 +183,10 @@ def study_with_report(server: OrthancServer, work: Path) -> tuple[str, str]:
         raise RuntimeError(proc.stdout + proc.stderr)
     settings = load_settings(data_dir=work / "node",
                              sr_destinations=[f"{server.aet}@127.0.0.1:{server.dicom_port}"])
-    [job] = collect_jobs(record.paths).jobs
-    result = Pipeline(settings).run(job)
+    collected = collect_jobs(record.paths)
+    [job] = collected.jobs
     outbox = Outbox(settings)
+    result = Pipeline(settings, images=FileImages(collected.files), outbox=outbox).run(job)
     deadline = time.monotonic() + 60
     while outbox.pending() and time.monotonic() < deadline:
         outbox.deliver_due()
