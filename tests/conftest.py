@@ -54,7 +54,7 @@ def orthanc_factory(tmp_path: Path) -> Iterator[Callable[..., OrthancServer]]:
 
     yield make
     for server in started:
-        server.stop()
+        server.discard()
 
 
 @pytest.fixture

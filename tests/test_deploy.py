@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -75,7 +76,12 @@ def check_orthanc_starts(tmp_path: Path, path: Path, password: str,
         try:
             assert requests.get(f"http://127.0.0.1:{server.http_port}/system",
                                 timeout=5).status_code == 401
+            # the router thread starts on ORTHANC_STARTED, a moment after /system answers
+            deadline = time.monotonic() + 10
             status = server.get("/mammo-density/status").json()
+            while not status["router_alive"] and time.monotonic() < deadline:
+                time.sleep(0.1)
+                status = server.get("/mammo-density/status").json()
             assert status["router_alive"] is True
             assert status["settings"]["Modality"] == cfg["MammoDensity"]["Modality"]
             assert status["settings"]["Metadata"] == "MammoDensity"
@@ -84,7 +90,7 @@ def check_orthanc_starts(tmp_path: Path, path: Path, password: str,
             assert server.get("/system").json()["DicomAet"] == cfg["DicomAet"]
             return {"status": status, "modalities": modalities, "config": cfg}
         finally:
-            server.stop()
+            server.discard()
     finally:
         for key, value in old.items():
             if value is None:
@@ -154,7 +160,7 @@ def test_orthanc_config_stores_only_from_known_modalities(tmp_path: Path) -> Non
         assert requests.get(f"http://admin:wrong@127.0.0.1:{server.http_port}/system",
                             timeout=5).status_code == 401
     finally:
-        server.stop()
+        server.discard()
 
 
 @pytest.mark.services
