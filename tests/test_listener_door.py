@@ -15,37 +15,16 @@ from pathlib import Path
 import pytest
 from pydicom.uid import generate_uid
 
-from mammo_density.config import load_settings
-from mammo_density.plugin.listener import Listener
-from mammo_density.plugin.state import StateDB
+from tests import test_listener
 from tests.mgdata import mg
-from tests.services import echoscu, free_port, require_binary
-from tests.test_listener import Node, client
+from tests.services import echoscu, require_binary
+from tests.test_listener import client
 
 pytestmark = pytest.mark.services  # dcmtk's echoscu, openssl
 
 LOGGER = "mammo_density.plugin.listener"
 
-
-@pytest.fixture
-def node_factory(tmp_path: Path):
-    nodes: list[Node] = []
-
-    def make(**overrides) -> Node:
-        values = {"data_dir": tmp_path / f"data{len(nodes)}", "listen_host": "127.0.0.1",
-                  "listen_port": free_port(), "stable_seconds": 1.0, "min_free_disk_mb": 0}
-        values.update(overrides)
-        settings = load_settings(None, **values)
-        db = StateDB(settings.state_db)
-        node = Node(settings, db, None)  # type: ignore[arg-type]
-        node.listener = Listener(settings, db, node.jobs.append).start()
-        nodes.append(node)
-        return node
-
-    yield make
-    for node in nodes:
-        node.listener.stop()
-        node.db.close()
+node_factory = test_listener.node_factory  # the listener tests' nodes on free ports
 
 
 def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
