@@ -4,7 +4,9 @@ Images go through :func:`mammo_density.worker.preprocess.load_model_input` exact
 inference (imported, never copied). Preprocessed arrays are cached as ``.npy`` files keyed
 by (absolute path, file size, mtime, input size, ``PREPROCESSING_VERSION``), so epochs
 after the first read small arrays instead of decoding DICOM again, and a change of the
-preprocessing invalidates the cache by itself.
+preprocessing invalidates the cache by itself. Prepared inputs
+(:mod:`mammo_density.train.prepared`) are read in place, after a check of their size and
+preprocessing version.
 """
 
 from __future__ import annotations
@@ -60,6 +62,11 @@ class ArrayCache:
         return self._load(path)
 
     def _load(self, path: Path) -> np.ndarray:
+        from mammo_density.train import prepared
+
+        if prepared.descriptor_of(path) is not None:
+            # already the model input (checked against this size and version): no disk copy
+            return prepared.load_prepared(Path(path), self.size, self.version)
         if self.root is None:
             return self._compute(path)
         target = self.root / f"{self.key(path)}.npy"

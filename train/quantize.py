@@ -45,20 +45,11 @@ def int8_name(filename: str) -> str:
 def _load_inputs(records: Sequence[ImageRecord], size: int,
                  cache_dir: Path | None) -> dict[Path, np.ndarray]:
     """[0, 1] model inputs of the records' images (the shared preprocessing)."""
-    from mammo_density.worker.preprocess import load_model_input
+    from mammo_density.train.dataset import ArrayCache
 
-    out: dict[Path, np.ndarray] = {}
-    if cache_dir is not None:
-        from mammo_density.train.dataset import ArrayCache
-
-        cache = ArrayCache(cache_dir, size)
-        for r in records:
-            out[r.path] = np.asarray(cache.load(r.path), dtype=np.float32)
-        return out
-    for r in records:
-        out[r.path] = np.ascontiguousarray(load_model_input(Path(r.path), size),
-                                           dtype=np.float32)
-    return out
+    cache = ArrayCache(cache_dir, size, memory=False)
+    return {r.path: np.ascontiguousarray(cache.load(r.path), dtype=np.float32)
+            for r in records}
 
 
 def _normalise(x: np.ndarray, manifest: ModelManifest) -> np.ndarray:
