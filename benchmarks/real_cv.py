@@ -56,6 +56,42 @@ def machine() -> str:
             f"{torch.get_num_threads()}, load avg at start {load:.1f}")
 
 
+def _write_report(out: Path, args: argparse.Namespace, info: dict, rows: dict,
+                  done: list[str], wall: float) -> None:
+    from mammo_density.train.experiments import format_cv_table
+
+    complete = done == list(info["variants"])
+    report = {**info, "wall_seconds": round(wall, 1), "variants_done": done,
+              "complete": complete, "rows": rows}
+    (out / "real_cv.json").write_text(json.dumps(report, indent=2) + "\n")
+    times = ", ".join(f"{n} {r.get('wall_seconds', r.get('seconds', 0)) / 60:.1f} min"
+                      for n, r in rows.items())
+    md = (f"# Cross-validation: {args.k} folds by patient (split seed {args.split_seed}), "
+          f"{args.input_size} px\n\n{format_cv_table(rows)}\n\n"
+          f"- command: `{info['command']}`\n- machine: {info['machine']}\n"
+          f"- date: {info['date']}\n- wall time: {wall / 60:.1f} min ({times})\n"
+          f"- variants: {json.dumps(info['variants'])}"
+          f"{'' if complete else f' (finished: {done})'}\n"
+          f"- confusion matrices: `<variant>/pooled-*/confusion_*.png`\n")
+    (out / "real_cv.md").write_text(md)
+
+
+def _export(run: Path, dest: Path, args: argparse.Namespace, info: dict, rows: dict) -> None:
+    """The first variant's fold models as one registry entry; its card holds the table
+    of the baselines and this variant (measured before any later variant ran)."""
+    from mammo_density.train.export import export_cv
+
+    entry = export_cv(
+        run, dest, name=args.export, version="0.0.0-cv",
+        training_data=f"{info['manifest']} ({args.k}-fold CV ensemble)",
+        intended_use="research: cross-validation ensemble on a development set",
+        not_for_clinical_use=True, commands=[info["command"]],
+        cv_report={"k": args.k, "split_seed": args.split_seed,
+                   "input_size": args.input_size, "rows": dict(rows)})
+    print(f"exported {dest}: inference {entry.metrics['inference_ms_per_image']} ms/image",
+          flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     src = p.add_mutually_exclusive_group(required=True)
@@ -84,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from mammo_density.logsetup import configure_logging
     from mammo_density.train.args import get_args_parser
-    from mammo_density.train.experiments import cross_validate, format_cv_table
+    from mammo_density.train.experiments import cross_validate
 
     configure_logging(0)
     if args.threads:
@@ -106,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                                   sys.argv[1:])]),
             "machine": machine(), "date": f"{stamp:%Y-%m-%d %H:%M} UTC", "k": args.k,
             "split_seed": args.split_seed, "input_size": args.input_size,
-            "variants": variants}
+            "variants": variants, "manifest": str(manifest)}
     t_all = time.perf_counter()
     for i, (name, opts) in enumerate(variants.items()):
         targs = get_args_parser().parse_args(
@@ -125,33 +161,13 @@ def main(argv: list[str] | None = None) -> int:
         rows[name] = cv["rows"]["cnn"]
         if i == 0:
             rows[f"{name}+LR"] = cv["rows"]["cnn+LR"]  # late fusion, mean of probabilities
-    info["wall_seconds"] = round(time.perf_counter() - t_all, 1)
-    report = {**info, "rows": rows}
-    (out / "real_cv.json").write_text(json.dumps(report, indent=2) + "\n")
-    table = format_cv_table(rows)
-    times = ", ".join(f"{n} {r.get('wall_seconds', r.get('seconds', 0)) / 60:.1f} min"
-                      for n, r in rows.items())
-    md = (f"# Cross-validation: {args.k} folds by patient (split seed {args.split_seed}), "
-          f"{args.input_size} px\n\n{table}\n\n- command: `{info['command']}`\n"
-          f"- machine: {info['machine']}\n- date: {info['date']}\n"
-          f"- wall time: {info['wall_seconds'] / 60:.1f} min ({times})\n"
-          f"- variants: {json.dumps(variants)}\n"
-          f"- confusion matrices: `<variant>/pooled-*/confusion_*.png`\n")
-    (out / "real_cv.md").write_text(md)
-    print(md)
-    if args.export:
-        from mammo_density.train.export import export_cv
-
-        first = next(iter(variants))
-        manifest_entry = export_cv(
-            out / first, out / "model", name=args.export, version="0.0.0-cv",
-            training_data=f"{manifest} ({args.k}-fold CV ensemble)",
-            intended_use="research: cross-validation ensemble on a development set",
-            not_for_clinical_use=True, commands=[info["command"]],
-            cv_report={"k": args.k, "split_seed": args.split_seed,
-                       "input_size": args.input_size, "rows": rows})
-        print(f"exported {out / 'model'}: inference "
-              f"{manifest_entry.metrics['inference_ms_per_image']} ms/image")
+        # the report is rewritten after every variant: a run stopped by a time limit keeps
+        # what it finished
+        _write_report(out, args, info, rows, done=list(variants)[:i + 1],
+                      wall=time.perf_counter() - t_all)
+        if i == 0 and args.export:
+            _export(out / name, out / "model", args, info, rows)
+    print((out / "real_cv.md").read_text())
     return 0
 
 
