@@ -187,6 +187,36 @@ def test_prepared_payload_roundtrip(tmp_path, model_dir, study):
         assert np.abs(back.inputs[64][slot] - prepared.inputs[64][slot]).max() < 1e-5
 
 
+def test_payload_of_the_previous_encoding_is_still_read(tmp_path, model_dir, study):
+    """A message queued before an upgrade (zlib instead of zstd) gives the same arrays."""
+    import base64
+    import zlib
+
+    prepared = pipe_for(tmp_path, model_dir, study).prepare(job_of(study))
+    payload = prepared.to_payload()
+    assert payload["encoding"] == "u16-fixed-zstd-b64" and prepared.thumbnails
+
+    def zlib_text(data: bytes) -> str:
+        return base64.b64encode(zlib.compress(data, 1)).decode("ascii")
+
+    old = dict(payload, encoding="u16-fixed-zlib-b64")
+    old["arrays"] = {
+        str(size): {slot: zlib_text(np.round(np.clip(arr, 0.0, 1.0) * 65535.0)
+                                    .astype("<u2").tobytes())
+                    for slot, arr in per_slot.items()}
+        for size, per_slot in prepared.inputs.items()}
+    old["thumbnails"] = {slot: zlib_text(t.tobytes()) for slot, t in prepared.thumbnails.items()}
+    new, back = Prepared.from_payload(payload), Prepared.from_payload(old)
+    for size, per_slot in new.inputs.items():
+        for slot, arr in per_slot.items():
+            assert np.array_equal(arr, back.inputs[size][slot])
+    assert new.thumbnails.keys() == back.thumbnails.keys()
+    for slot, t in new.thumbnails.items():
+        assert np.array_equal(t, back.thumbnails[slot])
+    with pytest.raises(ValueError, match="encoding"):
+        Prepared.from_payload(dict(payload, encoding="u16-fixed-lzma-b64"))
+
+
 def test_missing_model_is_a_clear_error(tmp_path, study):
     pipe = pipe_for(tmp_path, tmp_path / "no-model", study)
     with pytest.raises(ModelNotInstalled, match="model"):

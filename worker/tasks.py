@@ -4,7 +4,7 @@ A study travels as a chain, the same sentence as in embedded mode::
 
     prepare(job)               queue "cpu": state -> processing; read + decode +
                                preprocess from the spool; returns the model-ready arrays
-                               (16-bit fixed point, zlib, base64: ~30-60 KB per 4-view
+                               (16-bit fixed point, zstd, base64: ~30-60 KB per 4-view
                                study at 64-256 px; see benchmarks/README.md)
       -> infer(prepared)       queue "gpu": ONNX per view; returns the probabilities
       -> decide(data, job)     queue "cpu": the method's rules, result, dose
