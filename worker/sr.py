@@ -183,7 +183,9 @@ def _header_copy(src: Dataset) -> Dataset:
         if elem.tag.is_private or 0x6000 <= elem.tag.group <= 0x60FF \
                 or elem.tag == _ICON_TAG:
             continue  # vendor blobs, overlays and icons: large and not needed here
-        hdr.add(copy.deepcopy(elem))
+        # own elements (what is set on the copy never reaches the source); a value is
+        # replaced, never changed in place, except inside sequences: those are deep copies
+        hdr.add(copy.deepcopy(elem) if elem.VR == "SQ" else copy.copy(elem))
     for keyword in _TYPE2_STUDY:
         if keyword not in hdr:
             setattr(hdr, keyword, None)
