@@ -172,6 +172,37 @@ def test_dense2_set_when_installed(tmp_path, model_dir, dense_dir, study):
     assert result.model.dense_model.startswith("test-dense")
 
 
+def test_networks_started_early_give_the_same_result(tmp_path, model_dir, dense_dir, study):
+    """``run`` starts each view's networks as soon as its image is ready, beside the
+    preparation of the others: the same probabilities, bit for bit, as the four stages
+    one after the other (as the Celery tasks run them), dense2 set included."""
+    pipe = pipe_for(tmp_path, model_dir, study, dense_model_dir=dense_dir)
+    job = job_of(study)
+    result = pipe.run(job)
+    assert result.timings_ms["inferred_early"] == 4.0
+    prepared = pipe.prepare(job)
+    inferred = pipe.infer(prepared)
+    assert "inferred_early" not in inferred.timings_ms
+    staged = pipe.decide(job, prepared, inferred)
+    assert result.exam == staged.exam and result.breasts == staged.breasts
+    assert [v.model_dump() for v in result.views] == [v.model_dump() for v in staged.views]
+    # a network serving several views that are batched runs after, with the others
+    from mammo_density.worker.pipeline import EarlyInference
+
+    models = pipe.models
+    shared = next(iter(models.sessions.values()))
+    original = dict(models.sessions)
+    try:
+        models.sessions.update({slot: shared for slot in models.sessions})
+        assert not models.runs_alone("R-CC") or not models.tuning.batch_shared
+        early = EarlyInference(models)
+        early.ready("R-CC", prepared.inputs)
+        assert bool(early.birads) == (not models.tuning.batch_shared)
+    finally:
+        models.sessions.clear()
+        models.sessions.update(original)
+
+
 def test_prepared_payload_roundtrip(tmp_path, model_dir, study):
     pipe = pipe_for(tmp_path, model_dir, study)
     job = job_of(study)

@@ -33,8 +33,8 @@ import os
 import threading
 import time
 import zlib
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -218,6 +218,27 @@ def read_headers(images: ImageSource, study_uid: str,
             log.warning("instance %s skipped for dose/SR: %s", uid_hash(sop_uid),
                         err if isinstance(err, NotInSpool) else type(err).__name__)
     return out
+
+
+class EarlyInference:
+    """The networks of the views whose images are ready, started while the study's other
+    images are still being prepared (:meth:`Pipeline.run`): only for a view that
+    :meth:`~mammo_density.worker.models.ModelSet.predict_views` would run on its own
+    (``runs_alone``), so the probabilities are the same as running them after."""
+
+    def __init__(self, models: ModelSet, dense: ModelSet | None = None) -> None:
+        self.models = models
+        self.dense_models = dense
+        self.birads: dict[str, Future] = {}
+        self.dense: dict[str, Future] = {}
+
+    def ready(self, slot: str, arrays: dict[int, np.ndarray]) -> None:
+        models, dense = self.models, self.dense_models
+        if models.runs_alone(slot) and models.input_size in arrays:
+            self.birads[slot] = models.submit(slot, arrays[models.input_size])
+        if dense is not None and slot in models.sessions and dense.runs_alone(slot) \
+                and dense.input_size in arrays:
+            self.dense[slot] = dense.submit(slot, arrays[dense.input_size])
 
 
 class Pipeline:
@@ -407,26 +428,33 @@ class Pipeline:
                 f"preprocessing failed ({type(err).__name__}: {err})")
         return slot, arrays, _header_only(ds), timings, warnings, ""
 
-    def prepare(self, job: StudyJob, *, sizes: Sequence[int] | None = None) -> Prepared:
-        """Read, decode and preprocess the job's slotted images (threads, GIL released)."""
+    def prepare(self, job: StudyJob, *, sizes: Sequence[int] | None = None,
+                on_ready: Callable[[str, dict[int, np.ndarray]], object] | None = None,
+                ) -> Prepared:
+        """Read, decode and preprocess the job's slotted images (threads, GIL released).
+
+        ``on_ready(slot, arrays)`` is called (from the decoding threads) as soon as each
+        usable image's model inputs are ready, while the others are still prepared."""
         t0 = time.perf_counter()
         sizes = list(sizes) if sizes else self.input_sizes()
         prepared = Prepared(study_instance_uid=job.study_instance_uid)
         images = [im for im in job.images if im.slot in SLOTS]
         workers = max(1, min(self.decode_workers, len(images)))
         codec_threads = max(1, self.decode_workers // max(1, len(images)))
+
+        def one(im):
+            outcome = self._prepare_one(job.study_instance_uid, im.slot, im.sop_instance_uid,
+                                        sizes, codec_threads, prepared.quality)
+            if on_ready is not None and outcome[1] and not outcome[5]:
+                on_ready(outcome[0], outcome[1])
+            return outcome
+
         if workers == 1:
-            outcomes = [self._prepare_one(job.study_instance_uid, im.slot,
-                                          im.sop_instance_uid, sizes, codec_threads,
-                                          prepared.quality) for im in images]
+            outcomes = [one(im) for im in images]
         else:
             with ThreadPoolExecutor(max_workers=workers,
                                     thread_name_prefix="md-decode") as pool:
-                outcomes = list(pool.map(
-                    lambda im: self._prepare_one(job.study_instance_uid, im.slot,
-                                                 im.sop_instance_uid, sizes, codec_threads,
-                                                 prepared.quality),
-                    images))
+                outcomes = list(pool.map(one, images))
         by_slot = {im.slot: im for im in images}
         for slot, arrays, header, timings, warnings, error in outcomes:
             for key, value in timings.items():
@@ -449,21 +477,39 @@ class Pipeline:
         prepared.timings_ms["prepare"] = (time.perf_counter() - t0) * 1000.0
         return prepared
 
-    def infer(self, prepared: Prepared) -> Inferred:
-        """Run each view's network on its image (and the dense2 set's, when installed)."""
+    def infer(self, prepared: Prepared, *, early: EarlyInference | None = None) -> Inferred:
+        """Run each view's network on its image (and the dense2 set's, when installed).
+
+        ``early``: networks :meth:`run` started on views whose images were ready while
+        the others were still being prepared; their results are taken, the other views
+        are run now (the probabilities are the same either way)."""
         t0 = time.perf_counter()
         out = Inferred()
         models = self.models
         dense = self.dense_models
-        images = {slot: prepared.inputs[models.input_size][slot] for slot in prepared.slots}
-        for slot, probs in models.predict_views(images).items():
-            out.probabilities[slot] = [float(v) for v in probs]
+        started = early.birads if early is not None else {}
+        done = {slot: started[slot].result() for slot in prepared.slots if slot in started}
+        images = {slot: prepared.inputs[models.input_size][slot] for slot in prepared.slots
+                  if slot not in done}
+        ran = models.predict_views(images)
+        for slot in models.view_order(prepared.slots):  # predict_views' order
+            probs = done[slot] if slot in done else ran.get(slot)
+            if probs is not None:
+                out.probabilities[slot] = [float(v) for v in probs]
         if dense is not None:
-            images = {slot: prepared.inputs[dense.input_size][slot] for slot in prepared.slots
-                      if slot in out.probabilities}
+            slots = [slot for slot in prepared.slots if slot in out.probabilities]
+            started = early.dense if early is not None else {}
+            done = {slot: started[slot].result() for slot in slots if slot in started}
+            images = {slot: prepared.inputs[dense.input_size][slot] for slot in slots
+                      if slot not in done}
+            ran = dense.predict_views(images)
             dense_index = dense.classes.index("dense")
-            for slot, probs in dense.predict_views(images).items():
-                out.p_dense[slot] = float(probs[dense_index])
+            for slot in dense.view_order(slots):
+                probs = done[slot] if slot in done else ran.get(slot)
+                if probs is not None:
+                    out.p_dense[slot] = float(probs[dense_index])
+        if early is not None and early.birads:
+            out.timings_ms["inferred_early"] = float(len(early.birads))
         out.timings_ms["inference"] = (time.perf_counter() - t0) * 1000.0
         return out
 
@@ -682,9 +728,11 @@ class Pipeline:
         started = time.perf_counter()
         self.record_state("mark_processing", job)
         try:
-            self.models  # noqa: B018 - load (and verify) before any work: a clear error first
-            prepared = self.prepare(job)
-            inferred = self.infer(prepared)
+            # each view's network starts as soon as its image is ready, beside the
+            # preparation of the others (the last image of a study prepared on arrival)
+            early = EarlyInference(self.models, self.dense_models)
+            prepared = self.prepare(job, on_ready=early.ready)
+            inferred = self.infer(prepared, early=early)
             result = self.decide(job, prepared, inferred, started=started)
         except ModelError as err:
             self.record_state("mark_failed", job, f"model unavailable: {err}")
@@ -713,4 +761,5 @@ def _header_only(ds: Dataset) -> Dataset:
     return ds
 
 
-__all__ = ["Inferred", "Pipeline", "Prepared", "default_decode_workers", "read_headers"]
+__all__ = ["EarlyInference", "Inferred", "Pipeline", "Prepared", "default_decode_workers",
+           "read_headers"]
