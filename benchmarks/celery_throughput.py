@@ -1,11 +1,12 @@
 """Studies per hour through Celery (real redis-server, real `mammo-density worker`).
 
     .venv/bin/python -m benchmarks.celery_throughput [--studies 24] [--concurrency 2]
-        [--cores 2] [--input-size 650] [--model-dir DIR] [--json]
+        [--cores 2] [--input-size 650] [--model-dir DIR] [--single-task] [--json]
 
 ``--studies`` copies of the full-field 4-view JPEG 2000 lossless study (new UIDs, pixel
 data as stored) are received through the listener's ingest code (spool + state), then
-submitted at once as preprocess -> infer -> report chains. One worker consuming both
+submitted at once as prepare -> infer -> decide -> report chains (``--single-task``: as one
+``run`` task each, the ``celery_single_task`` setting). One worker consuming both
 queues, ``--concurrency`` processes, everything (worker, Redis, this driver) pinned to
 ``--cores`` cores. Throughput = studies / (time of the last "done" - submission time),
 after one warm-up study. The CPU seconds the worker processes and Redis used per study
@@ -75,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--input-size", type=int, default=650)
     ap.add_argument("--width", type=int, default=16)
     ap.add_argument("--model-dir", default=None)
+    ap.add_argument("--single-task", action="store_true",
+                    help="celery_single_task: each study as one task (all four stages)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
 
@@ -95,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     redis = RedisServer(work / "redis").start()
     data = work / "data"
     settings = load_settings(broker_url=redis.url, data_dir=data, model_dir=model_dir,
-                             ort_threads=1, task_time_limit=120, visibility_timeout=180)
+                             ort_threads=1, task_time_limit=120, visibility_timeout=180,
+                             celery_single_task=args.single_task)
     env = dict(os.environ, MAMMO_DENSITY_BROKER_URL=redis.url,
                MAMMO_DENSITY_DATA_DIR=str(data), MAMMO_DENSITY_MODEL_DIR=str(model_dir),
                MAMMO_DENSITY_ORT_THREADS="1", MAMMO_DENSITY_TASK_TIME_LIMIT="120",
@@ -106,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
          str(args.concurrency)], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
         start_new_session=True)
     out: dict = {"cores": cores, "concurrency": args.concurrency, "studies": args.studies,
+                 "single_task": args.single_task,
                  "input_size": args.input_size,
                  "study": "4 x 3328x4096 12-bit JPEG 2000 lossless",
                  "load_avg_1min_start": round(os.getloadavg()[0], 2)}

@@ -2,7 +2,8 @@
 stored in Orthanc.
 
     .venv/bin/python -m benchmarks.e2e_latency [--studies 20] [--cores 2] [--broker]
-        [--model-dir DIR] [--data DIR] [--no-summary] [--ab KEY=VALUE ...] [--json]
+        [--model-dir DIR] [--data DIR] [--no-summary] [--ab KEY=VALUE ...]
+        [--ab-checkout DIR] [--json]
 
 Real processes on loopback: Orthanc 1.10 with the routing plugin
 (plugin/orthanc/mammo_density_orthanc.py), ``mammo-density serve`` (embedded pipeline by
@@ -18,7 +19,9 @@ build -> outbox C-STORE -> Orthanc. One warm-up study is not counted. ``--cores 
 pins every process to two CPUs (``sched_setaffinity``), like the 2-core target machine.
 ``--ab MAMMO_DENSITY_X=...`` runs a second Orthanc + node whose node has those settings and
 sends every study to both stacks, alternating which goes first: both figures come from one
-run on the same load.
+run on the same load. ``--ab-checkout DIR`` does the same with the second node run from
+another checkout of the project (``DIR/.venv/bin/python``, e.g. the previous main): code
+versions compared in one run (the Orthanc plugin is this checkout's for both).
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ from tests.e2e_nodes import (
     serve,
     worker,
 )
-from tests.services import OrthancServer, RedisServer, free_port
+from tests.services import REPO, OrthancServer, RedisServer, free_port
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -127,7 +130,9 @@ class Stack:
     """Orthanc with the routing plugin + `serve` (+ Redis and a worker with ``broker``)."""
 
     def __init__(self, work: Path, model_dir: Path | None, broker: bool,
-                 extra: dict[str, str], summary: bool = True) -> None:
+                 extra: dict[str, str], summary: bool = True,
+                 checkout: Path | None = None) -> None:
+        self.checkout = checkout
         self.node_port = free_port()
         self.server = OrthancServer(work / "orthanc", SCRIPT,
                                     {**routing_config(self.node_port), "StableAge": 60})
@@ -148,9 +153,10 @@ class Stack:
     def start(self) -> Stack:
         self.server.start()
         self.env["MAMMO_DENSITY_SR_DESTINATIONS"] = f"ORTHANC@127.0.0.1:{self.server.dicom_port}"
-        self.processes.append(serve(self.data_dir, self.env, port=self.node_port))
+        self.processes.append(serve(self.data_dir, self.env, port=self.node_port,
+                                    checkout=self.checkout))
         if self.broker:
-            self.processes.append(worker(self.data_dir, self.env))
+            self.processes.append(worker(self.data_dir, self.env, checkout=self.checkout))
         for proc in self.processes:
             proc.start()
         return self
@@ -196,6 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ab", action="append", default=[], metavar="KEY=VALUE",
                         help="A/B in one run: a second stack whose node gets these settings "
                         "(environment); every study goes to both, in alternating order")
+    parser.add_argument("--ab-checkout", type=Path, default=None, metavar="DIR",
+                        help="A/B in one run: the second node runs from this checkout of the "
+                        "project (its .venv), e.g. the previous main")
     parser.add_argument("--data", type=Path,
                         default=Path(tempfile.gettempdir()) / "mammo-density-e2e-bench")
     parser.add_argument("--no-summary", action="store_true",
@@ -211,10 +220,11 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(tempfile.mkdtemp(prefix="e2e-bench-"))
     variants = {"A": {}}
-    if args.ab:
+    if args.ab or args.ab_checkout:
         variants["B"] = dict(kv.split("=", 1) for kv in args.ab)
     stacks = {name: Stack(work / name, args.model_dir, args.broker, extra,
-                          summary=not args.no_summary)
+                          summary=not args.no_summary,
+                          checkout=args.ab_checkout if name == "B" else None)
               for name, extra in variants.items()}
     load = [round(os.getloadavg()[0], 2)]
     try:
@@ -242,10 +252,11 @@ def main(argv: list[str] | None = None) -> int:
         "model_dir": str(args.model_dir) if args.model_dir else "bundled demo model",
         "image_bytes_per_study": sum(p.stat().st_size for p in all_studies[1]),
     }
+    ab = len(stacks) > 1
     for name, stack in stacks.items():
-        result[name if args.ab else "result"] = {**stack.summary(),
-                                                 "settings": variants[name]}
-    if args.ab:
+        result[name if ab else "result"] = {**stack.summary(), "settings": variants[name],
+                                            "checkout": str(stack.checkout or REPO)}
+    if ab:
         a, b = stacks["A"].latencies, stacks["B"].latencies
         result["median_ratio_B_over_A"] = round(statistics.median(b) / statistics.median(a), 3)
         result["paired_median_diff_s"] = round(statistics.median(

@@ -1,7 +1,8 @@
 """Time building and saving one density SR and one summary image (4-view study), and the
 outbox's durable write.
 
-    .venv/bin/python -m benchmarks.sr_build [--repeat 50] [--json]
+    .venv/bin/python -m benchmarks.sr_build [--repeat 50] [--deliver N [--plain-tcp]]
+        [--json]
 
 Prints the first (cold) build, then median / p95 over ``--repeat`` builds of:
 build (``build_density_sr``), save (``save_as`` to memory), build+save (wall clock and
@@ -9,6 +10,10 @@ this process's CPU time, which other load on the machine disturbs less), the out
 durable write (temp file + fsync + rename), and the read-back (``read_density_sr``); then
 the same for the summary image (``build_summary_image`` with four 192 px thumbnails:
 render + SCImage, save, durable write).
+``--deliver N``: also N SRs (each with its own UIDs) enqueued in an outbox whose
+destination is a real Orthanc on loopback and delivered (``Outbox.deliver_due``: claim,
+read, associate, C-STORE, release, marked delivered), timed one by one; ``--plain-tcp``
+does that without the node's TCP options (plugin/tcp.py), as before them.
 The 1-minute load average is printed with the figures.
 """
 
@@ -77,6 +82,39 @@ def _inputs() -> tuple[StudyResult, list[Dataset], ModelManifest]:
     return result, sources, manifest
 
 
+def _deliver(result: StudyResult, sources: list[Dataset], manifest: ModelManifest, n: int,
+             *, plain_tcp: bool = False) -> dict[str, float]:
+    """Seconds of ``Outbox.deliver_due`` for ``n`` SRs, one at a time, to a real Orthanc."""
+    from mammo_density.config import load_settings
+    from mammo_density.plugin import send
+    from mammo_density.plugin.outbox import Outbox
+    from tests.e2e_nodes import SCRIPT, routing_config
+    from tests.services import OrthancServer
+
+    if plain_tcp:
+        send.HANDLERS = []  # pynetdicom's own sockets: Nagle and delayed ACKs as they come
+    times = []
+    with tempfile.TemporaryDirectory() as tmp:
+        orthanc = OrthancServer(Path(tmp) / "orthanc", SCRIPT, routing_config(1)).start()
+        try:
+            settings = load_settings(
+                data_dir=Path(tmp) / "node",
+                sr_destinations=f"{orthanc.aet}@127.0.0.1:{orthanc.dicom_port}")
+            outbox = Outbox(settings, owner=True)
+            for i in range(n + 1):  # the first is a warm-up
+                version = manifest.model_copy(update={"version": f"1.{i}"})  # new UIDs
+                outbox.enqueue(build_density_sr(result, sources, version),
+                               study_uid=result.study_instance_uid)
+                t0 = time.perf_counter()
+                if outbox.deliver_due() != 1:
+                    raise RuntimeError("the SR was not delivered to Orthanc")
+                if i:
+                    times.append(time.perf_counter() - t0)
+        finally:
+            orthanc.stop()
+    return _stats(times)
+
+
 def _stats(values: list[float]) -> dict[str, float]:
     ordered = sorted(values)
     p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
@@ -87,6 +125,10 @@ def _stats(values: list[float]) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=50)
+    parser.add_argument("--deliver", type=int, default=0, metavar="N",
+                        help="also deliver N SRs to a real Orthanc and time it")
+    parser.add_argument("--plain-tcp", action="store_true",
+                        help="deliver without the TCP options of plugin/tcp.py")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
 
@@ -151,6 +193,10 @@ def main(argv: list[str] | None = None) -> int:
         "summary_bytes": len(sc_buf.getvalue()),
         "load_average_1min": round(os.getloadavg()[0], 2), "cpus": os.cpu_count(),
     }
+    if args.deliver:
+        report["deliver_to_orthanc"] = _deliver(result, sources, manifest, args.deliver,
+                                                plain_tcp=args.plain_tcp)
+        report["plain_tcp"] = args.plain_tcp
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -163,6 +209,10 @@ def main(argv: list[str] | None = None) -> int:
                     "summary_build_and_save_cpu", "summary_durable_write"):
             s = report[key]
             print(f"{key:28s} median {s['median_ms']:7.2f} ms   p95 {s['p95_ms']:7.2f} ms")
+        if args.deliver:
+            s = report["deliver_to_orthanc"]
+            print(f"{'deliver_to_orthanc':28s} median {s['median_ms']:7.2f} ms   "
+                  f"p95 {s['p95_ms']:7.2f} ms" + ("   (plain TCP)" if args.plain_tcp else ""))
     return 0
 
 

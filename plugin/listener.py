@@ -49,6 +49,7 @@ from pynetdicom.sop_class import Verification
 
 from mammo_density.config import Settings
 from mammo_density.job import StudyJob
+from mammo_density.plugin import tcp
 from mammo_density.plugin.assembly import StableTimer, StudyAssembler
 from mammo_density.plugin.ingest import CANNOT_UNDERSTAND, Incoming, Ingestor
 from mammo_density.plugin.spool import clean_partials
@@ -272,7 +273,7 @@ class Listener:
         self._ssl = tls_context(self.settings)
         handlers = [(evt.EVT_C_ECHO, self.handle_echo), (evt.EVT_C_STORE, self.handle_store),
                     (evt.EVT_REQUESTED, self._on_requested),
-                    (evt.EVT_REJECTED, self._on_rejected)]
+                    (evt.EVT_REJECTED, self._on_rejected), *tcp.HANDLERS]
         # No ssl_context for pynetdicom: it would run the handshake inside accept(), with
         # no timeout, before the allow-list. Ours runs in the connection's thread.
         self._ae = ae

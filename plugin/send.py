@@ -22,6 +22,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 
 from mammo_density.config import mask_url
+from mammo_density.plugin.tcp import HANDLERS
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ def c_store(ds: Dataset, *, ae_title: str, host: str, port: int, calling_aet: st
     ae.add_requested_context(ds.SOPClassUID, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
     try:
         assoc = ae.associate(host, port, ae_title=ae_title,
-                             tls_args=(tls, host) if tls else None)
+                             tls_args=(tls, host) if tls else None, evt_handlers=HANDLERS)
     except (ssl.SSLError, ssl.CertificateError, OSError) as exc:
         raise DeliveryError(f"TLS with {where} failed: {exc}") from None
     if not assoc.is_established:

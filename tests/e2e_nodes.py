@@ -54,16 +54,20 @@ class NodeProcess:
     """A ``mammo-density`` sub-command as a subprocess with its output in a log file."""
 
     def __init__(self, args: list[str], env: dict[str, str], log: Path,
-                 port: int | None = None) -> None:
+                 port: int | None = None, checkout: Path | None = None) -> None:
         self.args, self.env, self.log, self.port = args, env, log, port
+        # another checkout of the project (its own .venv): benchmarks compare code versions
+        self.checkout = Path(checkout) if checkout else None
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 60.0) -> NodeProcess:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         self._out = open(self.log, "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen([sys.executable, "-m", "mammo_density.cli", *self.args],
+        python = str(self.checkout / ".venv" / "bin" / "python") if self.checkout \
+            else sys.executable
+        self.proc = subprocess.Popen([python, "-m", "mammo_density.cli", *self.args],
                                      stdout=self._out, stderr=subprocess.STDOUT, env=self.env,
-                                     cwd=REPO)
+                                     cwd=self.checkout or REPO)
         if self.port:
             try:
                 wait_for_port(self.port, timeout)
@@ -94,15 +98,17 @@ class NodeProcess:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
 
 
-def serve(data_dir: Path, env: dict[str, str], port: int | None = None) -> NodeProcess:
+def serve(data_dir: Path, env: dict[str, str], port: int | None = None,
+          checkout: Path | None = None) -> NodeProcess:
     port = port or free_port()
     return NodeProcess(["serve", "--port", str(port)], {**env}, data_dir.parent /
-                       f"serve-{port}.log", port=port)
+                       f"serve-{port}.log", port=port, checkout=checkout)
 
 
-def worker(data_dir: Path, env: dict[str, str], name: str = "w1") -> NodeProcess:
+def worker(data_dir: Path, env: dict[str, str], name: str = "w1",
+           checkout: Path | None = None) -> NodeProcess:
     return NodeProcess(["worker", "--concurrency", "1"], env,
-                       data_dir.parent / f"worker-{name}.log")
+                       data_dir.parent / f"worker-{name}.log", checkout=checkout)
 
 
 def routing_config(node_port: int, **section) -> dict:

@@ -264,6 +264,47 @@ def test_cpu_and_gpu_queues_on_separate_workers(tmp_path, redis_url, model_dir, 
         stop_worker(gpu)
 
 
+@pytest.mark.services
+def test_single_task_mode_runs_the_study_in_one_task(tmp_path, redis_url, model_dir, records):
+    """``celery_single_task``: one ``run`` task on the cpu queue, the same result and SR
+    as the chain (no model-ready arrays through Redis)."""
+    data = tmp_path / "data"
+    settings = load_settings(broker_url=redis_url, data_dir=data, model_dir=model_dir,
+                             visibility_timeout=VISIBILITY_S, task_time_limit=TASK_LIMIT_S,
+                             celery_single_task=True)
+    jobs: list[StudyJob] = []
+    receive(settings, study_files(records[2]), jobs.append)
+    log_path = tmp_path / "worker.log"
+    worker = start_worker(_env(redis_url, data, model_dir), log_path, "single")
+    try:
+        tasks.submit(jobs[0], settings)
+        row = wait_status(StateDB(settings.state_db), records[2].study_instance_uid,
+                          {"done", "failed"}, 60, worker, log_path)
+        assert row["status"] == "done", row["last_error"]
+        result = row["result"]
+        assert len(result["views"]) == 4 and Path(result["sr"]["path"]).is_file()
+        text = log_path.read_text()
+        assert "Task mammo_density.run[" in text
+        assert "Task mammo_density.prepare[" not in text
+        assert "Task mammo_density.infer[" not in text
+    finally:
+        stop_worker(worker)
+
+
+def test_single_task_signature(tmp_path) -> None:
+    from mammo_density.worker.celery_app import make_app
+
+    settings = load_settings(broker_url="redis://127.0.0.1:1/0", data_dir=tmp_path)
+    app = make_app(settings)
+    job = StudyJob(study_instance_uid="1.2.3", images=[])
+    single = tasks.signature_for(job, app, single_task=True)
+    assert single.task == "mammo_density.run" and single.id.endswith("-run")
+    assert app.amqp.router.route({}, single.task)["queue"].name == "cpu"
+    chain = tasks.signature_for(job, app)
+    assert [t.task for t in chain.tasks] == [f"mammo_density.{n}" for n in
+                                             ("prepare", "infer", "decide", "report")]
+
+
 def test_task_bodies_record_failures_instead_of_hanging(tmp_path, model_dir, records):
     """A study never stays 'processing': model unavailable, inference failure on the
     gpu host, all end as failed with the reason (the task bodies called directly)."""

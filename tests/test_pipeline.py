@@ -172,6 +172,37 @@ def test_dense2_set_when_installed(tmp_path, model_dir, dense_dir, study):
     assert result.model.dense_model.startswith("test-dense")
 
 
+def test_networks_started_early_give_the_same_result(tmp_path, model_dir, dense_dir, study):
+    """``run`` starts each view's networks as soon as its image is ready, beside the
+    preparation of the others: the same probabilities, bit for bit, as the four stages
+    one after the other (as the Celery tasks run them), dense2 set included."""
+    pipe = pipe_for(tmp_path, model_dir, study, dense_model_dir=dense_dir)
+    job = job_of(study)
+    result = pipe.run(job)
+    assert result.timings_ms["inferred_early"] == 4.0
+    prepared = pipe.prepare(job)
+    inferred = pipe.infer(prepared)
+    assert "inferred_early" not in inferred.timings_ms
+    staged = pipe.decide(job, prepared, inferred)
+    assert result.exam == staged.exam and result.breasts == staged.breasts
+    assert [v.model_dump() for v in result.views] == [v.model_dump() for v in staged.views]
+    # a network serving several views that are batched runs after, with the others
+    from mammo_density.worker.pipeline import EarlyInference
+
+    models = pipe.models
+    shared = next(iter(models.sessions.values()))
+    original = dict(models.sessions)
+    try:
+        models.sessions.update({slot: shared for slot in models.sessions})
+        assert not models.runs_alone("R-CC") or not models.tuning.batch_shared
+        early = EarlyInference(models)
+        early.ready("R-CC", prepared.inputs)
+        assert bool(early.birads) == (not models.tuning.batch_shared)
+    finally:
+        models.sessions.clear()
+        models.sessions.update(original)
+
+
 def test_prepared_payload_roundtrip(tmp_path, model_dir, study):
     pipe = pipe_for(tmp_path, model_dir, study)
     job = job_of(study)
@@ -185,6 +216,36 @@ def test_prepared_payload_roundtrip(tmp_path, model_dir, study):
         # step moved them by ~2e-3); float16 (5e-4 steps) moved them by 0.025
         assert np.abs(np.array(a[slot]) - np.array(b[slot])).max() < 5e-3
         assert np.abs(back.inputs[64][slot] - prepared.inputs[64][slot]).max() < 1e-5
+
+
+def test_payload_of_the_previous_encoding_is_still_read(tmp_path, model_dir, study):
+    """A message queued before an upgrade (zlib instead of zstd) gives the same arrays."""
+    import base64
+    import zlib
+
+    prepared = pipe_for(tmp_path, model_dir, study).prepare(job_of(study))
+    payload = prepared.to_payload()
+    assert payload["encoding"] == "u16-fixed-zstd-b64" and prepared.thumbnails
+
+    def zlib_text(data: bytes) -> str:
+        return base64.b64encode(zlib.compress(data, 1)).decode("ascii")
+
+    old = dict(payload, encoding="u16-fixed-zlib-b64")
+    old["arrays"] = {
+        str(size): {slot: zlib_text(np.round(np.clip(arr, 0.0, 1.0) * 65535.0)
+                                    .astype("<u2").tobytes())
+                    for slot, arr in per_slot.items()}
+        for size, per_slot in prepared.inputs.items()}
+    old["thumbnails"] = {slot: zlib_text(t.tobytes()) for slot, t in prepared.thumbnails.items()}
+    new, back = Prepared.from_payload(payload), Prepared.from_payload(old)
+    for size, per_slot in new.inputs.items():
+        for slot, arr in per_slot.items():
+            assert np.array_equal(arr, back.inputs[size][slot])
+    assert new.thumbnails.keys() == back.thumbnails.keys()
+    for slot, t in new.thumbnails.items():
+        assert np.array_equal(t, back.thumbnails[slot])
+    with pytest.raises(ValueError, match="encoding"):
+        Prepared.from_payload(dict(payload, encoding="u16-fixed-lzma-b64"))
 
 
 def test_missing_model_is_a_clear_error(tmp_path, study):

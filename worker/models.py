@@ -17,8 +17,8 @@ from __future__ import annotations
 import importlib.resources
 import logging
 import os
-from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -410,6 +410,43 @@ class ModelSet:
                           {self.manifest.input_name: x})[0]
         return np.asarray(out, dtype=np.float64)
 
+    def _executor(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=max(1, self.tuning.parallel_views),
+                                            thread_name_prefix="md-infer")
+        return self._pool
+
+    def _units(self, slots: Iterable[str]) -> list[list[str]]:
+        """How :meth:`predict_views` runs ``slots``: its batches, in its order."""
+        groups: dict[int, list[str]] = {}
+        for slot in slots:
+            session = self.sessions.get(slot)
+            if session is not None:
+                groups.setdefault(id(session), []).append(slot)
+        units: list[list[str]] = []
+        for group in groups.values():
+            units.extend([group] if self.tuning.batch_shared else [[s] for s in group])
+        return units
+
+    def view_order(self, slots: Iterable[str]) -> list[str]:
+        """The slots that have a network, in the order :meth:`predict_views` returns
+        them."""
+        return [slot for unit in self._units(slots) for slot in unit]
+
+    def runs_alone(self, slot: str) -> bool:
+        """True when :meth:`predict_views` runs ``slot``'s image as a batch of its own
+        (its network serves no other view, or shared views are not batched), so that
+        :meth:`submit` gives exactly its probabilities."""
+        session = self.sessions.get(slot)
+        return session is not None and (not self.tuning.batch_shared or sum(
+            1 for other in self.sessions.values() if other is session) == 1)
+
+    def submit(self, slot: str, image: np.ndarray) -> Future:
+        """``slot``'s network on one preprocessed ``(S, S)`` image, in the set's inference
+        threads (the ``parallel_views`` of :meth:`predict_views`): a future of its class
+        probabilities ``(classes,)``."""
+        return self._executor().submit(lambda: self.predict(slot, np.stack([image]))[0])
+
     def predict_views(self, images: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Class probabilities ``(classes,)`` per slot for one study's images
         (``slot -> (S, S)`` float32 in [0, 1]); slots without a network are left out.
@@ -417,24 +454,14 @@ class ModelSet:
         Views sharing a network run as one batch (``tuning.batch_shared``); distinct
         networks run one after another, or ``tuning.parallel_views`` at a time in threads.
         """
-        groups: dict[int, list[str]] = {}
-        for slot in images:
-            session = self.sessions.get(slot)
-            if session is not None:
-                groups.setdefault(id(session), []).append(slot)
-        units: list[list[str]] = []
-        for slots in groups.values():
-            units.extend([slots] if self.tuning.batch_shared else [[s] for s in slots])
+        units = self._units(images)
 
         def run(slots: list[str]) -> list[tuple[str, np.ndarray]]:
             probs = self.predict(slots[0], np.stack([images[s] for s in slots]))
             return list(zip(slots, probs, strict=True))
 
         if self.tuning.parallel_views > 1 and len(units) > 1:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(max_workers=self.tuning.parallel_views,
-                                                thread_name_prefix="md-infer")
-            done = list(self._pool.map(run, units))
+            done = list(self._executor().map(run, units))
         else:
             done = [run(u) for u in units]
         return {slot: p for pairs in done for slot, p in pairs}

@@ -15,7 +15,7 @@ the composition roots in ``mammo_density/commands`` (``serve``, ``worker``,
 ``classify``). Nothing here imports the listener (``plugin/``).
 
 ``Prepared`` carries only model-ready arrays and a little metadata, so it can cross from
-a CPU host to a GPU host (:meth:`Prepared.to_payload`: 16-bit fixed point, zlib, base64).
+a CPU host to a GPU host (:meth:`Prepared.to_payload`: 16-bit fixed point, zstd, base64).
 
 Failure policy: an image that cannot be found in the image source, read or decoded is a
 poison input. It is left out (the study becomes partial, with a warning naming the slot
@@ -33,12 +33,13 @@ import os
 import threading
 import time
 import zlib
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import imagecodecs
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
@@ -107,14 +108,15 @@ class Prepared:
         """JSON-ready form (headers are not included).
 
         Arrays travel as 16-bit fixed point (``round(x * 65535)``, max error 7.6e-6),
-        zlib-compressed (level 1: the padding compresses well), base64. float16 was
-        measured too: its 5e-4 steps moved test-model probabilities by up to 0.025.
+        zstd-compressed (level 1: the padding compresses well; as small as zlib level 1
+        for a tenth of its time, benchmarks/README.md), base64; the thumbnails as zstd,
+        base64. float16 was measured too: its 5e-4 steps moved test-model probabilities by
+        up to 0.025.
         """
         arrays = {
             str(size): {slot: encode_array(arr) for slot, arr in per_slot.items()}
             for size, per_slot in self.inputs.items()}
-        thumbnails = {slot: base64.b64encode(zlib.compress(t.tobytes(), 1)).decode("ascii")
-                      for slot, t in self.thumbnails.items()}
+        thumbnails = {slot: _pack(t.tobytes()) for slot, t in self.thumbnails.items()}
         return {"study_instance_uid": self.study_instance_uid, "arrays": arrays,
                 "thumbnails": thumbnails,
                 "encoding": ARRAY_ENCODING, "sop_uids": self.sop_uids,
@@ -123,15 +125,17 @@ class Prepared:
 
     @classmethod
     def from_payload(cls, payload: dict[str, Any]) -> Prepared:
-        if payload.get("encoding", ARRAY_ENCODING) != ARRAY_ENCODING:
-            raise ValueError(f"unknown array encoding {payload.get('encoding')!r}")
+        encoding = payload.get("encoding", ARRAY_ENCODING)
+        if encoding not in _DECOMPRESS:
+            raise ValueError(f"unknown array encoding {encoding!r}")
         inputs: dict[int, dict[str, np.ndarray]] = {}
         for size_text, per_slot in payload.get("arrays", {}).items():
             size = int(size_text)
-            inputs[size] = {slot: decode_array(text, size) for slot, text in per_slot.items()}
+            inputs[size] = {slot: decode_array(text, size, encoding)
+                            for slot, text in per_slot.items()}
         thumbnails = {}
         for slot, text in (payload.get("thumbnails") or {}).items():
-            raw = np.frombuffer(zlib.decompress(base64.b64decode(text)), dtype=np.uint8)
+            raw = np.frombuffer(_unpack(text, encoding), dtype=np.uint8)
             if raw.size == THUMBNAIL * THUMBNAIL:
                 thumbnails[slot] = raw.reshape(THUMBNAIL, THUMBNAIL)
         return cls(study_instance_uid=payload["study_instance_uid"], inputs=inputs,
@@ -143,7 +147,11 @@ class Prepared:
                    quality=dict(payload.get("quality", {})))
 
 
-ARRAY_ENCODING = "u16-fixed-zlib-b64"
+ARRAY_ENCODING = "u16-fixed-zstd-b64"
+#: Payload encodings read: the current one and the one before it (zlib level 1), so a
+#: message queued before an upgrade is still understood.
+_DECOMPRESS = {"u16-fixed-zstd-b64": lambda data: imagecodecs.zstd_decode(data),
+               "u16-fixed-zlib-b64": zlib.decompress}
 #: Side of the thumbnails kept for the summary image (uint8; travel with the payload).
 THUMBNAIL = 192
 
@@ -156,14 +164,22 @@ def thumbnail(arr: np.ndarray) -> np.ndarray:
     return cv2.resize(grey, (THUMBNAIL, THUMBNAIL), interpolation=cv2.INTER_AREA)
 
 
+def _pack(data: bytes) -> str:
+    return base64.b64encode(imagecodecs.zstd_encode(data, level=1)).decode("ascii")
+
+
+def _unpack(text: str, encoding: str = ARRAY_ENCODING) -> bytes:
+    return _DECOMPRESS[encoding](base64.b64decode(text))
+
+
 def encode_array(arr: np.ndarray) -> str:
-    """[0, 1] float image -> text (16-bit fixed point, zlib level 1, base64)."""
+    """[0, 1] float image -> text (16-bit fixed point, zstd level 1, base64)."""
     q = np.round(np.clip(arr, 0.0, 1.0) * 65535.0).astype("<u2")
-    return base64.b64encode(zlib.compress(q.tobytes(), 1)).decode("ascii")
+    return _pack(q.tobytes())
 
 
-def decode_array(text: str, size: int) -> np.ndarray:
-    raw = zlib.decompress(base64.b64decode(text))
+def decode_array(text: str, size: int, encoding: str = ARRAY_ENCODING) -> np.ndarray:
+    raw = _unpack(text, encoding)
     q = np.frombuffer(raw, dtype="<u2")
     if q.size != size * size:
         raise ValueError(f"array payload holds {q.size} values, expected {size}x{size}")
@@ -202,6 +218,27 @@ def read_headers(images: ImageSource, study_uid: str,
             log.warning("instance %s skipped for dose/SR: %s", uid_hash(sop_uid),
                         err if isinstance(err, NotInSpool) else type(err).__name__)
     return out
+
+
+class EarlyInference:
+    """The networks of the views whose images are ready, started while the study's other
+    images are still being prepared (:meth:`Pipeline.run`): only for a view that
+    :meth:`~mammo_density.worker.models.ModelSet.predict_views` would run on its own
+    (``runs_alone``), so the probabilities are the same as running them after."""
+
+    def __init__(self, models: ModelSet, dense: ModelSet | None = None) -> None:
+        self.models = models
+        self.dense_models = dense
+        self.birads: dict[str, Future] = {}
+        self.dense: dict[str, Future] = {}
+
+    def ready(self, slot: str, arrays: dict[int, np.ndarray]) -> None:
+        models, dense = self.models, self.dense_models
+        if models.runs_alone(slot) and models.input_size in arrays:
+            self.birads[slot] = models.submit(slot, arrays[models.input_size])
+        if dense is not None and slot in models.sessions and dense.runs_alone(slot) \
+                and dense.input_size in arrays:
+            self.dense[slot] = dense.submit(slot, arrays[dense.input_size])
 
 
 class Pipeline:
@@ -391,26 +428,33 @@ class Pipeline:
                 f"preprocessing failed ({type(err).__name__}: {err})")
         return slot, arrays, _header_only(ds), timings, warnings, ""
 
-    def prepare(self, job: StudyJob, *, sizes: Sequence[int] | None = None) -> Prepared:
-        """Read, decode and preprocess the job's slotted images (threads, GIL released)."""
+    def prepare(self, job: StudyJob, *, sizes: Sequence[int] | None = None,
+                on_ready: Callable[[str, dict[int, np.ndarray]], object] | None = None,
+                ) -> Prepared:
+        """Read, decode and preprocess the job's slotted images (threads, GIL released).
+
+        ``on_ready(slot, arrays)`` is called (from the decoding threads) as soon as each
+        usable image's model inputs are ready, while the others are still prepared."""
         t0 = time.perf_counter()
         sizes = list(sizes) if sizes else self.input_sizes()
         prepared = Prepared(study_instance_uid=job.study_instance_uid)
         images = [im for im in job.images if im.slot in SLOTS]
         workers = max(1, min(self.decode_workers, len(images)))
         codec_threads = max(1, self.decode_workers // max(1, len(images)))
+
+        def one(im):
+            outcome = self._prepare_one(job.study_instance_uid, im.slot, im.sop_instance_uid,
+                                        sizes, codec_threads, prepared.quality)
+            if on_ready is not None and outcome[1] and not outcome[5]:
+                on_ready(outcome[0], outcome[1])
+            return outcome
+
         if workers == 1:
-            outcomes = [self._prepare_one(job.study_instance_uid, im.slot,
-                                          im.sop_instance_uid, sizes, codec_threads,
-                                          prepared.quality) for im in images]
+            outcomes = [one(im) for im in images]
         else:
             with ThreadPoolExecutor(max_workers=workers,
                                     thread_name_prefix="md-decode") as pool:
-                outcomes = list(pool.map(
-                    lambda im: self._prepare_one(job.study_instance_uid, im.slot,
-                                                 im.sop_instance_uid, sizes, codec_threads,
-                                                 prepared.quality),
-                    images))
+                outcomes = list(pool.map(one, images))
         by_slot = {im.slot: im for im in images}
         for slot, arrays, header, timings, warnings, error in outcomes:
             for key, value in timings.items():
@@ -433,21 +477,39 @@ class Pipeline:
         prepared.timings_ms["prepare"] = (time.perf_counter() - t0) * 1000.0
         return prepared
 
-    def infer(self, prepared: Prepared) -> Inferred:
-        """Run each view's network on its image (and the dense2 set's, when installed)."""
+    def infer(self, prepared: Prepared, *, early: EarlyInference | None = None) -> Inferred:
+        """Run each view's network on its image (and the dense2 set's, when installed).
+
+        ``early``: networks :meth:`run` started on views whose images were ready while
+        the others were still being prepared; their results are taken, the other views
+        are run now (the probabilities are the same either way)."""
         t0 = time.perf_counter()
         out = Inferred()
         models = self.models
         dense = self.dense_models
-        images = {slot: prepared.inputs[models.input_size][slot] for slot in prepared.slots}
-        for slot, probs in models.predict_views(images).items():
-            out.probabilities[slot] = [float(v) for v in probs]
+        started = early.birads if early is not None else {}
+        done = {slot: started[slot].result() for slot in prepared.slots if slot in started}
+        images = {slot: prepared.inputs[models.input_size][slot] for slot in prepared.slots
+                  if slot not in done}
+        ran = models.predict_views(images)
+        for slot in models.view_order(prepared.slots):  # predict_views' order
+            probs = done[slot] if slot in done else ran.get(slot)
+            if probs is not None:
+                out.probabilities[slot] = [float(v) for v in probs]
         if dense is not None:
-            images = {slot: prepared.inputs[dense.input_size][slot] for slot in prepared.slots
-                      if slot in out.probabilities}
+            slots = [slot for slot in prepared.slots if slot in out.probabilities]
+            started = early.dense if early is not None else {}
+            done = {slot: started[slot].result() for slot in slots if slot in started}
+            images = {slot: prepared.inputs[dense.input_size][slot] for slot in slots
+                      if slot not in done}
+            ran = dense.predict_views(images)
             dense_index = dense.classes.index("dense")
-            for slot, probs in dense.predict_views(images).items():
-                out.p_dense[slot] = float(probs[dense_index])
+            for slot in dense.view_order(slots):
+                probs = done[slot] if slot in done else ran.get(slot)
+                if probs is not None:
+                    out.p_dense[slot] = float(probs[dense_index])
+        if early is not None and early.birads:
+            out.timings_ms["inferred_early"] = float(len(early.birads))
         out.timings_ms["inference"] = (time.perf_counter() - t0) * 1000.0
         return out
 
@@ -666,9 +728,11 @@ class Pipeline:
         started = time.perf_counter()
         self.record_state("mark_processing", job)
         try:
-            self.models  # noqa: B018 - load (and verify) before any work: a clear error first
-            prepared = self.prepare(job)
-            inferred = self.infer(prepared)
+            # each view's network starts as soon as its image is ready, beside the
+            # preparation of the others (the last image of a study prepared on arrival)
+            early = EarlyInference(self.models, self.dense_models)
+            prepared = self.prepare(job, on_ready=early.ready)
+            inferred = self.infer(prepared, early=early)
             result = self.decide(job, prepared, inferred, started=started)
         except ModelError as err:
             self.record_state("mark_failed", job, f"model unavailable: {err}")
@@ -697,4 +761,5 @@ def _header_only(ds: Dataset) -> Dataset:
     return ds
 
 
-__all__ = ["Inferred", "Pipeline", "Prepared", "default_decode_workers", "read_headers"]
+__all__ = ["EarlyInference", "Inferred", "Pipeline", "Prepared", "default_decode_workers",
+           "read_headers"]

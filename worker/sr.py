@@ -52,6 +52,7 @@ from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from highdicom.sr import (
     AlgorithmIdentification,
     CodeContentItem,
+    ContentSequence,
     DeviceObserverIdentifyingAttributes,
     FindingSite,
     Measurement,
@@ -182,7 +183,9 @@ def _header_copy(src: Dataset) -> Dataset:
         if elem.tag.is_private or 0x6000 <= elem.tag.group <= 0x60FF \
                 or elem.tag == _ICON_TAG:
             continue  # vendor blobs, overlays and icons: large and not needed here
-        hdr.add(copy.deepcopy(elem))
+        # own elements (what is set on the copy never reaches the source); a value is
+        # replaced, never changed in place, except inside sequences: those are deep copies
+        hdr.add(copy.deepcopy(elem) if elem.VR == "SQ" else copy.copy(elem))
     for keyword in _TYPE2_STUDY:
         if keyword not in hdr:
             setattr(hdr, keyword, None)
@@ -327,6 +330,34 @@ def _add_laterality_and_view(report: MeasurementReport, headers: dict[str, Datas
                     entry.ContentSequence.extend(_library_descriptors(hdr))
 
 
+def _sr_document(sop_class: type[hd.sr.ComprehensiveSR], report: MeasurementReport,
+                 **kwargs: Any) -> hd.sr.ComprehensiveSR:
+    """``sop_class(content=report, **kwargs)``, without the constructor's second pass over
+    the content tree.
+
+    The SOP class constructor deep-copies the content, parses the copy back into content
+    items and searches it for references (twice) before it puts the root container's own
+    elements into the document. For a tree that highdicom's templates have just built
+    from the same headers as the evidence, that pass is over half of the SR's build time
+    and changes nothing in the document: the evidence sequence lists every evidence
+    header either way, and the content references nothing else. So the constructor gets
+    the root container without its children, and the document then takes the root's
+    elements, as the constructor itself does. tests/test_sr.py checks that the bytes
+    written are those of the plain construction.
+    """
+    root = report[0]
+    shell = Dataset()
+    for elem in root:
+        if elem.keyword != "ContentSequence":
+            shell.add(elem)
+    shell.ContentSequence = []
+    sr = sop_class(content=shell, **kwargs)
+    for tag, elem in root.items():
+        sr[tag] = elem
+    sr._content = ContentSequence([root], is_root=True)  # what ``sr.content`` returns
+    return sr
+
+
 def build_density_sr(result: StudyResult, sources: Sequence[Dataset], manifest: ModelManifest,
                      *, comprehensive_3d: bool = False) -> Dataset:
     """Build the density SR of one study (docs/sr.md).
@@ -443,9 +474,9 @@ def build_density_sr(result: StudyResult, sources: Sequence[Dataset], manifest: 
 
     now = datetime.datetime.now().replace(microsecond=0)
     sop_class = hd.sr.Comprehensive3DSR if comprehensive_3d else hd.sr.ComprehensiveSR
-    sr = sop_class(
+    sr = _sr_document(
+        sop_class, report,
         evidence=headers,
-        content=report,
         series_instance_uid=series_uid,
         series_number=SERIES_NUMBER,
         sop_instance_uid=instance_uid,
@@ -475,7 +506,6 @@ def build_density_sr(result: StudyResult, sources: Sequence[Dataset], manifest: 
             contribution_description="AI breast density assessment",
         )],
     )
-    _separate(sr)
     log.debug("built density SR",
               extra={"study": uid_hash(study_uid), "sr": uid_hash(instance_uid)})
     return sr
