@@ -54,7 +54,9 @@ def test_settings_defaults_and_values() -> None:
     s = logic.parse_settings({"MammoDensity": {"Modality": "MAMMO"}, "StableAge": 15})
     assert s.modality == "MAMMO"
     assert s.forward_on_four_views is True
+    assert s.forward_each_image is False
     assert s.recovery_delay_seconds == 15.0
+    assert settings(ForwardEachImage=True).as_dict()["ForwardEachImage"] is True
     s = settings(ForwardOnFourViews=False, RetrySeconds=0.5, MaxRetries=3,
                  ForwardDoseReports=True, Metadata="4300", GlobalProperty=5000)
     assert (s.forward_on_four_views, s.retry_seconds, s.max_retries) == (False, 0.5, 3)
@@ -74,6 +76,7 @@ def test_settings_defaults_and_values() -> None:
     ({"MammoDensity": {"Modality": "AI", "RetrySeconds": -1}}, "RetrySeconds must be >= 0"),
     ({"MammoDensity": {"Modality": "AI", "RetrySeconds": 0}}, "RetrySeconds must be > 0"),
     ({"MammoDensity": {"Modality": "AI", "ForwardOnFourViews": 1}}, "true or false"),
+    ({"MammoDensity": {"Modality": "AI", "ForwardEachImage": "yes"}}, "true or false"),
     ({"MammoDensity": {"Modality": "AI", "GlobalProperty": 10}}, "GlobalProperty must be >= 1024"),
     ({"MammoDensity": {"Modality": "AI", "Metadata": "Custom"}}, "not declared"),
     ({"MammoDensity": {"Modality": "AI", "Metadata": "12"}}, "must be >= 1024"),
@@ -268,6 +271,23 @@ def test_failures_then_give_up_then_success() -> None:
     assert state["state"] == logic.FORWARDED and state["failures"] == 0
     logic.after_success(state, ["b", "c"], "stable", now=401.0)
     assert state["forwarded"] == ["a", "b", "c"]
+
+
+def test_image_sent_ahead_keeps_the_study_waiting() -> None:
+    s = settings(RetrySeconds=1)
+    state = logic.new_state()
+    logic.after_failure(state, "refused", s, now=100.0)
+    state["state"] = logic.WAITING  # new images for the study
+    logic.after_early_success(state, ["a"], now=101.0)
+    assert (state["state"], state["forwarded"], state["failures"], state["last_error"]) == \
+        (logic.WAITING, ["a"], 0, "")
+    logic.after_early_success(state, ["a", "b"], now=102.0)
+    assert state["forwarded"] == ["a", "b"] and state["reason"] == "each-image"
+    instances = [{"ID": i, "SOPClassUID": logic.MG_FOR_PRESENTATION, "Modality": "MG"}
+                 for i in "abcd"]
+    assert logic.to_forward(instances, state["forwarded"], s) == ["c", "d"]
+    logic.after_success(state, ["c"], "four-views", now=103.0)
+    assert state["state"] == logic.FORWARDED and state["forwarded"] == ["a", "b", "c"]
 
 
 def test_state_round_trip_and_garbage() -> None:

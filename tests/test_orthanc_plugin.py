@@ -157,6 +157,41 @@ def test_four_views_forwarded_once_sr_never_forwarded(routed: OrthancServer, ai_
     check_explorer_extension(routed)
 
 
+def test_each_image_forwarded_as_it_is_stored(orthanc_factory, ai_node: AINode,
+                                               tmp_path: Path) -> None:
+    """ForwardEachImage: every view reaches the node before the next is stored; the fourth
+    goes alone and completes the study; nothing is sent twice."""
+    server = orthanc_factory(script=SCRIPT, extra={
+        **routing_config(ai_node.port, ForwardEachImage=True), "StableAge": 3})
+    images = srdata.mg_study()
+    study_uid = str(images[0].StudyInstanceUID)
+    for n, ds in enumerate(images[:3], start=1):
+        send([ds], tmp_path / f"image-{n}", server.dicom_port)
+        wait_for(lambda n=n: len(ai_node.uids()) >= n, what=f"image {n} at the AI node")
+        assert ai_node.uids()[-1] == str(ds.SOPInstanceUID)
+        forward = study_state(server, study_uid)["forward"]
+        assert forward["state"] == "waiting" and len(forward["forwarded"]) == n
+    send([images[3]], tmp_path / "image-4", server.dicom_port)
+    wait_for(lambda: study_state(server, study_uid)["forward"]["state"] == "forwarded",
+             what="the study forwarded")
+    forward = study_state(server, study_uid)["forward"]
+    assert forward["reason"] == "four-views" and len(forward["forwarded"]) == 4
+    assert ai_node.uids() == [str(ds.SOPInstanceUID) for ds in images]
+
+    send(images, tmp_path / "again", server.dicom_port)  # sent again: not forwarded again
+    oid = server.find_study(study_uid)
+    wait_for(lambda: server.get(f"/studies/{oid}").json().get("IsStable"),
+             what="the study to become stable")
+    time.sleep(1.5)
+    assert len(ai_node.uids()) == 4
+    status = server.get("/mammo-density/status").json()
+    assert status["settings"]["ForwardEachImage"] is True
+    assert status["counters"]["forwarded_instances"] == 4
+    assert status["counters"]["forwarded_early"] == 3
+    assert status["counters"]["forwarded_studies"] == 1
+    assert status["pending"] == [] and status["failed"] == []
+
+
 def test_partial_study_waits_for_stable_other_studies_ignored(
         routed: OrthancServer, ai_node: AINode, tmp_path: Path) -> None:
     partial = srdata.mg_study(("R-CC", "R-MLO", "L-CC"))

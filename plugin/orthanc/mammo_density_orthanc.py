@@ -14,7 +14,9 @@ Flow
   screening slots of each study; once R-CC, L-CC, R-MLO and L-MLO are stored (or on
   STABLE_STUDY at the latest) it sends the study's mammography images to the AI node with
   ``POST /modalities/{Modality}/store`` (synchronous), and records the outcome in the
-  study's metadata. Failures are retried with exponential back-off, logged, listed by
+  study's metadata. With ``ForwardEachImage`` each screening image of a waiting study is
+  sent as soon as it is stored (the study stays waiting; the fourth view goes alone).
+  Failures are retried with exponential back-off, logged, listed by
   ``GET /mammo-density/status``, and survive an Orthanc restart (a global property lists
   the studies with unfinished work).
 - The density SR that comes back (Modality SR) is never forwarded; an instance already
@@ -91,7 +93,7 @@ class Router:
         self.lock = threading.Lock()
         self.busy_with = None
         self.counters = {"forwarded_studies": 0, "forwarded_instances": 0,
-                         "failed_attempts": 0, "given_up": 0}
+                         "forwarded_early": 0, "failed_attempts": 0, "given_up": 0}
         self.last_error = ""
         self.started_at = None
 
@@ -240,8 +242,12 @@ class Router:
             state["failures"] = 0
             self._write_state(study_id, state)
         complete = self.slots.add(info.study_uid, info.slot)
-        if complete and self.settings.forward_on_four_views and state["state"] == logic.WAITING:
+        if state["state"] != logic.WAITING:
+            return  # retrying: its timer sends everything left
+        if complete and self.settings.forward_on_four_views:
             self._forward(study_id, "four-views")
+        elif self.settings.forward_each_image and info.slot:
+            self._forward_early(study_id, state, info.instance_id)
 
     def _on_stable(self, study_id):
         self._forget(study_id)
@@ -316,35 +322,11 @@ class Router:
             return
         with self.lock:
             self.busy_with = study_id
-        body = {"Resources": todo, "Synchronous": True,
-                "Timeout": self.settings.store_timeout_seconds}
         started = time.time()
         try:
-            answer = json.loads(orthanc.RestApiPost(
-                f"/modalities/{self.settings.modality}/store", json.dumps(body)))
-            failed = int(answer.get("FailedInstancesCount", 0) or 0)
-            if failed:
-                raise RuntimeError(f"{failed} of {len(todo)} instances refused by "
-                                   f"{self.settings.modality}")
+            self._store(todo)
         except Exception as exc:
-            error = _error_text(exc)
-            logic.after_failure(state, error, self.settings, time.time())
-            self._write_state(study_id, state)
-            with self.lock:
-                self.busy_with = None
-                self.counters["failed_attempts"] += 1
-                self.last_error = error
-            if state["state"] == logic.FAILED:
-                with self.lock:
-                    self.counters["given_up"] += 1
-                _log_error(f"study {study_id}: forward to {self.settings.modality} failed "
-                           f"{state['failures']} times, giving up ({error}); re-queue with "
-                           f"POST {PREFIX}/studies/{study_id}/forward")
-            else:
-                wait = state["next_try"] - time.time()
-                _log_warning(f"study {study_id}: forward to {self.settings.modality} failed "
-                             f"(attempt {state['failures']}: {error}); next try in {wait:.0f} s")
-                self._schedule(state["next_try"], study_id, "retry")
+            self._failed(study_id, state, _error_text(exc))
             return
         logic.after_success(state, todo, reason, time.time())
         self._write_state(study_id, state)
@@ -354,6 +336,58 @@ class Router:
             self.counters["forwarded_instances"] += len(todo)
         _log_warning(f"study {study_id}: {len(todo)} instance(s) sent to "
                      f"{self.settings.modality} ({reason}) in {time.time() - started:.2f} s")
+
+    def _store(self, todo):
+        """C-STORE the instances to the AI node (synchronous); raises on any refusal."""
+        body = {"Resources": todo, "Synchronous": True,
+                "Timeout": self.settings.store_timeout_seconds}
+        answer = json.loads(orthanc.RestApiPost(
+            f"/modalities/{self.settings.modality}/store", json.dumps(body)))
+        failed = int(answer.get("FailedInstancesCount", 0) or 0)
+        if failed:
+            raise RuntimeError(f"{failed} of {len(todo)} instances refused by "
+                               f"{self.settings.modality}")
+
+    def _failed(self, study_id, state, error):
+        """A forward (the study's or one image's) failed: retry later or give up."""
+        logic.after_failure(state, error, self.settings, time.time())
+        self._write_state(study_id, state)
+        with self.lock:
+            self.busy_with = None
+            self.counters["failed_attempts"] += 1
+            self.last_error = error
+        if state["state"] == logic.FAILED:
+            with self.lock:
+                self.counters["given_up"] += 1
+            _log_error(f"study {study_id}: forward to {self.settings.modality} failed "
+                       f"{state['failures']} times, giving up ({error}); re-queue with "
+                       f"POST {PREFIX}/studies/{study_id}/forward")
+        else:
+            wait = state["next_try"] - time.time()
+            _log_warning(f"study {study_id}: forward to {self.settings.modality} failed "
+                         f"(attempt {state['failures']}: {error}); next try in {wait:.0f} s")
+            self._schedule(state["next_try"], study_id, "retry")
+
+    def _forward_early(self, study_id, state, instance_id):
+        """``ForwardEachImage``: send one screening image of a waiting study now; the study
+        stays waiting (four views or STABLE_STUDY send the rest). A failure counts as the
+        study's: it retries everything left with back-off."""
+        with self.lock:
+            self.busy_with = study_id
+        started = time.time()
+        try:
+            self._store([instance_id])
+        except Exception as exc:
+            self._failed(study_id, state, _error_text(exc))
+            return
+        logic.after_early_success(state, [instance_id], time.time())
+        self._write_state(study_id, state)
+        with self.lock:
+            self.busy_with = None
+            self.counters["forwarded_instances"] += 1
+            self.counters["forwarded_early"] += 1
+        _log_info(f"study {study_id}: instance {instance_id} sent to "
+                  f"{self.settings.modality} (each-image) in {time.time() - started:.2f} s")
 
     # --- status ------------------------------------------------------------------------
     def status(self):
@@ -426,7 +460,8 @@ def on_change(change_type, level, resource_id):
     elif change_type == orthanc.ChangeType.ORTHANC_STARTED:
         ROUTER.start()
         _log_warning(f"routing mammography studies to modality {SETTINGS.modality!r} "
-                     f"(forward on four views: {SETTINGS.forward_on_four_views})")
+                     f"(forward on four views: {SETTINGS.forward_on_four_views}, "
+                     f"each image: {SETTINGS.forward_each_image})")
     elif change_type == orthanc.ChangeType.ORTHANC_STOPPED:
         ROUTER.stop()
 

@@ -111,6 +111,11 @@ class PluginSettings:
     forward_on_four_views
         Forward as soon as R-CC, L-CC, R-MLO and L-MLO are stored (``"ForwardOnFourViews"``);
         otherwise only on STABLE_STUDY.
+    forward_each_image
+        Send each screening image (one that fills R-CC, L-CC, R-MLO or L-MLO) as soon as it
+        is stored while its study is waiting (``"ForwardEachImage"``, default off), so the
+        node prepares it while the rest arrive; the fourth view then goes alone, and
+        STABLE_STUDY still sends whatever is left.
     retry_seconds, max_retry_seconds, max_retries
         Back-off after a failed forward: ``retry_seconds * 2**(n-1)`` capped at
         ``max_retry_seconds``; give up (state ``failed``) after ``max_retries`` failures.
@@ -133,6 +138,7 @@ class PluginSettings:
 
     modality: str
     forward_on_four_views: bool = True
+    forward_each_image: bool = False
     retry_seconds: float = 10.0
     max_retry_seconds: float = 600.0
     max_retries: int = 30
@@ -149,6 +155,7 @@ class PluginSettings:
         return {
             "Modality": self.modality,
             "ForwardOnFourViews": self.forward_on_four_views,
+            "ForwardEachImage": self.forward_each_image,
             "RetrySeconds": self.retry_seconds,
             "MaxRetrySeconds": self.max_retry_seconds,
             "MaxRetries": self.max_retries,
@@ -166,6 +173,7 @@ class PluginSettings:
 _KEYS = {
     "Modality": ("modality", str),
     "ForwardOnFourViews": ("forward_on_four_views", bool),
+    "ForwardEachImage": ("forward_each_image", bool),
     "RetrySeconds": ("retry_seconds", float),
     "MaxRetrySeconds": ("max_retry_seconds", float),
     "MaxRetries": ("max_retries", int),
@@ -502,7 +510,8 @@ def backoff_schedule(settings: PluginSettings) -> list[float]:
 
 
 # Study states kept in the study's metadata.
-WAITING = "waiting"        # MG images arriving; forward on four views or stable
+WAITING = "waiting"        # MG images arriving (some maybe sent ahead); forward on four
+#                            views or stable
 QUEUED = "queued"          # decided, about to be sent
 RETRYING = "retrying"      # last send failed; next try at next_try
 FORWARDED = "forwarded"    # every forwardable instance sent
@@ -547,6 +556,17 @@ def after_success(state: dict[str, Any], sent: Iterable[str], reason: str,
     forwarded += [i for i in sent if i not in forwarded]
     state.update(state=FORWARDED, forwarded=forwarded, failures=0, last_error="",
                  next_try=None, forwarded_at=round(now, 3), reason=reason)
+    return state
+
+
+def after_early_success(state: dict[str, Any], sent: Iterable[str],
+                        now: float) -> dict[str, Any]:
+    """One image sent ahead of its study (``ForwardEachImage``): recorded as sent, the
+    study still ``waiting`` for its four views or STABLE_STUDY."""
+    forwarded = list(state.get("forwarded", []))
+    forwarded += [i for i in sent if i not in forwarded]
+    state.update(state=WAITING, forwarded=forwarded, failures=0, last_error="",
+                 next_try=None, reason="each-image")
     return state
 
 
