@@ -3,7 +3,7 @@ stored in Orthanc.
 
     .venv/bin/python -m benchmarks.e2e_latency [--studies 20] [--cores 2] [--broker]
         [--model-dir DIR] [--data DIR] [--no-summary] [--ab KEY=VALUE ...]
-        [--ab-checkout DIR] [--json]
+        [--ab-checkout DIR] [--plugin KEY=JSON ...] [--ab-plugin KEY=JSON ...] [--json]
 
 Real processes on loopback: Orthanc 1.10 with the routing plugin
 (plugin/orthanc/mammo_density_orthanc.py), ``mammo-density serve`` (embedded pipeline by
@@ -22,6 +22,9 @@ sends every study to both stacks, alternating which goes first: both figures com
 run on the same load. ``--ab-checkout DIR`` does the same with the second node run from
 another checkout of the project (``DIR/.venv/bin/python``, e.g. the previous main): code
 versions compared in one run (the Orthanc plugin is this checkout's for both).
+``--plugin KEY=JSON`` sets a routing plugin setting (the ``MammoDensity`` section, e.g.
+``ForwardEachImage=true``) on every stack; ``--ab-plugin KEY=JSON`` on the second stack
+only (an A/B of the plugin's settings). The JSON names each stack's ``plugin_settings``.
 """
 
 from __future__ import annotations
@@ -131,11 +134,13 @@ class Stack:
 
     def __init__(self, work: Path, model_dir: Path | None, broker: bool,
                  extra: dict[str, str], summary: bool = True,
-                 checkout: Path | None = None) -> None:
+                 checkout: Path | None = None, plugin: dict | None = None) -> None:
         self.checkout = checkout
         self.node_port = free_port()
+        self.plugin = dict(plugin or {})
         self.server = OrthancServer(work / "orthanc", SCRIPT,
-                                    {**routing_config(self.node_port), "StableAge": 60})
+                                    {**routing_config(self.node_port, **self.plugin),
+                                     "StableAge": 60})
         self.redis = RedisServer(work / "redis").start() if broker else None
         data_dir = work / "node" / "data"
         self.env = node_env(data_dir, orthanc_dicom_port=0, model_dir=model_dir,
@@ -190,6 +195,15 @@ class Stack:
         }
 
 
+def plugin_settings(pairs: list[str]) -> dict:
+    """``KEY=JSON`` pairs (``ForwardEachImage=true``) as the plugin section's entries."""
+    out = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        out[key] = json.loads(value)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--studies", type=int, default=20)
@@ -205,6 +219,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ab-checkout", type=Path, default=None, metavar="DIR",
                         help="A/B in one run: the second node runs from this checkout of the "
                         "project (its .venv), e.g. the previous main")
+    parser.add_argument("--plugin", action="append", default=[], metavar="KEY=JSON",
+                        help="routing plugin setting (MammoDensity section) on every stack, "
+                        "e.g. ForwardEachImage=true")
+    parser.add_argument("--ab-plugin", action="append", default=[], metavar="KEY=JSON",
+                        help="A/B in one run: a routing plugin setting of the second stack "
+                        "only, e.g. ForwardEachImage=true")
     parser.add_argument("--data", type=Path,
                         default=Path(tempfile.gettempdir()) / "mammo-density-e2e-bench")
     parser.add_argument("--no-summary", action="store_true",
@@ -220,11 +240,14 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(tempfile.mkdtemp(prefix="e2e-bench-"))
     variants = {"A": {}}
-    if args.ab or args.ab_checkout:
+    plugin = {"A": plugin_settings(args.plugin)}
+    if args.ab or args.ab_checkout or args.ab_plugin:
         variants["B"] = dict(kv.split("=", 1) for kv in args.ab)
+        plugin["B"] = {**plugin["A"], **plugin_settings(args.ab_plugin)}
     stacks = {name: Stack(work / name, args.model_dir, args.broker, extra,
                           summary=not args.no_summary,
-                          checkout=args.ab_checkout if name == "B" else None)
+                          checkout=args.ab_checkout if name == "B" else None,
+                          plugin=plugin[name])
               for name, extra in variants.items()}
     load = [round(os.getloadavg()[0], 2)]
     try:
@@ -255,6 +278,9 @@ def main(argv: list[str] | None = None) -> int:
     ab = len(stacks) > 1
     for name, stack in stacks.items():
         result[name if ab else "result"] = {**stack.summary(), "settings": variants[name],
+                                            "plugin_settings": stack.plugin,
+                                            "forward_each_image":
+                                                bool(stack.plugin.get("ForwardEachImage")),
                                             "checkout": str(stack.checkout or REPO)}
     if ab:
         a, b = stacks["A"].latencies, stacks["B"].latencies
