@@ -211,3 +211,41 @@ def test_node_down_and_orthanc_restarts(orthanc_factory, tmp_path: Path, study,
         check_sr_matches_classify(server, study, expected, [node])
     finally:
         node.stop()
+
+
+def test_each_image_forwarded_on_arrival_one_sr(orthanc_factory, tmp_path: Path,
+                                                demo_study) -> None:
+    """ForwardEachImage, embedded pipeline, the images stored one by one: each reaches the
+    node (the plugin's synchronous forward) before the next is stored, and the study still
+    gets exactly one SR and one summary image, with classify's classes."""
+    node_port = free_port()
+    server = orthanc_factory(script=SCRIPT, extra={
+        **routing_config(node_port, ForwardEachImage=True), "StableAge": 5})
+    data = tmp_path / "node" / "data"
+    env = node_env(data, orthanc_dicom_port=server.dicom_port, model_dir=None)
+    node = serve(data, env, port=node_port)
+    node.start()
+    try:
+        paths = demo_study.paths
+        assert len(paths) == 4
+        for n, path in enumerate(paths[:3], start=1):
+            send_study(server, [path])
+            oid = server.find_study(demo_study.study_instance_uid)
+
+            def sent(n: int = n, oid: str = oid) -> bool:
+                forward = server.get(f"/mammo-density/studies/{oid}").json()["forward"]
+                return bool(forward) and len(forward["forwarded"]) >= n
+
+            wait_for(sent, 30, f"image {n} forwarded to the node", [server.tail_log])
+            forward = server.get(f"/mammo-density/studies/{oid}").json()["forward"]
+            assert forward["state"] == "waiting" and len(forward["forwarded"]) == n
+            assert not study_srs(server, demo_study.study_instance_uid)
+        send_study(server, paths[3:])
+        expected = classify_json(paths, env)
+        sr = check_sr_matches_classify(server, demo_study, expected, [node])
+        check_ground_truth(sr, demo_study)
+        status = server.get("/mammo-density/status").json()
+        assert status["counters"]["forwarded_early"] == 3
+        assert status["counters"]["forwarded_instances"] == 4
+    finally:
+        node.stop()
