@@ -33,6 +33,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import statistics
 import sys
 import tempfile
@@ -287,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         result["median_ratio_B_over_A"] = round(statistics.median(b) / statistics.median(a), 3)
         result["paired_median_diff_s"] = round(statistics.median(
             y - x for x, y in zip(a, b, strict=True)), 3)
+    shutil.rmtree(work, ignore_errors=True)  # ~1 GB a stack: a shared disk fills up
     if args.json:
         print(json.dumps(result, indent=2))
     else:
