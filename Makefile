@@ -68,15 +68,22 @@ serve: setup
 lint: setup-dev
 	$(BIN)/ruff check .
 
+# pytest-xdist: three workers, each taking whole test files (a file's tests run in order
+# in one worker, with its module fixtures; every worker starts its own Orthanc, Redis and
+# serve processes, on ports of its own: tests/services.py). Three on the 2-core machines:
+# most service tests wait on a subprocess, and the third worker fills that wait.
+# `make test PYTEST_XDIST=` runs serially.
+PYTEST_XDIST ?= -n 3 --dist loadfile
+
 # pytest's exit code 5 (no tests collected) counts as a failure.
 test: setup-dev system-deps lint
-	@$(BIN)/python -m pytest -q; rc=$$?; \
+	@$(BIN)/python -m pytest -q $(PYTEST_XDIST); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 # The fast unit run: no Redis, Orthanc, dcmtk or dciodvfy needed (tests marked
 # `services` are left out; tests/services.py fails an unmarked test that starts one).
 test-unit: setup-dev lint
-	$(BIN)/python -m pytest -q -m "not services"
+	$(BIN)/python -m pytest -q $(PYTEST_XDIST) -m "not services"
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -76,8 +76,46 @@ def require_testdata(*parts: str) -> Path:
     return path
 
 
+# Under pytest-xdist each worker takes its ports from a block of its own, below Linux's
+# ephemeral range (32768-60999): the kernel's bind(0) picks a random free port, so two
+# workers each starting a server could both be handed the same port in the moment
+# between asking and binding. Outside xdist (a plain pytest run, the benchmarks) the
+# kernel picks as before.
+_PORT_BASE, _PORT_BLOCK, _PORT_WORKERS = 20000, 800, 15
+_next_port: int | None = None
+
+
+def _worker_block() -> int | None:
+    """The xdist worker's number (gw0 -> 0), or None outside xdist or past the blocks."""
+    name = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if name.startswith("gw") and name[2:].isdigit() and int(name[2:]) < _PORT_WORKERS:
+        return int(name[2:])
+    return None
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def free_port() -> int:
-    """A TCP port that is free on 127.0.0.1 right now."""
+    """A TCP port that is free on 127.0.0.1 right now (and, under xdist, that no other
+    worker will be given)."""
+    global _next_port
+    block = _worker_block()
+    if block is not None:
+        first = _PORT_BASE + block * _PORT_BLOCK
+        if _next_port is None:  # a different start per process: ports of an earlier
+            _next_port = first + os.getpid() % _PORT_BLOCK  # run may be in TIME_WAIT
+        for _ in range(_PORT_BLOCK):
+            port = _next_port
+            _next_port = first + (_next_port - first + 1) % _PORT_BLOCK
+            if _bindable(port):
+                return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])

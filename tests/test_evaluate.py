@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from torchmetrics.functional.classification import binary_auroc, multiclass_cohen_kappa
 
 from mammo_density.train.metrics import (
     Prediction,
@@ -36,6 +35,10 @@ def exam(eid: str, truth: dict[str, str], pred: dict[str, int]) -> list[Predicti
 
 
 def test_kappa_and_auc_match_torchmetrics():
+    # imported here, not at collection: torchmetrics (with scipy) takes 1.5 s to import,
+    # in each pytest-xdist worker
+    from torchmetrics.functional.classification import binary_auroc, multiclass_cohen_kappa
+
     rng = np.random.default_rng(0)
     t = rng.integers(0, 4, 200)
     p = np.where(rng.random(200) < 0.7, t, rng.integers(0, 4, 200))

@@ -95,6 +95,13 @@ def study_state(server: OrthancServer, study_uid: str) -> dict:
     return server.get(f"/mammo-density/studies/{oid}").json()
 
 
+def forwarded_state(server: OrthancServer, study_uid: str) -> dict:
+    """The study's state once the plugin has recorded the forward: it does so when the
+    synchronous C-STORE job returns, a moment after the AI node has the last image."""
+    return wait_for(lambda: (state := study_state(server, study_uid))["forward"]["state"]
+                    == "forwarded" and state, what="the forward recorded by the plugin")
+
+
 @pytest.fixture
 def ai_node() -> Iterator[AINode]:
     node = AINode().start()
@@ -118,8 +125,7 @@ def test_four_views_forwarded_once_sr_never_forwarded(routed: OrthancServer, ai_
     wait_for(lambda: len(ai_node.uids()) >= 4, what="the four views at the AI node")
     forwarded_after = time.monotonic() - started
     assert sorted(ai_node.uids()) == sorted(str(ds.SOPInstanceUID) for ds in images)
-    state = study_state(routed, study_uid)
-    assert state["forward"]["state"] == "forwarded"
+    state = forwarded_state(routed, study_uid)
     assert state["forward"]["reason"] == "four-views", forwarded_after
     assert state["result"] is None
 
@@ -202,7 +208,8 @@ def test_partial_study_waits_for_stable_other_studies_ignored(
     sent_at = time.monotonic()
     wait_for(lambda: len(ai_node.uids()) >= 3, what="the partial study at the AI node")
     assert time.monotonic() - sent_at >= 2.0, "forwarded before the study was stable"
-    assert study_state(routed, str(partial[0].StudyInstanceUID))["forward"]["reason"] == "stable"
+    assert forwarded_state(routed, str(partial[0].StudyInstanceUID))["forward"]["reason"] \
+        == "stable"
     ct_oid = routed.find_study(str(ct[0].StudyInstanceUID))
     wait_for(lambda: routed.get(f"/studies/{ct_oid}").json().get("IsStable"),
              what="the CT study to become stable")
@@ -232,15 +239,18 @@ def test_ai_node_down_retries_survive_restart_and_give_up(orthanc_factory,
              what="a failed attempt")
     status = server.get("/mammo-density/status").json()
     assert [row["state"] for row in status["pending"]] == ["retrying"]
-    assert "failed (attempt 1" in server.log_path.read_text()
+    # logged a moment after the state is written
+    wait_for(lambda: "failed (attempt 1" in server.log_path.read_text(), what="the log line")
 
     # Orthanc restarts while the study waits for its next try; the node is still down.
     server.restart()
     wait_for(lambda: study_state(server, study_uid)["forward"]["state"] == "failed",
              timeout=40, what="giving up after MaxRetries")
-    status = server.get("/mammo-density/status").json()
+    # the plugin writes the study's state, then its lists
+    status = wait_for(lambda: (status := server.get("/mammo-density/status").json())
+                      ["failed"] and status, what="the failed list")
     assert [row["study"] for row in status["failed"]] == [server.find_study(study_uid)]
-    assert "giving up" in server.log_path.read_text()
+    wait_for(lambda: "giving up" in server.log_path.read_text(), what="the log line")
 
     # The administrator brings the node up and re-queues the study.
     node.start()
