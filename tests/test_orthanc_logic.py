@@ -54,7 +54,7 @@ def test_settings_defaults_and_values() -> None:
     s = logic.parse_settings({"MammoDensity": {"Modality": "MAMMO"}, "StableAge": 15})
     assert s.modality == "MAMMO"
     assert s.forward_on_four_views is True
-    assert s.forward_each_image is False
+    assert s.forward_each_image is True
     assert s.recovery_delay_seconds == 15.0
     assert settings(ForwardEachImage=True).as_dict()["ForwardEachImage"] is True
     s = settings(ForwardOnFourViews=False, RetrySeconds=0.5, MaxRetries=3,

@@ -199,7 +199,10 @@ def test_each_image_forwarded_as_it_is_stored(orthanc_factory, ai_node: AINode,
 
 
 def test_partial_study_waits_for_stable_other_studies_ignored(
-        routed: OrthancServer, ai_node: AINode, tmp_path: Path) -> None:
+        orthanc_factory, ai_node: AINode, tmp_path: Path) -> None:
+    # one forward per study (ForwardEachImage off): a partial study waits for STABLE_STUDY
+    routed = orthanc_factory(script=SCRIPT, extra={
+        **routing_config(ai_node.port, ForwardEachImage=False), "StableAge": 3})
     partial = srdata.mg_study(("R-CC", "R-MLO", "L-CC"))
     ct = srdata.mg_study(("R-CC",))
     ct[0].Modality = "CT"

@@ -113,7 +113,7 @@ class PluginSettings:
         otherwise only on STABLE_STUDY.
     forward_each_image
         Send each screening image (one that fills R-CC, L-CC, R-MLO or L-MLO) as soon as it
-        is stored while its study is waiting (``"ForwardEachImage"``, default off), so the
+        is stored while its study is waiting (``"ForwardEachImage"``, default on), so the
         node prepares it while the rest arrive; the fourth view then goes alone, and
         STABLE_STUDY still sends whatever is left.
     retry_seconds, max_retry_seconds, max_retries
@@ -138,7 +138,7 @@ class PluginSettings:
 
     modality: str
     forward_on_four_views: bool = True
-    forward_each_image: bool = False
+    forward_each_image: bool = True
     retry_seconds: float = 10.0
     max_retry_seconds: float = 600.0
     max_retries: int = 30
