@@ -276,15 +276,15 @@ def main(argv: list[str] | None = None) -> int:
         "model_dir": str(args.model_dir) if args.model_dir else "bundled demo model",
         "image_bytes_per_study": sum(p.stat().st_size for p in all_studies[1]),
     }
-    from mammo_density.plugin.orthanc.mammo_density_routing import PluginSettings
+    from mammo_density.plugin.orthanc.mammo_density_routing import parse_settings
 
-    each_default = PluginSettings.__dataclass_fields__["forward_each_image"].default
     ab = len(stacks) > 1
     for name, stack in stacks.items():
+        # what the plugin itself reads from the configuration this stack gave Orthanc
+        plugin = parse_settings(routing_config(stack.node_port, **stack.plugin))
         result[name if ab else "result"] = {**stack.summary(), "settings": variants[name],
                                             "plugin_settings": stack.plugin,
-                                            "forward_each_image": bool(stack.plugin.get(
-                                                "ForwardEachImage", each_default)),
+                                            "forward_each_image": plugin.forward_each_image,
                                             "checkout": str(stack.checkout or REPO)}
     if ab:
         a, b = stacks["A"].latencies, stacks["B"].latencies
