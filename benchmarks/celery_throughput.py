@@ -1,7 +1,8 @@
 """Studies per hour through Celery (real redis-server, real `mammo-density worker`).
 
     .venv/bin/python -m benchmarks.celery_throughput [--studies 24] [--concurrency 2]
-        [--cores 2] [--input-size 650] [--model-dir DIR] [--single-task] [--json]
+        [--cores 2] [--input-size 650] [--model-dir DIR] [--single-task]
+        [--model-variant fp32|int8] [--json]
 
 ``--studies`` copies of the full-field 4-view JPEG 2000 lossless study (new UIDs, pixel
 data as stored) are received through the listener's ingest code (spool + state), then
@@ -14,6 +15,11 @@ are measured too (psutil): on a shared machine they give the capacity of the cor
 (``cores x 3600 / CPU-s``) independently of the other load. Also: the size of the
 model-ready payload a study sends from the cpu to the gpu queue, and each study's
 queue-to-done latency.
+
+``--model-variant int8`` runs the same networks quantised (``model_variant = "int8"``): a
+copy of the entry quantised as ``benchmarks.int8_speed`` does (8 synthetic calibration
+studies, min-max; no parity report, so the worker warns). It measures speed only: a
+site runs int8 after ``mammo-density quantize --parity`` has held on its labelled set.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import bench_model, copies, full_field_study, pin_cores
+from benchmarks.common import DEFAULT_CACHE, bench_model, copies, full_field_study, pin_cores
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -78,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model-dir", default=None)
     ap.add_argument("--single-task", action="store_true",
                     help="celery_single_task: each study as one task (all four stages)")
+    ap.add_argument("--model-variant", choices=("fp32", "int8"), default="fp32",
+                    help="networks to run: fp32, or the entry quantised to int8 (speed only)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
 
@@ -93,24 +101,30 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="md-celery-bench-"))
     model_dir = bench_model(input_size=args.input_size, width=args.width,
                             model_dir=args.model_dir)
+    if args.model_variant == "int8":
+        from benchmarks.int8_speed import int8_entry
+
+        model_dir = int8_entry(model_dir, DEFAULT_CACHE)
     study = full_field_study()
     sets = copies(study, args.studies + 1, work / "studies")
     redis = RedisServer(work / "redis").start()
     data = work / "data"
     settings = load_settings(broker_url=redis.url, data_dir=data, model_dir=model_dir,
                              ort_threads=1, task_time_limit=120, visibility_timeout=180,
-                             celery_single_task=args.single_task)
+                             celery_single_task=args.single_task,
+                             model_variant=args.model_variant)
     env = dict(os.environ, MAMMO_DENSITY_BROKER_URL=redis.url,
                MAMMO_DENSITY_DATA_DIR=str(data), MAMMO_DENSITY_MODEL_DIR=str(model_dir),
                MAMMO_DENSITY_ORT_THREADS="1", MAMMO_DENSITY_TASK_TIME_LIMIT="120",
-               MAMMO_DENSITY_VISIBILITY_TIMEOUT="180")
+               MAMMO_DENSITY_VISIBILITY_TIMEOUT="180",
+               MAMMO_DENSITY_MODEL_VARIANT=args.model_variant)
     log = open(work / "worker.log", "wb")  # noqa: SIM115
     worker = subprocess.Popen(
         [sys.executable, "-m", "mammo_density.cli", "-q", "worker", "--concurrency",
          str(args.concurrency)], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
         start_new_session=True)
     out: dict = {"cores": cores, "concurrency": args.concurrency, "studies": args.studies,
-                 "single_task": args.single_task,
+                 "single_task": args.single_task, "model_variant": args.model_variant,
                  "input_size": args.input_size,
                  "study": "4 x 3328x4096 12-bit JPEG 2000 lossless",
                  "load_avg_1min_start": round(os.getloadavg()[0], 2)}

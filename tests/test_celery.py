@@ -5,6 +5,9 @@
 - A study whose every image is unreadable is failed once with a reason (not retried).
 - SIGKILL of the whole worker process group in the middle of a task, another worker
   started: the study is delivered again (visibility timeout) and completes exactly once.
+- SIGKILL of the pool process only (what the OOM killer does): Celery hands the message
+  back at once, while the dead task's claim is fresh; the new delivery looks again
+  when the claim is stale and completes the study (it was left in ``processing``).
   The worker is held mid-task deterministically: one spooled image is replaced by a
   FIFO, so reading it blocks until the test puts the real file back.
 """
@@ -236,6 +239,49 @@ def test_killed_worker_study_completes_once(tmp_path, redis_url, model_dir, reco
         if w2 is not None:
             stop_worker(w2)
         kill_group(w1)
+
+
+@pytest.mark.services
+def test_killed_pool_process_study_completes(tmp_path, redis_url, model_dir, records):
+    import psutil
+
+    limit, visibility = 12.0, 20.0  # the claim is still fresh when the message is back
+    data = tmp_path / "data"
+    settings = load_settings(broker_url=redis_url, data_dir=data, model_dir=model_dir,
+                             visibility_timeout=visibility, task_time_limit=limit)
+    study = records[1]
+    jobs: list[StudyJob] = []
+    receive(settings, study_files(study), jobs.append)
+    job = jobs[0]
+    held = instance_path(settings.spool_dir, job.study_instance_uid,
+                         job.images[1].sop_instance_uid)
+    real = held.with_suffix(".real")
+    shutil.move(held, real)
+    os.mkfifo(held)
+    env = _env(redis_url, data, model_dir)
+    env.update({"MAMMO_DENSITY_VISIBILITY_TIMEOUT": str(visibility),
+                "MAMMO_DENSITY_TASK_TIME_LIMIT": str(limit)})
+    log_path = tmp_path / "worker.log"
+    worker = start_worker(env, log_path, "oom")
+    try:
+        tasks.submit(job, settings)
+        db = StateDB(settings.state_db)
+        wait_status(db, study.study_instance_uid, {"processing"}, 60, worker, log_path)
+        time.sleep(0.3)  # blocked on the FIFO: mid-task, claim held
+        os.replace(real, held)  # the blocked open() keeps the FIFO; a new one reads the file
+        children = psutil.Process(worker.pid).children()
+        assert len(children) == 1
+        children[0].kill()  # the pool process only; the worker's main process lives on
+        row = wait_status(db, study.study_instance_uid, {"done", "failed"}, limit + 40,
+                          worker, log_path)
+        assert row["status"] == "done", row["last_error"]
+        text = log_path.read_text(errors="replace")
+        assert "held by another task (dead or running): looking again" in text
+        written = sorted(settings.outbox_dir.rglob("*.dcm"))
+        kinds = [pydicom.dcmread(p, stop_before_pixels=True).Modality for p in written]
+        assert sorted(kinds) == ["OT", "SR"], written
+    finally:
+        kill_group(worker)
 
 
 @pytest.mark.services

@@ -627,6 +627,19 @@ class Pipeline:
         return bool(self.states.mark_processing(job.study_instance_uid, job.revision,
                                                 stale_after=stale_after))
 
+    def claim_held_for(self, job: StudyJob, *, stale_after: float) -> float | None:
+        """After :meth:`claim` was refused: seconds until the other claim on the job's
+        revision is ``stale_after`` seconds old (0 when it already is); None when no
+        claim holds this revision (it is finished, failed or superseded)."""
+        if self.states is None:
+            return None
+        row = self.states.study(job.study_instance_uid)
+        if not row or row.get("status") != "processing" \
+                or int(row.get("revision") or 0) != job.revision:
+            return None
+        age = time.time() - float(row.get("updated_at") or 0.0)
+        return max(0.0, stale_after - age)
+
     def already_done(self, job: StudyJob) -> bool:
         """True when the state sink shows this revision (or a newer one) done."""
         if self.states is None:

@@ -34,7 +34,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from celery import Celery, chain
+from celery import Celery, chain, current_task
 from celery.exceptions import SoftTimeLimitExceeded
 
 from mammo_density.config import Settings
@@ -61,6 +61,10 @@ RETRY_OPTIONS: dict[str, Any] = {
     "retry_jitter": True,
     "max_retries": 5,
 }
+
+#: Times a task whose claim was refused looks again (each after the other claim's age
+#: reaches the hard time limit); one is enough unless the claim keeps being renewed.
+CLAIM_RECHECKS = 3
 
 PipelineFactory = Callable[[], Pipeline]
 
@@ -118,9 +122,43 @@ def _claim(pipeline: Pipeline, job: StudyJob) -> bool:
         return True
 
 
-def _skipped(job: StudyJob) -> dict[str, Any]:
-    log.info("study %s revision %d already done: skipped", uid_hash(job.study_instance_uid),
-             job.revision)
+def _claim_refused(pipeline: Pipeline, job: StudyJob) -> dict[str, Any]:
+    """The claim was refused. Finished, failed or superseded revision: skipped. Held by
+    another copy of the task: looked at again (a Celery retry) once that claim is stale.
+
+    The other copy may be alive (a duplicate message) or dead: a pool process killed
+    mid-task (the OOM killer's usual choice) has its message handed back at once
+    (``task_reject_on_worker_lost``), while its claim is still fresh. Skipping then
+    would leave the study in ``processing`` for good; looking again after the claim's
+    age reaches the hard time limit finds it either done by the live copy (skip) or
+    stale (taken over)."""
+    stale_after = float(pipeline.settings.task_time_limit)
+    try:
+        wait = pipeline.claim_held_for(job, stale_after=stale_after)
+    except sqlite3.OperationalError:
+        raise
+    except Exception:
+        log.exception("study %s: claim state unreadable", uid_hash(job.study_instance_uid))
+        wait = None
+    task = current_task
+    if wait is None or task is None or not getattr(task, "request", None) \
+            or task.request.called_directly:
+        return _skipped(job, "finished or superseded" if wait is None
+                        else "held by another task")
+    if task.request.retries >= CLAIM_RECHECKS:
+        log.error("study %s revision %d: still held by another task after %d looks; "
+                  "left to it", uid_hash(job.study_instance_uid), job.revision,
+                  task.request.retries)
+        return _skipped(job, "held by another task")
+    countdown = wait + 1.0
+    log.warning("study %s revision %d is held by another task (dead or running): looking "
+                "again in %.0f s", uid_hash(job.study_instance_uid), job.revision, countdown)
+    raise task.retry(countdown=countdown, max_retries=CLAIM_RECHECKS)
+
+
+def _skipped(job: StudyJob, why: str = "already done") -> dict[str, Any]:
+    log.info("study %s revision %d %s: skipped", uid_hash(job.study_instance_uid),
+             job.revision, why)
     return {"skipped": True, "study_instance_uid": job.study_instance_uid,
             "revision": job.revision}
 
@@ -147,8 +185,10 @@ def _reason(stage: str, err: BaseException) -> str:
 def prepare(job_json: dict[str, Any]) -> dict[str, Any]:
     job = StudyJob.model_validate(job_json)
     pipeline = get_pipeline()
-    if _already_done(pipeline, job) or not _claim(pipeline, job):
+    if _already_done(pipeline, job):
         return _skipped(job)
+    if not _claim(pipeline, job):
+        return _claim_refused(pipeline, job)
     try:
         prepared = pipeline.prepare(job)
     except TRANSIENT_ERRORS:
@@ -222,8 +262,10 @@ def run(job_json: dict[str, Any]) -> dict[str, Any]:
     """The four stages in one task (one host does all)."""
     job = StudyJob.model_validate(job_json)
     pipeline = get_pipeline()
-    if _already_done(pipeline, job) or not _claim(pipeline, job):
+    if _already_done(pipeline, job):
         return _skipped(job)
+    if not _claim(pipeline, job):
+        return _claim_refused(pipeline, job)
     try:
         return pipeline.run(job).model_dump(mode="json")
     except TRANSIENT_ERRORS:
