@@ -198,6 +198,39 @@ def test_each_image_forwarded_as_it_is_stored(orthanc_factory, ai_node: AINode,
     assert status["pending"] == [] and status["failed"] == []
 
 
+def test_each_image_node_down_mid_study_rest_sent_once(orthanc_factory,
+                                                        tmp_path: Path) -> None:
+    """ForwardEachImage with the node going down after two views: the third view's send
+    fails, the study retries with back-off and, once the node is back, everything not
+    yet sent reaches it; the two early views are not sent again."""
+    node = AINode().start()
+    server = orthanc_factory(script=SCRIPT, extra={
+        **routing_config(node.port, ForwardEachImage=True, RetrySeconds=0.5,
+                         MaxRetrySeconds=1, MaxRetries=100), "StableAge": 30})
+    images = srdata.mg_study()
+    study_uid = str(images[0].StudyInstanceUID)
+    try:
+        for n, ds in enumerate(images[:2], start=1):
+            send([ds], tmp_path / f"image-{n}", server.dicom_port)
+            wait_for(lambda n=n: len(node.uids()) >= n, what=f"image {n} at the AI node")
+        node.stop()
+        send([images[2]], tmp_path / "image-3", server.dicom_port)
+        wait_for(lambda: study_state(server, study_uid)["forward"]["failures"] >= 1,
+                 what="the failed send of the third view")
+        forward = study_state(server, study_uid)["forward"]
+        assert forward["state"] == "retrying" and len(forward["forwarded"]) == 2
+        node.start()
+        send([images[3]], tmp_path / "image-4", server.dicom_port)
+        wait_for(lambda: len(node.uids()) >= 4, what="the rest of the study")
+        wait_for(lambda: study_state(server, study_uid)["forward"]["state"] == "forwarded",
+                 what="the study recorded as forwarded")
+        time.sleep(1.5)  # a second send of anything would arrive by now
+        assert sorted(node.uids()) == sorted(str(ds.SOPInstanceUID) for ds in images)
+        assert len(study_state(server, study_uid)["forward"]["forwarded"]) == 4
+    finally:
+        node.stop()
+
+
 def test_partial_study_waits_for_stable_other_studies_ignored(
         orthanc_factory, ai_node: AINode, tmp_path: Path) -> None:
     # one forward per study (ForwardEachImage off): a partial study waits for STABLE_STUDY
