@@ -9,7 +9,9 @@ inner validation patients for everything:
 - one row per CNN variant (``--variant NAME="train options"``; default the ``small-real``
   recipe), each trained by ``mammo-density train --cv K``;
 - ``<first variant>+LR``: late fusion of the first variant and ``features+LR`` (per image,
-  the mean of their probabilities; nothing fitted on top).
+  the mean of their probabilities; nothing fitted on top);
+- with ``--ensemble``, ``mean of variants``: per image the mean of every variant's fold
+  network (variants that differ only by ``--seed`` make a seed ensemble).
 
 Per method and level (image, breast, exam): accuracy, linear and quadratic kappa (mean and
 sample sd over folds), per-class recall and confusion pooled over the out-of-fold
@@ -35,6 +37,7 @@ import time
 from pathlib import Path
 
 DEFAULT_VARIANTS = {"cnn-small-real": "--recipe small-real"}
+ENSEMBLE_ROW = "mean of variants"
 
 
 def _parse_variant(text: str) -> tuple[str, str]:
@@ -114,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--export", metavar="NAME", default=None,
                    help="export the first variant's fold models as registry entry NAME "
                    "into OUT/model")
+    p.add_argument("--ensemble", action="store_true",
+                   help="add the row of the mean of all variants' networks (per fold)")
     args = p.parse_args(argv)
 
     import torch
@@ -167,6 +172,15 @@ def main(argv: list[str] | None = None) -> int:
                       wall=time.perf_counter() - t_all)
         if i == 0 and args.export:
             _export(out / name, out / "model", args, info, rows)
+        if i == 0:
+            first = targs
+    if args.ensemble and len(variants) > 1:
+        from mammo_density.train.experiments import ensemble_row
+
+        rows[ENSEMBLE_ROW] = ensemble_row([out / name for name in variants], first, args.k,
+                                          out / "pooled-ensemble")
+        _write_report(out, args, info, rows, done=list(variants),
+                      wall=time.perf_counter() - t_all)
     print((out / "real_cv.md").read_text())
     return 0
 

@@ -77,3 +77,50 @@ def test_late_fusion_matches_images_by_slot_and_averages():
         fuse_predictions(a[:3], b)
     with pytest.raises(ValueError, match="no second prediction"):
         fuse_predictions(a, b[1:])
+
+
+@pytest.mark.slow
+def test_ensemble_row_is_the_mean_of_the_runs_networks(manifest, tmp_path):
+    """The mean of a run with itself scores as the run; two seeds give one row on the
+    same held-out images."""
+    from mammo_density.train.args import get_args_parser
+    from mammo_density.train.experiments import ensemble_row
+
+    runs = {}
+    for seed in (1, 2):
+        out = tmp_path / f"seed-{seed}"
+        argv = train_argv(manifest, out, "--epochs", "1", "--no-tensorboard",
+                          "--max-steps-per-epoch", "1", "--cv", "2", "--seed", str(seed))
+        assert cli_main(["train", *argv]) == 0
+        runs[seed] = (out, json.loads((out / "cv.json").read_text()), argv)
+    out1, cv1, argv1 = runs[1]
+    i = argv1.index("--cv")
+    args = get_args_parser().parse_args(argv1[:i] + argv1[i + 2:])  # --cv is the command's
+    same = ensemble_row([out1, out1], args, 2, tmp_path / "same")
+    for level in ("image", "breast", "exam"):
+        assert same["summary"][level]["accuracy"] == \
+            pytest.approx(cv1["rows"]["cnn"]["summary"][level]["accuracy"])
+        assert same["summary"][level]["kappa_linear"] == \
+            pytest.approx(cv1["rows"]["cnn"]["summary"][level]["kappa_linear"])
+    both = ensemble_row([out1, runs[2][0]], args, 2, tmp_path / "both")
+    assert len(both["folds"]) == 2
+    assert [set(f) for f in both["folds"]] == [set(f) for f in cv1["rows"]["cnn"]["folds"]]
+    assert (tmp_path / "both" / "confusion_image.png").exists()
+    # fold 0 by hand: the two runs' probabilities averaged per image
+    from mammo_density.train.evaluation import predict_checkpoints
+    from mammo_density.train.experiments import fold_records
+    from mammo_density.train.metrics import Prediction, evaluate_predictions
+
+    test = [r for r in fold_records(args, 2, 0) if r.split == "test"]
+    p1, _ = predict_checkpoints(out1 / "fold-0", test, cache_dir=args.cache_dir)
+    p2, _ = predict_checkpoints(runs[2][0] / "fold-0", test, cache_dir=args.cache_dir)
+    assert len(p1) == len(p2) == len(test)
+    mean = [Prediction(exam_id=a.exam_id, laterality=a.laterality, view=a.view,
+                       probs=(np.asarray(a.probs) + np.asarray(b.probs)) / 2,
+                       density=a.density) for a, b in zip(p1, p2, strict=True)]
+    expected = evaluate_predictions(mean, args.task, n_boot=0)["levels"]
+    for level in ("image", "exam"):
+        assert both["folds"][0][level]["accuracy"] == \
+            pytest.approx(expected[level]["accuracy"])
+        assert both["folds"][0][level]["kappa_linear"] == \
+            pytest.approx(expected[level]["kappa_linear"], nan_ok=True)

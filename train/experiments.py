@@ -6,6 +6,7 @@ import argparse
 import copy
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -126,6 +127,42 @@ def fuse_predictions(a: list[Prediction], b: list[Prediction],
     return out
 
 
+def method_row(folds: list[dict], oof: list[Prediction], task: str, seconds: float,
+               report_dir: Path) -> dict:
+    """One method's row of a CV table: per-fold results (``evaluate_predictions``) and
+    the pooled out-of-fold predictions (their report and confusion PNGs written to
+    ``report_dir``)."""
+    pooled = evaluate_predictions(oof, task, n_boot=0)
+    write_report(pooled, report_dir, png_levels=("image", "breast", "exam"))
+    return {"summary": summarise_folds(folds, pooled), "seconds": round(seconds, 1),
+            "folds": [{lv: {m: f["levels"][lv].get(m) for m in CV_METRICS}
+                       for lv in CV_LEVELS if lv in f["levels"]} for f in folds]}
+
+
+def ensemble_row(runs: Sequence[Path], args: argparse.Namespace, k: int,
+                 report_dir: Path) -> dict:
+    """The row of the mean of several CV runs' networks (same folds, e.g. one recipe
+    trained with different seeds): per fold, each run's fold checkpoints score the
+    held-out patients and their probabilities are averaged per image."""
+    import time
+
+    t0 = time.perf_counter()
+    folds: list[dict] = []
+    oof: list[Prediction] = []
+    cache_dir = Path(args.cache_dir) if args.cache_dir else Path(runs[0]) / "cache"
+    for fold in range(k):
+        test = [r for r in fold_records(args, k, fold) if r.split == "test"]
+        mean: list[Prediction] | None = None
+        for i, run in enumerate(runs):
+            preds, _ = predict_checkpoints(Path(run) / f"fold-{fold}", test,
+                                           cache_dir=cache_dir)
+            mean = preds if mean is None else fuse_predictions(mean, preds, i / (i + 1))
+        assert mean is not None
+        folds.append(evaluate_predictions(mean, args.task, n_boot=0))
+        oof += mean
+    return method_row(folds, oof, args.task, time.perf_counter() - t0, report_dir)
+
+
 def fold_records(args: argparse.Namespace, k: int, fold: int) -> list[mdata.ImageRecord]:
     """The manifest's records with the splits of ``fold``: test = held-out patients,
     val = the inner validation patients (``--val-fraction``), train = the rest."""
@@ -212,13 +249,8 @@ def cross_validate(args: argparse.Namespace, k: int, *, baselines: bool = True) 
     for name, folds in (("cnn", per_fold), *base_folds.items()):
         if not folds:
             continue
-        pooled = evaluate_predictions(oof[name], args.task, n_boot=0)
-        write_report(pooled, base / f"pooled-{name.replace('+', '-')}",
-                     png_levels=("image", "breast", "exam"))
-        rows[name] = {"summary": summarise_folds(folds, pooled), "seconds": round(
-            seconds[name], 1), "folds": [{lv: {m: f["levels"][lv].get(m) for m in CV_METRICS}
-                                          for lv in CV_LEVELS if lv in f["levels"]}
-                                         for f in folds]}
+        rows[name] = method_row(folds, oof[name], args.task, seconds[name],
+                                base / f"pooled-{name.replace('+', '-')}")
     summary = rows["cnn"]["summary"]
     (base / "cv.json").write_text(json.dumps({
         "k": k, "split_seed": args.split_seed, "manifest": str(args.manifest),
