@@ -25,6 +25,7 @@ site runs int8 after ``mammo-density quantize --parity`` has held on its labelle
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -41,23 +42,31 @@ from benchmarks.common import DEFAULT_CACHE, bench_model, copies, full_field_stu
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _group_cpu(pid: int) -> float:
-    """CPU seconds (user + system) of a process and its children."""
+def _cpu_parts(worker_pid: int, redis_pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) so far of the worker's main process, of its pool
+    processes (children, recursively) and of Redis."""
     import psutil
 
+    def seconds(procs) -> float:
+        total = 0.0
+        for p in procs:
+            try:
+                t = p.cpu_times()
+                total += t.user + t.system
+            except psutil.NoSuchProcess:
+                pass
+        return total
+
+    parts = {"worker_main": 0.0, "worker_pool": 0.0, "redis": 0.0}
     try:
-        proc = psutil.Process(pid)
-        procs = [proc, *proc.children(recursive=True)]
+        main = psutil.Process(worker_pid)
+        parts["worker_main"] = seconds([main])
+        parts["worker_pool"] = seconds(main.children(recursive=True))
     except psutil.NoSuchProcess:
-        return 0.0
-    total = 0.0
-    for p in procs:
-        try:
-            t = p.cpu_times()
-            total += t.user + t.system
-        except psutil.NoSuchProcess:
-            pass
-    return total
+        pass
+    with contextlib.suppress(psutil.NoSuchProcess):
+        parts["redis"] = seconds([psutil.Process(redis_pid)])
+    return parts
 
 
 def _wait_done(db, uids: list[str], timeout: float) -> dict[str, float]:
@@ -144,17 +153,21 @@ def main(argv: list[str] | None = None) -> int:
         out["warmup_s"] = round(time.monotonic() - t0, 2)
         batch = jobs[1:]
         uids = [j.study_instance_uid for j in batch]
-        cpu0 = _group_cpu(worker.pid) + _group_cpu(redis.proc.pid)
+        cpu0 = _cpu_parts(worker.pid, redis.proc.pid)
         start = time.monotonic()
         for job in batch:
             tasks.submit(job, settings)
         done = _wait_done(db, uids, 60 + 30 * len(batch))
         end = max(done.values()) if done else time.monotonic()
-        cpu_used = _group_cpu(worker.pid) + _group_cpu(redis.proc.pid) - cpu0
+        cpu1 = _cpu_parts(worker.pid, redis.proc.pid)
+        parts = {k: cpu1[k] - cpu0[k] for k in cpu0}
+        cpu_used = sum(parts.values())
         statuses = [db.study(u)["status"] for u in uids]
         elapsed = end - start
         per_study = cpu_used / max(1, len(done))
         out["cpu_s_per_study"] = round(per_study, 3)
+        out["cpu_s_per_study_parts"] = {k: round(v / max(1, len(done)), 3)
+                                        for k, v in parts.items()}
         # what the cores could do if the machine were not shared: cores x 3600 / CPU-s
         out["capacity_studies_per_hour_from_cpu"] = round(len(cores) * 3600 / per_study)
         out.update({
