@@ -56,15 +56,16 @@ def records(tmp_path_factory):
                          transfer_syntax="jpeg2000")
 
 
-def _env(redis_url: str, data_dir: Path, model_dir: Path) -> dict[str, str]:
+def _env(redis_url: str, data_dir: Path, model_dir: Path, *,
+         visibility: float = VISIBILITY_S, limit: float = TASK_LIMIT_S) -> dict[str, str]:
     env = dict(os.environ)
     env.update({
         "MAMMO_DENSITY_BROKER_URL": redis_url,
         "MAMMO_DENSITY_DATA_DIR": str(data_dir),
         "MAMMO_DENSITY_MODEL_DIR": str(model_dir),
         "MAMMO_DENSITY_ORT_THREADS": "1",
-        "MAMMO_DENSITY_VISIBILITY_TIMEOUT": str(VISIBILITY_S),
-        "MAMMO_DENSITY_TASK_TIME_LIMIT": str(TASK_LIMIT_S),
+        "MAMMO_DENSITY_VISIBILITY_TIMEOUT": str(visibility),
+        "MAMMO_DENSITY_TASK_TIME_LIMIT": str(limit),
         "PYTHONUNBUFFERED": "1",
     })
     env.pop("MAMMO_DENSITY_CONFIG", None)
@@ -184,21 +185,27 @@ def test_worker_classifies_received_study(tmp_path, redis_url, model_dir, record
     assert "succeeded in" not in text
 
 
+def _received_with_fifo(settings, study) -> tuple[StudyJob, Path, Path]:
+    """Receive ``study`` and replace its second spooled image by a FIFO, so that a worker
+    reading it blocks mid-task until the test moves the real file (returned) back."""
+    jobs: list[StudyJob] = []
+    receive(settings, study_files(study), jobs.append)
+    job = jobs[0]
+    held = instance_path(settings.spool_dir, job.study_instance_uid,
+                         job.images[1].sop_instance_uid)
+    real = held.with_suffix(".real")
+    shutil.move(held, real)
+    os.mkfifo(held)
+    return job, held, real
+
+
 @pytest.mark.services
 def test_killed_worker_study_completes_once(tmp_path, redis_url, model_dir, records):
     data = tmp_path / "data"
     settings = load_settings(broker_url=redis_url, data_dir=data, model_dir=model_dir,
                              visibility_timeout=VISIBILITY_S, task_time_limit=TASK_LIMIT_S)
     study = records[2]
-    jobs: list[StudyJob] = []
-    receive(settings, study_files(study), jobs.append)
-    job = jobs[0]
-    # hold the first worker inside the task: one spooled image becomes a FIFO
-    held = instance_path(settings.spool_dir, job.study_instance_uid,
-                         job.images[1].sop_instance_uid)
-    real = held.with_suffix(".real")
-    shutil.move(held, real)
-    os.mkfifo(held)
+    job, held, real = _received_with_fifo(settings, study)
     env = _env(redis_url, data, model_dir)
     log1, log2 = tmp_path / "worker1.log", tmp_path / "worker2.log"
     w1 = start_worker(env, log1, "victim")
@@ -250,17 +257,8 @@ def test_killed_pool_process_study_completes(tmp_path, redis_url, model_dir, rec
     settings = load_settings(broker_url=redis_url, data_dir=data, model_dir=model_dir,
                              visibility_timeout=visibility, task_time_limit=limit)
     study = records[1]
-    jobs: list[StudyJob] = []
-    receive(settings, study_files(study), jobs.append)
-    job = jobs[0]
-    held = instance_path(settings.spool_dir, job.study_instance_uid,
-                         job.images[1].sop_instance_uid)
-    real = held.with_suffix(".real")
-    shutil.move(held, real)
-    os.mkfifo(held)
-    env = _env(redis_url, data, model_dir)
-    env.update({"MAMMO_DENSITY_VISIBILITY_TIMEOUT": str(visibility),
-                "MAMMO_DENSITY_TASK_TIME_LIMIT": str(limit)})
+    job, held, real = _received_with_fifo(settings, study)
+    env = _env(redis_url, data, model_dir, visibility=visibility, limit=limit)
     log_path = tmp_path / "worker.log"
     worker = start_worker(env, log_path, "oom")
     try:
