@@ -79,14 +79,16 @@ def _write_report(out: Path, args: argparse.Namespace, info: dict, rows: dict,
     (out / "real_cv.md").write_text(md)
 
 
-def _export(run: Path, dest: Path, args: argparse.Namespace, info: dict, rows: dict) -> None:
-    """The first variant's fold models as one registry entry; its card holds the table
-    of the baselines and this variant (measured before any later variant ran)."""
+def _export(runs: list[Path], dest: Path, name: str, args: argparse.Namespace, info: dict,
+            rows: dict) -> None:
+    """Fold models as one registry entry (the first variant's, or with ``--ensemble``
+    every variant's); its card holds the table measured up to then."""
     from mammo_density.train.export import export_cv
 
     entry = export_cv(
-        run, dest, name=args.export, version="0.0.0-cv",
-        training_data=f"{info['manifest']} ({args.k}-fold CV ensemble)",
+        runs, dest, name=name, version="0.0.0-cv",
+        training_data=f"{info['manifest']} ({args.k}-fold CV ensemble"
+        f"{f' of {len(runs)} runs' if len(runs) > 1 else ''})",
         intended_use="research: cross-validation ensemble on a development set",
         not_for_clinical_use=True, commands=[info["command"]],
         cv_report={"k": args.k, "split_seed": args.split_seed,
@@ -116,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
                    "best on a small shared CPU: --threads 1 --fold-workers 2)")
     p.add_argument("--export", metavar="NAME", default=None,
                    help="export the first variant's fold models as registry entry NAME "
-                   "into OUT/model")
+                   "into OUT/model (with --ensemble also every variant's, as NAME-ensemble "
+                   "into OUT/model-ensemble)")
     p.add_argument("--ensemble", action="store_true",
                    help="add the row of the mean of all variants' networks (per fold)")
     args = p.parse_args(argv)
@@ -171,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         _write_report(out, args, info, rows, done=list(variants)[:i + 1],
                       wall=time.perf_counter() - t_all)
         if i == 0 and args.export:
-            _export(out / name, out / "model", args, info, rows)
+            _export([out / name], out / "model", args.export, args, info, rows)
         if i == 0:
             first = targs
     if args.ensemble and len(variants) > 1:
@@ -181,6 +184,9 @@ def main(argv: list[str] | None = None) -> int:
                                           out / "pooled-ensemble")
         _write_report(out, args, info, rows, done=list(variants),
                       wall=time.perf_counter() - t_all)
+        if args.export:
+            _export([out / name for name in variants], out / "model-ensemble",
+                    f"{args.export}-ensemble", args, info, rows)
     print((out / "real_cv.md").read_text())
     return 0
 

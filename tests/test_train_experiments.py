@@ -124,3 +124,43 @@ def test_ensemble_row_is_the_mean_of_the_runs_networks(manifest, tmp_path):
             pytest.approx(expected[level]["accuracy"])
         assert both["folds"][0][level]["kappa_linear"] == \
             pytest.approx(expected[level]["kappa_linear"], nan_ok=True)
+
+
+@pytest.mark.slow
+def test_export_of_several_cv_runs_averages_all_their_fold_models(manifest, tmp_path):
+    import onnxruntime as ort
+    import torch
+
+    from mammo_density.manifest import read_manifest
+    from mammo_density.train.evaluation import load_checkpoint_models
+
+    runs = []
+    for seed in (1, 2):
+        out = tmp_path / f"seed-{seed}"
+        argv = train_argv(manifest, out, "--epochs", "1", "--no-tensorboard",
+                          "--max-steps-per-epoch", "1", "--cv", "2", "--seed", str(seed),
+                          "--view", "R-CC")
+        assert cli_main(["train", *argv]) == 0
+        runs.append(out)
+    entry = tmp_path / "entry"
+    assert cli_main(["export", "--run", str(runs[0]), "--run", str(runs[1]), "--out",
+                     str(entry), "--name", "seeds", "--not-for-clinical-use"]) == 0
+    m = read_manifest(entry)
+    assert m.architecture["members"] == 4 and m.architecture["runs"] == 2
+    assert "4 cross-validation fold models of 2 training runs" in \
+        (entry / "MODEL_CARD.md").read_text()
+    size = m.input_size
+    x = np.random.default_rng(3).random((2, 1, size, size), dtype=np.float32)
+    expected = np.zeros((2, 4))
+    for run in runs:
+        for fold in ("fold-0", "fold-1"):
+            model, ckpt = load_checkpoint_models(run / fold)["R-CC"]
+            mean, std = ckpt["normalisation"]["mean"], ckpt["normalisation"]["std"]
+            with torch.no_grad():
+                logits = model(torch.from_numpy((x - mean) / std)) / ckpt.get("temperature", 1.0)
+            expected += torch.softmax(logits, 1).numpy() / 4
+    got = ort.InferenceSession(str(entry / m.views["R-CC"])).run(None, {"image": x})[0]
+    assert np.abs(got - expected).max() < 1e-4
+    # a plain run cannot join CV runs
+    assert cli_main(["export", "--run", str(runs[0]), "--run", str(runs[0] / "fold-0"),
+                     "--out", str(tmp_path / "bad"), "--name", "x"]) == 1

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -244,7 +244,8 @@ def export_run(run_dir: Path, out_dir: Path, *, name: str, version: str,
     return manifest
 
 
-def _architecture(a: dict, model: nn.Module, *, network: str, members: int = 1) -> dict:
+def _architecture(a: dict, model: nn.Module, *, network: str, members: int = 1,
+                  runs: int = 1) -> dict:
     from mammo_density.train.model import count_conv_layers, count_residual_blocks
 
     arch = a.get("arch") or "density-resnet"
@@ -257,8 +258,11 @@ def _architecture(a: dict, model: nn.Module, *, network: str, members: int = 1) 
     if arch == "density-resnet":
         out["width"] = int(a["width"])
     if members > 1:
-        out["ensemble"] = f"mean of {members} fold models' probabilities"
+        out["ensemble"] = f"mean of {members} fold models' probabilities" + (
+            f" ({runs} cross-validation runs)" if runs > 1 else "")
         out["members"] = members
+    if runs > 1:
+        out["runs"] = runs
     return out
 
 
@@ -287,12 +291,15 @@ def fold_dirs(cv_dir: Path) -> list[Path]:
     return sorted(dirs, key=lambda p: int(p.name.split("-")[1]))
 
 
-def export_cv(cv_dir: Path, out_dir: Path, *, name: str, version: str,
+def export_cv(cv_dir: Path | Sequence[Path], out_dir: Path, *, name: str, version: str,
               which: str = "best", training_data: str = "", intended_use: str = "",
               not_for_clinical_use: bool = False, commands: list[str] | None = None,
               fp16: bool = False, opset: int = 17,
               cv_report: dict | None = None) -> ModelManifest:
     """Export the K fold models of ``train --cv K`` together as one registry entry.
+
+    ``cv_dir`` may name several such runs on the same folds (one recipe trained with
+    different seeds): all their fold models go into the one mean.
 
     Each view's file outputs the mean of the fold models' probabilities (each with its own
     normalisation and calibration temperature inside the graph, so the manifest's
@@ -306,9 +313,11 @@ def export_cv(cv_dir: Path, out_dir: Path, *, name: str, version: str,
     from mammo_density.train.model import Ensemble
     from mammo_density.worker.preprocess import PREPROCESSING_VERSION
 
-    folds = fold_dirs(cv_dir)
-    if not folds:
-        raise FileNotFoundError(f"no fold-<i>/ folders under {cv_dir} (run train --cv K)")
+    runs = [Path(cv_dir)] if isinstance(cv_dir, (str, Path)) else [Path(d) for d in cv_dir]
+    for run in runs:
+        if not fold_dirs(run):
+            raise FileNotFoundError(f"no fold-<i>/ folders under {run} (run train --cv K)")
+    folds = [f for run in runs for f in fold_dirs(run)]
     per_fold = [load_checkpoint_models(f, which=which) for f in folds]
     first_ckpt = next(iter(per_fold[0].values()))[1]
     a = first_ckpt["args"]
@@ -336,10 +345,10 @@ def export_cv(cv_dir: Path, out_dir: Path, *, name: str, version: str,
         ensembles[slot] = by_members[key]
     network = "shared" if len(by_members) < len(slots) else "per-view"
     architecture = _architecture(a, per_fold[0][slots[0]][0], network=network,
-                                 members=len(folds))
+                                 members=len(folds), runs=len(runs))
     report = cv_report
-    if report is None and (Path(cv_dir) / "cv.json").exists():
-        report = json.loads((Path(cv_dir) / "cv.json").read_text())
+    if report is None and (runs[0] / "cv.json").exists():
+        report = json.loads((runs[0] / "cv.json").read_text())
     metrics: dict[str, object] = {
         "temperature": [float(m[slots[0]][1].get("temperature", 1.0)) for m in per_fold],
         "calibration": [m[slots[0]][1].get("calibration") for m in per_fold]}

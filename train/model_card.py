@@ -125,6 +125,9 @@ def _networks(m: ModelManifest) -> str:
     if isinstance(members, int) and members > 1:
         text += (f"; each file is an ensemble: the mean of the probabilities of the "
                  f"{members} cross-validation fold models")
+        runs = m.architecture.get("runs")
+        if isinstance(runs, int) and runs > 1:
+            text += f" of {runs} training runs on the same folds"
     return text
 
 

@@ -18,10 +18,12 @@ from mammo_density.config import Settings
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export trained networks to an ONNX registry entry")
-    p.add_argument("--run", required=True, type=Path,
+    p.add_argument("--run", required=True, type=Path, action="append",
                    help="training output (<view>/best.pth or shared/best.pth), or the output "
                    "of `train --cv K` (fold-<i>/...): then the K fold models are exported "
-                   "together, each view's file averaging their probabilities")
+                   "together, each view's file averaging their probabilities. Repeat it "
+                   "for several --cv runs on the same folds (e.g. different --seed): all "
+                   "their fold models go into the mean")
     p.add_argument("--cv-report", type=Path, default=None,
                    help="with a --cv run: a cross-validation JSON with baselines' rows "
                    "(default RUN/cv.json) for the manifest and model card")
@@ -45,11 +47,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from mammo_density.train.export import export_cv, export_run, fold_dirs
 
+    cv_runs = [run for run in args.run if fold_dirs(run)]
+    if len(args.run) > 1 and len(cv_runs) < len(args.run):
+        print("mammo-density export: several --run are only for `train --cv K` outputs; "
+              f"not one: {', '.join(str(r) for r in args.run if r not in cv_runs)}",
+              file=sys.stderr)
+        return 1
     try:
-        if fold_dirs(args.run):
+        if cv_runs:
             report = json.loads(args.cv_report.read_text()) if args.cv_report else None
             manifest = export_cv(
-                args.run, args.out, name=args.name, version=args.model_version,
+                cv_runs, args.out, name=args.name, version=args.model_version,
                 which=args.checkpoint, training_data=args.training_data,
                 intended_use=args.intended_use,
                 not_for_clinical_use=args.not_for_clinical_use, commands=args.commands,
@@ -63,7 +71,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             evaluation = json.loads(Path(args.metrics).read_text())
             metrics = summary(evaluation)
         manifest = export_run(
-            args.run, args.out, name=args.name, version=args.model_version,
+            args.run[0], args.out, name=args.name, version=args.model_version,
             which=args.checkpoint, training_data=args.training_data, metrics=metrics,
             intended_use=args.intended_use, not_for_clinical_use=args.not_for_clinical_use,
             commands=args.commands, fp16=args.fp16, opset=args.opset, evaluation=evaluation)
