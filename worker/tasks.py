@@ -123,15 +123,18 @@ def _claim(pipeline: Pipeline, job: StudyJob) -> bool:
 
 
 def _claim_refused(pipeline: Pipeline, job: StudyJob) -> dict[str, Any]:
-    """The claim was refused. Finished, failed or superseded revision: skipped. Held by
-    another copy of the task: looked at again (a Celery retry) once that claim is stale.
+    """The claim was refused. A finished, failed or superseded revision is skipped, and
+    so is a first delivery of a duplicate message (the sweep's re-submission while the
+    holder works: if the holder dies, its own message comes back). A message that comes
+    back (redelivered, or this task's own retry) looks again, as a Celery retry, once
+    the claim is ``task_time_limit`` old.
 
-    The other copy may be alive (a duplicate message) or dead: a pool process killed
-    mid-task (the OOM killer's usual choice) has its message handed back at once
-    (``task_reject_on_worker_lost``), while its claim is still fresh. Skipping then
-    would leave the study in ``processing`` for good; looking again after the claim's
-    age reaches the hard time limit finds it either done by the live copy (skip) or
-    stale (taken over)."""
+    Why: a pool process killed mid-task (the kernel's OOM killer picks the largest) has
+    its message handed back at once (``task_reject_on_worker_lost``) while its claim is
+    still fresh; a task retried after a transient error finds its own fresh claim.
+    Skipping either would leave the study in ``processing`` for good. Looking again
+    when the claim is stale finds it done by a live holder (skip) or held by a dead one
+    (taken over)."""
     stale_after = float(pipeline.settings.task_time_limit)
     try:
         wait = pipeline.claim_held_for(job, stale_after=stale_after)
@@ -141,14 +144,18 @@ def _claim_refused(pipeline: Pipeline, job: StudyJob) -> dict[str, Any]:
         log.exception("study %s: claim state unreadable", uid_hash(job.study_instance_uid))
         wait = None
     task = current_task
-    if wait is None or task is None or not getattr(task, "request", None) \
-            or task.request.called_directly:
-        return _skipped(job, "finished or superseded" if wait is None
-                        else "held by another task")
-    if task.request.retries >= CLAIM_RECHECKS:
+    request = getattr(task, "request", None) if task is not None else None
+    if wait is None:
+        return _skipped(job, "finished or superseded")
+    if request is None or request.called_directly:
+        return _skipped(job, "held by another task")
+    came_back = bool((request.delivery_info or {}).get("redelivered")) or request.retries > 0
+    if not came_back:
+        return _skipped(job, "held by another task (a duplicate message)")
+    if request.retries >= CLAIM_RECHECKS:
         log.error("study %s revision %d: still held by another task after %d looks; "
                   "left to it", uid_hash(job.study_instance_uid), job.revision,
-                  task.request.retries)
+                  request.retries)
         return _skipped(job, "held by another task")
     countdown = wait + 1.0
     log.warning("study %s revision %d is held by another task (dead or running): looking "
