@@ -220,6 +220,23 @@ def read_headers(images: ImageSource, study_uid: str,
     return out
 
 
+def _view_probabilities(models: ModelSet, slots: Sequence[str],
+                        inputs: dict[int, dict[str, np.ndarray]],
+                        started: dict[str, Future]) -> dict[str, np.ndarray]:
+    """``models``' class probabilities for ``slots``, in :meth:`ModelSet.predict_views`'
+    order: the futures already ``started`` for some views (:class:`EarlyInference`), the
+    other views run now."""
+    done = {slot: started[slot].result() for slot in slots if slot in started}
+    ran = models.predict_views({slot: inputs[models.input_size][slot] for slot in slots
+                                if slot not in done})
+    out: dict[str, np.ndarray] = {}
+    for slot in models.view_order(slots):
+        probs = done[slot] if slot in done else ran.get(slot)
+        if probs is not None:
+            out[slot] = probs
+    return out
+
+
 class EarlyInference:
     """The networks of the views whose images are ready, started while the study's other
     images are still being prepared (:meth:`Pipeline.run`): only for a view that
@@ -487,27 +504,16 @@ class Pipeline:
         out = Inferred()
         models = self.models
         dense = self.dense_models
-        started = early.birads if early is not None else {}
-        done = {slot: started[slot].result() for slot in prepared.slots if slot in started}
-        images = {slot: prepared.inputs[models.input_size][slot] for slot in prepared.slots
-                  if slot not in done}
-        ran = models.predict_views(images)
-        for slot in models.view_order(prepared.slots):  # predict_views' order
-            probs = done[slot] if slot in done else ran.get(slot)
-            if probs is not None:
-                out.probabilities[slot] = [float(v) for v in probs]
+        for slot, probs in _view_probabilities(
+                models, prepared.slots, prepared.inputs,
+                early.birads if early is not None else {}).items():
+            out.probabilities[slot] = [float(v) for v in probs]
         if dense is not None:
-            slots = [slot for slot in prepared.slots if slot in out.probabilities]
-            started = early.dense if early is not None else {}
-            done = {slot: started[slot].result() for slot in slots if slot in started}
-            images = {slot: prepared.inputs[dense.input_size][slot] for slot in slots
-                      if slot not in done}
-            ran = dense.predict_views(images)
             dense_index = dense.classes.index("dense")
-            for slot in dense.view_order(slots):
-                probs = done[slot] if slot in done else ran.get(slot)
-                if probs is not None:
-                    out.p_dense[slot] = float(probs[dense_index])
+            for slot, probs in _view_probabilities(
+                    dense, [slot for slot in prepared.slots if slot in out.probabilities],
+                    prepared.inputs, early.dense if early is not None else {}).items():
+                out.p_dense[slot] = float(probs[dense_index])
         if early is not None and early.birads:
             out.timings_ms["inferred_early"] = float(len(early.birads))
         out.timings_ms["inference"] = (time.perf_counter() - t0) * 1000.0

@@ -108,13 +108,18 @@ def _already_done(pipeline: Pipeline, job: StudyJob) -> bool:
         return False
 
 
+def _claim_lifetime(pipeline: Pipeline) -> float:
+    """Seconds after which a claim is held by a dead task: the hard time limit."""
+    return float(pipeline.settings.task_time_limit)
+
+
 def _claim(pipeline: Pipeline, job: StudyJob) -> bool:
     """Claim the revision in the state database (False: another copy of this task, e.g.
     one re-submitted by the listener's sweep for a lost message, is already on it)."""
     try:
         # a claim older than the task's hard time limit is held by a dead task: its
         # message is the one redelivered now (after the visibility timeout)
-        return pipeline.claim(job, stale_after=float(pipeline.settings.task_time_limit))
+        return pipeline.claim(job, stale_after=_claim_lifetime(pipeline))
     except sqlite3.OperationalError:
         raise
     except Exception:
@@ -135,16 +140,14 @@ def _claim_refused(pipeline: Pipeline, job: StudyJob) -> dict[str, Any]:
     Skipping either would leave the study in ``processing`` for good. Looking again
     when the claim is stale finds it done by a live holder (skip) or held by a dead one
     (taken over)."""
-    stale_after = float(pipeline.settings.task_time_limit)
     try:
-        wait = pipeline.claim_held_for(job, stale_after=stale_after)
+        wait = pipeline.claim_held_for(job, stale_after=_claim_lifetime(pipeline))
     except sqlite3.OperationalError:
         raise
     except Exception:
         log.exception("study %s: claim state unreadable", uid_hash(job.study_instance_uid))
         wait = None
-    task = current_task
-    request = getattr(task, "request", None) if task is not None else None
+    request = getattr(current_task, "request", None)  # None outside a worker's task
     if wait is None:
         return _skipped(job, "finished or superseded")
     if request is None or request.called_directly:
@@ -160,7 +163,7 @@ def _claim_refused(pipeline: Pipeline, job: StudyJob) -> dict[str, Any]:
     countdown = wait + 1.0
     log.warning("study %s revision %d is held by another task (dead or running): looking "
                 "again in %.0f s", uid_hash(job.study_instance_uid), job.revision, countdown)
-    raise task.retry(countdown=countdown, max_retries=CLAIM_RECHECKS)
+    raise current_task.retry(countdown=countdown, max_retries=CLAIM_RECHECKS)
 
 
 def _skipped(job: StudyJob, why: str = "already done") -> dict[str, Any]:
