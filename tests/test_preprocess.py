@@ -208,10 +208,56 @@ def test_reduced_decode_falls_back_to_full_decode(tmp_path, monkeypatch):
     def unavailable(*_args, **_kwargs):
         raise OSError("libopenjp2.so.7: cannot open shared object file")
 
-    monkeypatch.setattr(decode, "_glymur_decode", unavailable)
+    monkeypatch.setattr(decode, "_openjpeg_reduced", unavailable)
     out, info = preprocess_dataset(pydicom.dcmread(ds_path), SIZE)
     assert info.codec == "j2k" and info.level == 0
     assert np.array_equal(out, naive)
+
+
+@pytest.mark.parametrize(("kind", "dtype", "suffix"), [
+    ("12-bit", np.uint16, ".j2k"), ("signed", np.int16, ".j2k"), ("8-bit", np.uint8, ".j2k"),
+    ("jp2 boxes", np.uint16, ".jp2")])
+def test_reduced_decode_from_memory_equals_openjpeg_from_file(tmp_path, kind, dtype, suffix):
+    """The in-memory OpenJPEG stream gives exactly what glymur's file reader gives, at
+    every reduction level, with one or two threads, in the file's own data type."""
+    import glymur
+    import imagecodecs
+
+    from mammo_density.worker.decode import _openjpeg_reduced
+
+    pixels = breast_image(300, 212, seed=5)
+    if dtype is np.int16:
+        pixels = (pixels.astype(np.int32) - 2048).astype(np.int16)
+    elif dtype is np.uint8:
+        pixels = (pixels >> 4).astype(np.uint8)
+    frame = imagecodecs.jpeg2k_encode(pixels, codecformat=suffix[1:], reversible=True,
+                                      resolutions=4)
+    path = tmp_path / f"image{suffix}"
+    path.write_bytes(frame)
+    assert np.array_equal(_openjpeg_reduced(frame, 0, 1), pixels)  # lossless round trip
+    for level in (1, 2, 3):
+        reference = np.asarray(glymur.Jp2k(str(path))[::2 ** level, ::2 ** level])
+        for threads in (1, 2):
+            got = _openjpeg_reduced(frame, level, threads)
+            assert got.dtype == reference.dtype == dtype
+            assert got.shape == (-(-300 // 2 ** level), -(-212 // 2 ** level))
+            assert np.array_equal(got, reference), (kind, level, threads)
+
+
+def test_reduced_decode_of_a_broken_header_raises(tmp_path):
+    """A codestream OpenJPEG cannot parse is an exception, never a crash or an array."""
+    import glymur
+
+    from mammo_density.worker.decode import _openjpeg_reduced
+
+    path = tmp_path / "image.j2k"
+    glymur.Jp2k(str(path), data=breast_image(128, 96, seed=1), numres=3)
+    frame = bytearray(path.read_bytes())
+    frame[8:12] = b"\x00\x00\x00\x00"  # SIZ: Xsiz (the width) 0
+    with pytest.raises(Exception):  # noqa: B017 - glymur's IOError or our DecodeError
+        _openjpeg_reduced(bytes(frame), 1, 1)
+    with pytest.raises(Exception):  # noqa: B017
+        _openjpeg_reduced(bytes(frame[:40]), 1, 1)  # the stream ends inside the header
 
 
 def test_jpeg_baseline_8bit(tmp_path):

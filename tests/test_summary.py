@@ -87,6 +87,44 @@ def test_summary_image_is_a_valid_secondary_capture(tmp_path: Path) -> None:
     Image.fromarray(ds.pixel_array).save(OUT / "summary-demo.png")  # artefact for people
 
 
+def test_one_header_copy_serves_the_sr_and_the_summary_image() -> None:
+    """The pipeline copies each source header once (``source_header``) for both report
+    objects: neither builder changes the copies, and both objects are the same as when
+    each builder copies the raw headers itself."""
+    import copy as copy_module
+
+    from mammo_density.worker.sr import SourceHeader, source_header
+
+    sources = srdata.mg_study()
+    sources[0].PatientSex = "U"  # a value the copy corrects
+    man = srdata.manifest(demo=True)
+    result = srdata.result_for(sources, man=man)
+    shared = [source_header(ds) for ds in sources]
+    assert all(isinstance(h, SourceHeader) for h in shared)
+    assert source_header(shared[0]) is shared[0]  # no second copy
+    assert sources[0].PatientSex == "U"  # the caller's dataset untouched
+    before = [copy_module.deepcopy(h) for h in shared]
+
+    clock = {"00080012", "00080013", "00080021", "00080031", "00080023", "00080033",
+             "0040A032", "0018A002", "00181012", "00181014"}  # creation, capture times
+
+    def payload(value):
+        if isinstance(value, pydicom.Dataset):
+            value = value.to_json_dict()
+        if isinstance(value, dict):
+            return {k: payload(v) for k, v in value.items() if k not in clock}
+        if isinstance(value, list):
+            return [payload(v) for v in value]
+        return value
+
+    for builder, kwargs in ((build_density_sr, {}),
+                            (build_summary_image, {"view_images": _views()})):
+        from_shared = builder(result, shared, man, **kwargs)
+        from_raw = builder(result, sources, man, **kwargs)
+        assert payload(from_shared) == payload(from_raw)
+    assert [h.to_json_dict() for h in shared] == [h.to_json_dict() for h in before]
+
+
 def test_uids_are_deterministic_and_follow_the_inputs() -> None:
     sources, man, result, sc = _build()
     again = build_summary_image(result, list(reversed(sources)), man)

@@ -19,11 +19,10 @@ The decoders release the GIL, so one process decodes several images in threads.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
 import math
-import os
-import tempfile
-import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,9 +41,6 @@ JPEG_BASELINE_SYNTAXES = {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51"}
 _J2K_SOC = b"\xff\x4f\xff\x51"
 _JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
 _JPEG_SOI = b"\xff\xd8"
-_TMP_DIR = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-_glymur_lock = threading.Lock()
-_glymur_threads = 0
 
 
 class DecodeError(ValueError):
@@ -134,20 +130,100 @@ def _check_eoc(frame: bytes) -> None:
         raise DecodeError("JPEG 2000 codestream is truncated (no EOC marker)")
 
 
-def _glymur_decode(frame: bytes, level: int, threads: int) -> np.ndarray:
-    import glymur
+class _MemoryStream:
+    """An OpenJPEG input stream over bytes already in memory (no temporary file).
 
-    global _glymur_threads
-    if threads and threads != _glymur_threads:
-        with _glymur_lock:
-            glymur.set_option("lib.num_threads", threads)
-            _glymur_threads = threads
-    suffix = ".jp2" if frame.startswith(_JP2_SIGNATURE) else ".j2k"
-    with tempfile.NamedTemporaryFile(suffix=suffix, dir=_TMP_DIR) as fh:
-        fh.write(frame)
-        fh.flush()
-        step = 2 ** level
-        return np.asarray(glymur.Jp2k(fh.name)[::step, ::step])
+    OpenJPEG reads through three callbacks (read, skip, seek) declared with ctypes over
+    the library glymur loaded; one stream per decode, so threads never share one. The
+    callbacks only copy bytes: the decoding itself runs with the GIL released."""
+
+    _READ = ctypes.CFUNCTYPE(ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t,
+                             ctypes.c_void_p)
+    _SKIP = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p)
+    _SEEK = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_int64, ctypes.c_void_p)
+    _END = ctypes.c_size_t(-1).value  # OpenJPEG's "no more bytes"
+    _declared = False
+
+    def __init__(self, opj2, data: bytes) -> None:
+        self._source = np.frombuffer(data, dtype=np.uint8)  # keeps ``data`` alive
+        self._base, self._size, self._pos = self._source.ctypes.data, len(data), 0
+        self._callbacks = (self._READ(self._read), self._SKIP(self._skip),
+                           self._SEEK(self._seek))  # referenced until the stream goes
+        lib = opj2.OPENJP2
+        if not _MemoryStream._declared:
+            lib.opj_stream_create.argtypes = [ctypes.c_size_t, ctypes.c_int32]
+            lib.opj_stream_create.restype = opj2.STREAM_TYPE_P
+            for name, kind in (("read", self._READ), ("skip", self._SKIP),
+                               ("seek", self._SEEK)):
+                fn = getattr(lib, f"opj_stream_set_{name}_function")
+                fn.argtypes, fn.restype = [opj2.STREAM_TYPE_P, kind], None
+            lib.opj_stream_set_user_data_length.argtypes = [opj2.STREAM_TYPE_P,
+                                                            ctypes.c_uint64]
+            lib.opj_stream_set_user_data_length.restype = None
+            _MemoryStream._declared = True
+        self.stream = lib.opj_stream_create(min(self._size, 1 << 20) or 1, 1)
+        if not self.stream:
+            raise MemoryError("OpenJPEG could not create a stream")
+        read, skip, seek = self._callbacks
+        lib.opj_stream_set_read_function(self.stream, read)
+        lib.opj_stream_set_skip_function(self.stream, skip)
+        lib.opj_stream_set_seek_function(self.stream, seek)
+        lib.opj_stream_set_user_data_length(self.stream, self._size)
+
+    def _read(self, buffer: int, n: int, _user: object) -> int:
+        n = min(n, self._size - self._pos)
+        if n <= 0:
+            return self._END
+        ctypes.memmove(buffer, self._base + self._pos, n)
+        self._pos += n
+        return n
+
+    def _skip(self, n: int, _user: object) -> int:
+        new = min(max(self._pos + n, 0), self._size)
+        moved, self._pos = new - self._pos, new
+        return moved
+
+    def _seek(self, offset: int, _user: object) -> int:
+        if not 0 <= offset <= self._size:
+            return 0
+        self._pos = offset
+        return 1
+
+
+def _openjpeg_reduced(frame: bytes, level: int, threads: int) -> np.ndarray:
+    """Decode a J2K/JP2 frame at resolution ``level`` with OpenJPEG (glymur's bindings),
+    reading the codestream from memory."""
+    from glymur.lib import openjp2 as opj2
+
+    with contextlib.ExitStack() as stack:
+        source = _MemoryStream(opj2, frame)
+        stack.callback(opj2.stream_destroy, source.stream)
+        codec = opj2.create_decompress(
+            opj2.CODEC_JP2 if frame.startswith(_JP2_SIGNATURE) else opj2.CODEC_J2K)
+        stack.callback(opj2.destroy_codec, codec)
+        opj2.set_error_handler(codec, opj2._ERROR_CALLBACK)
+        opj2.set_warning_handler(codec, opj2._WARNING_CALLBACK)
+        opj2.set_info_handler(codec, None)
+        params = opj2.set_default_decoder_parameters()
+        params.cp_reduce = level
+        opj2.setup_decoder(codec, params)
+        if threads > 1:  # a library built without threads decodes on one
+            with contextlib.suppress(opj2.OpenJPEGLibraryError):
+                opj2.codec_set_threads(codec, threads)
+        image = opj2.read_header(source.stream, codec)
+        stack.callback(opj2.image_destroy, image)
+        opj2.decode(codec, source.stream, image)
+        opj2.end_decompress(codec, source.stream)
+        if image.contents.numcomps != 1:
+            raise DecodeError(f"JPEG 2000 image has {image.contents.numcomps} components, "
+                              "expected 1")
+        comp = image.contents.comps[0]
+        if comp.prec > 16:
+            raise DecodeError(f"JPEG 2000 precision of {comp.prec} bits is not supported")
+        dtype = ((np.int8 if comp.sgnd else np.uint8) if comp.prec <= 8
+                 else (np.int16 if comp.sgnd else np.uint16))
+        # copied out of OpenJPEG's int32 buffer before the image is destroyed
+        return np.ctypeslib.as_array(comp.data, shape=(comp.h, comp.w)).astype(dtype)
 
 
 _glymur_warned = False
@@ -213,7 +289,7 @@ def decode_frame(ds: Dataset, *, level: int = 0, threads: int = 2) -> Decoded:
                 arr = None
                 if got_level > 0:
                     try:
-                        arr = _glymur_decode(frame, got_level, threads)
+                        arr = _openjpeg_reduced(frame, got_level, threads)
                         codec = "j2k-reduced"
                     except Exception as err:  # no libopenjp2 for glymur, or a bad frame
                         _warn_glymur(err)

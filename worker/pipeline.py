@@ -683,6 +683,13 @@ class Pipeline:
         sources = self.sr_sources(job, result, sources)
         sources = [ds for ds in sources
                    if str(ds.get("SOPInstanceUID", "")) in set(used)] or list(sources)
+        if self.outbox is not None:  # one copy of each header for the SR and summary image
+            from mammo_density.worker.sr import source_header
+
+            try:
+                sources = [source_header(ds) for ds in sources]
+            except Exception:  # each builder copies again, and fails on its own
+                log.warning("study %s: source headers not copied", uid)
         try:
             from mammo_density.worker.screening_rules import evaluate
 

@@ -172,11 +172,19 @@ def sr_uids(result: StudyResult, manifest: ModelManifest, sources: Sequence[Data
 # --------------------------------------------------------------------------------------
 
 
-def _header_copy(src: Dataset) -> Dataset:
+class SourceHeader(Dataset):
+    """A source image's header as the report objects read it: made by
+    :func:`source_header`, read and never changed by :func:`build_density_sr` and the
+    summary image, so one copy per image serves both."""
+
+
+def source_header(src: Dataset) -> SourceHeader:
     """Header of a source image (no pixel data), with empty values for the type-2 study
     attributes highdicom copies but some modalities omit. The caller's dataset is never
-    changed."""
-    hdr = Dataset()
+    changed; a :class:`SourceHeader` is returned as it is (already such a copy)."""
+    if isinstance(src, SourceHeader):
+        return src
+    hdr = SourceHeader()
     for elem in src:  # iteration decodes with the source's own character set
         if elem.tag >= _PIXEL_TAG:
             break
@@ -197,10 +205,6 @@ def _header_copy(src: Dataset) -> Dataset:
     elif hdr.get("PatientSex"):
         hdr.PatientSex = str(hdr.PatientSex).strip().upper()
     return hdr
-
-
-#: The header of a source image as the report objects copy it (SR and summary image).
-source_header = _header_copy
 
 
 def _library_copy(hdr: Dataset) -> Dataset:
@@ -368,7 +372,8 @@ def build_density_sr(result: StudyResult, sources: Sequence[Dataset], manifest: 
         The study's density result (``StudyResult``).
     sources
         Headers of the images used (pixel data not needed); same study as ``result``.
-        They are copied, never changed.
+        They are copied (:func:`source_header`; a :class:`SourceHeader` is used as it
+        is), never changed.
     manifest
         The model's manifest: name/version go into the algorithm identification and the
         device observer; ``not_for_clinical_use`` marks SeriesDescription and the text.
@@ -389,7 +394,7 @@ def build_density_sr(result: StudyResult, sources: Sequence[Dataset], manifest: 
     """
     study_uid = str(result.study_instance_uid)
     _check_sources(sources, study_uid)
-    headers = [_header_copy(ds) for ds in sources]
+    headers = [source_header(ds) for ds in sources]
     by_uid = {str(h.SOPInstanceUID): h for h in headers}
     series_uid, instance_uid = sr_uids(result, manifest, sources,
                                        comprehensive_3d=comprehensive_3d)
@@ -662,6 +667,7 @@ def read_density_sr(ds: Dataset) -> dict[str, Any]:
 
 
 __all__ = [
+    "SourceHeader",
     "build_density_sr",
     "is_demo",
     "model_identity",
