@@ -52,7 +52,9 @@ def bench_model(cache: Path = DEFAULT_CACHE, *, input_size: int = 512, width: in
         return Path(model_dir)
     from mammo_density.worker.preprocess import PREPROCESSING_VERSION
 
-    folder = Path(cache) / f"model-w{width}-s{input_size}-{PREPROCESSING_VERSION}"
+    # "-cf": exported with train/cpu_fusion.py's identity convs (entries cached before
+    # that pass are not reused)
+    folder = Path(cache) / f"model-w{width}-s{input_size}-{PREPROCESSING_VERSION}-cf"
     if not (folder / "manifest.json").is_file():
         import torch
 

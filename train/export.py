@@ -39,11 +39,14 @@ class ExportParityError(RuntimeError):
 
 def export_onnx(model: nn.Module, path: Path, input_size: int, *, opset: int = 17,
                 fp16: bool = False, check_samples: int = 2, seed: int = 0,
-                tolerance: float | None = None) -> float:
+                tolerance: float | None = None, cpu_fusion: bool = True) -> float:
     """Write ``model`` (logits) as ONNX with a softmax output and a dynamic batch axis.
 
-    Returns the max abs difference between ONNX Runtime's and PyTorch's probabilities on
-    ``check_samples`` random inputs; raises :class:`ExportParityError` beyond ``tolerance``.
+    ``cpu_fusion`` (fp32 only): an identity depthwise Conv before each LeakyRelu that
+    follows a residual Add, so that ONNX Runtime's CPU path fuses it
+    (:mod:`mammo_density.train.cpu_fusion`). Returns the max abs difference between ONNX
+    Runtime's and PyTorch's probabilities on ``check_samples`` random inputs; raises
+    :class:`ExportParityError` beyond ``tolerance``.
     """
     import onnx
     import onnxruntime as ort
@@ -58,6 +61,12 @@ def export_onnx(model: nn.Module, path: Path, input_size: int, *, opset: int = 1
         dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
         opset_version=opset, dynamo=False,
     )
+    if cpu_fusion and not fp16:
+        from mammo_density.train.cpu_fusion import add_identity_convs
+
+        graph = onnx.load(str(path))
+        if add_identity_convs(graph):
+            onnx.save(graph, str(path))
     if fp16:
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
@@ -101,6 +110,14 @@ def time_onnx(path: Path, input_size: int, *, runs: int = 10, threads: int = 1) 
         session.run(None, {name: x})
         times.append((time.perf_counter() - t0) * 1000.0)
     return round(float(np.median(times)), 2)
+
+
+def _fusion_convs(path: Path) -> int:
+    import onnx
+
+    from mammo_density.train.cpu_fusion import count_identity_convs
+
+    return count_identity_convs(onnx.load(str(path)))
 
 
 def _toposort(graph) -> None:
@@ -156,6 +173,7 @@ def write_registry_entry(
     hashes: dict[str, str] = {}
     parity: dict[str, float] = {}
     timing: dict[str, float] = {}
+    fusion: dict[str, int] = {}
     done: dict[int, str] = {}
     users: dict[int, int] = {}
     for model in models.values():
@@ -169,11 +187,14 @@ def write_registry_entry(
         parity[key] = export_onnx(model, out_dir / filename, input_size, fp16=fp16,
                                   opset=opset)
         timing[key] = time_onnx(out_dir / filename, input_size)
+        fusion[key] = _fusion_convs(out_dir / filename)
         views[slot] = done[id(model)] = filename
         hashes[filename] = sha256_file(out_dir / filename)
     all_metrics = dict(metrics or {})
     all_metrics["export_parity_max_abs_diff"] = parity
     all_metrics["inference_ms_per_image"] = timing
+    if any(fusion.values()):
+        all_metrics["cpu_fusion_identity_convs"] = fusion
     manifest = ModelManifest(
         name=name, version=version, task=task, classes=TASK_CLASSES[task], views=views,
         input_size=input_size, preprocessing_version=preprocessing_version,

@@ -1,8 +1,9 @@
 """INT8 variant of a registry entry: ONNX Runtime static quantisation, and its parity report.
 
-Each view's fp32 network is quantised with ``onnxruntime.quantization.quantize_static``
-(QDQ format, int8 weights per output channel, uint8 activations whose ranges are
-calibrated, by default with ONNX Runtime's 99.999th percentile, on real model inputs:
+Each view's fp32 network (without the identity Convs of ``train/cpu_fusion.py``) is
+quantised with ``onnxruntime.quantization.quantize_static`` (QDQ format, int8 weights
+per output channel, uint8 activations whose ranges are calibrated, by default with ONNX
+Runtime's 99.999th percentile, on real model inputs:
 preprocessed images of that view, normalised as the manifest says); the classifier head
 and the softmax stay fp32. The files go beside the fp32 ones (``<view>.int8.onnx``) and
 the manifest lists them as the ``int8`` variant with their sha256; the fp32 ``views``
@@ -79,6 +80,22 @@ def _head_nodes(model_path: Path) -> list[str]:
     return [n.name for n in graph.node if n.op_type in ("Gemm", "MatMul", "Softmax")]
 
 
+def _without_fusion_convs(path: Path, tmp: Path) -> Path:
+    """The fp32 graph without the identity Convs added for ONNX Runtime's fp32 CPU path
+    (:mod:`mammo_density.train.cpu_fusion`): quantised, they are one more rounding step
+    and no faster."""
+    import onnx
+
+    from mammo_density.train.cpu_fusion import remove_identity_convs
+
+    model = onnx.load(str(path))
+    if not remove_identity_convs(model):
+        return path
+    plain = tmp / "plain.onnx"
+    onnx.save(model, str(plain))
+    return plain
+
+
 def quantize_entry(entry: Path, calibration: Sequence[ImageRecord], *,
                    cache_dir: Path | None = None, max_images: int = 64,
                    per_channel: bool = True, method: str = "percentile") -> ModelManifest:
@@ -117,7 +134,8 @@ def quantize_entry(entry: Path, calibration: Sequence[ImageRecord], *,
         target = int8_name(filename)
         with tempfile.TemporaryDirectory() as tmp:
             pre = Path(tmp) / "pre.onnx"
-            quant_pre_process(str(entry / filename), str(pre), skip_symbolic_shape=True)
+            quant_pre_process(str(_without_fusion_convs(entry / filename, Path(tmp))),
+                              str(pre), skip_symbolic_shape=True)
             quantize_static(str(pre), str(entry / target),
                             _Reader(manifest.input_name, batches),
                             quant_format=QuantFormat.QDQ, per_channel=per_channel,
