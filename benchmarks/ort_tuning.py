@@ -11,7 +11,9 @@ the configurations in a new shuffled order each time (interleaved, so a load cha
 shared machine hits all of them alike) and the medians are reported with the ratio to the
 node's previous default (``baseline``). The model is the method's DensityResNet at the
 given width and input size (initial weights: timing does not depend on them); the
-"shared" model is the same network in all four slots (one file), to measure batching.
+"shared" model is the same network in all four slots (one file), to measure batching;
+the "plain" model is the same networks without the identity convs that the export adds
+for ONNX Runtime's CPU layout (``train/cpu_fusion.py``).
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ CONFIGS: dict[str, tuple[dict, str]] = {
     "views2x2": ({"threads": 2, "parallel_views": 2}, "views"),
     "shared-seq": ({"threads": 2, "parallel_views": 1, "batch_shared": False}, "shared"),
     "shared-batch4": ({"threads": 2, "parallel_views": 1, "batch_shared": True}, "shared"),
+    # the node's default on the same networks without train/cpu_fusion.py's identity convs
+    "views2x1-plain": ({"threads": 1, "parallel_views": 2}, "plain"),
 }
 
 
@@ -65,6 +69,28 @@ def shared_model(folder: Path, cache: Path) -> Path:
     shutil.copyfile(source, out / "view.onnx")
     manifest.views = dict.fromkeys(manifest.views, "view.onnx")
     manifest.files_sha256 = {"view.onnx": sha256_file(out / "view.onnx")}
+    write_manifest(out, manifest)
+    return out
+
+
+def plain_model(folder: Path, cache: Path) -> Path:
+    """The entry at ``folder`` with the identity convs of ``train/cpu_fusion.py`` taken out
+    (the graph as exported before that pass)."""
+    import onnx
+
+    from mammo_density.manifest import read_manifest, sha256_file, write_manifest
+    from mammo_density.train.cpu_fusion import remove_identity_convs
+
+    out = cache / (folder.name + "-plain")
+    if (out / "manifest.json").is_file():
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = read_manifest(folder)
+    for filename in sorted(set(manifest.views.values())):
+        model = onnx.load(str(folder / filename))
+        remove_identity_convs(model)
+        onnx.save(model, str(out / filename))
+        manifest.files_sha256[filename] = sha256_file(out / filename)
     write_manifest(out, manifest)
     return out
 
@@ -86,8 +112,12 @@ def main(argv: list[str] | None = None) -> int:
 
     folder = bench_model(input_size=args.input_size, width=args.width,
                          model_dir=args.model_dir)
-    folders = {"views": folder, "shared": shared_model(folder, DEFAULT_CACHE)}
     names = [n for n in args.configs.split(",") if n] or list(CONFIGS)
+    folders = {"views": folder}
+    if any(CONFIGS[n][1] == "shared" for n in names):
+        folders["shared"] = shared_model(folder, DEFAULT_CACHE)
+    if any(CONFIGS[n][1] == "plain" for n in names):
+        folders["plain"] = plain_model(folder, DEFAULT_CACHE)
     sets = {}
     for name in names:
         kwargs, which = CONFIGS[name]
