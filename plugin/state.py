@@ -86,7 +86,8 @@ CREATE TABLE IF NOT EXISTS errors (
 """
 
 # Columns added after the first release: (table, column, declaration) for older files.
-_ADDED_COLUMNS = (("studies", "submitted_at", "REAL"), ("instances", "identity", "TEXT"))
+_ADDED_COLUMNS = (("studies", "submitted_at", "REAL"), ("instances", "identity", "TEXT"),
+                  ("studies", "claimed_by", "TEXT NOT NULL DEFAULT ''"))
 
 
 @dataclass(frozen=True)
@@ -211,23 +212,25 @@ class StateDB:
 
     # --- called by the pipeline ---------------------------------------------------------
     def mark_processing(self, study_uid: str, revision: int, *,
-                        stale_after: float = 60.0) -> bool:
+                        stale_after: float = 60.0, owner: str = "") -> bool:
         """The pipeline starts on ``revision`` of the study: claim it.
 
         Returns True when this caller holds the claim: the revision was queued, or was
         claimed more than ``stale_after`` seconds ago (the claiming task's hard time
-        limit) by a task presumed dead (its message redelivered). False: another copy
-        of the same task (a re-submission by the sweep while the first message still
-        existed) is on it, or the revision is finished or superseded; the caller should
-        skip it.
+        limit) by a task presumed dead (its message redelivered), or was claimed by the
+        same non-empty ``owner`` (one submission of the study: its message redelivered
+        after its worker process died, or its task retried after a transient error).
+        False: another copy of the same task (a re-submission by the sweep while the
+        first message still existed) is on it, or the revision is finished or
+        superseded; the caller should skip it.
         """
         now = time.time()
         with self.tx() as conn:
             cur = conn.execute(
-                "UPDATE studies SET status='processing', updated_at=? "
+                "UPDATE studies SET status='processing', updated_at=?, claimed_by=? "
                 "WHERE study_uid=? AND revision=? AND (status='queued' OR "
-                "(status='processing' AND updated_at<?))",
-                (now, study_uid, revision, now - stale_after))
+                "(status='processing' AND (updated_at<? OR (?<>'' AND claimed_by=?))))",
+                (now, owner, study_uid, revision, now - stale_after, owner, owner))
             return cur.rowcount > 0
 
     def mark_done(self, study_uid: str, revision: int, result_json: str) -> None:

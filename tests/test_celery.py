@@ -6,8 +6,10 @@
 - SIGKILL of the whole worker process group in the middle of a task, another worker
   started: the study is delivered again (visibility timeout) and completes exactly once.
 - SIGKILL of the pool process only (what the OOM killer does): Celery hands the message
-  back at once, while the dead task's claim is fresh; the new delivery looks again
-  when the claim is stale and completes the study (it was left in ``processing``).
+  back at once, while the dead task's claim is fresh; the message belongs to the
+  submission that holds the claim, so the new delivery takes it again at once and
+  completes the study (it was left in ``processing`` before claims had owners). A task
+  retried after a transient error does the same.
   The worker is held mid-task deterministically: one spooled image is replaced by a
   FIFO, so reading it blocks until the test puts the real file back.
 """
@@ -269,12 +271,17 @@ def test_killed_pool_process_study_completes(tmp_path, redis_url, model_dir, rec
         os.replace(real, held)  # the blocked open() keeps the FIFO; a new one reads the file
         children = psutil.Process(worker.pid).children()
         assert len(children) == 1
+        killed_at = time.monotonic()
         children[0].kill()  # the pool process only; the worker's main process lives on
         row = wait_status(db, study.study_instance_uid, {"done", "failed"}, limit + 40,
                           worker, log_path)
+        print(f"done {time.monotonic() - killed_at:.1f} s after the kill")
         assert row["status"] == "done", row["last_error"]
         text = log_path.read_text(errors="replace")
-        assert "held by another task (dead or running): looking again" in text
+        # the message is back with its submission: the claim is taken again at once,
+        # not after waiting for it to go stale
+        assert "this submission's message came back" in text
+        assert "looking again" not in text
         written = sorted(settings.outbox_dir.rglob("*.dcm"))
         kinds = [pydicom.dcmread(p, stop_before_pixels=True).Modality for p in written]
         assert sorted(kinds) == ["OT", "SR"], written
@@ -390,5 +397,68 @@ def test_task_bodies_record_failures_instead_of_hanging(tmp_path, model_dir, rec
         assert result["exam"]["category"] in "ABCD" and db.study(uid)["status"] == "done"
         assert result["sr"]["sop_instance_uid"] and "report" in result["timings_ms"]
         assert tasks.prepare(job_json)["skipped"]  # done already: not redone
+    finally:
+        tasks.configure(lambda: node_pipeline(settings, owns_outbox=False))
+
+
+def test_claim_belongs_to_its_submission(tmp_path, model_dir, records):
+    """A claim is taken again at once by the same submission (its message redelivered,
+    its task retried); another submission finds it held until it is stale."""
+    settings = load_settings(data_dir=tmp_path / "data", model_dir=model_dir)
+    jobs: list[StudyJob] = []
+    receive(settings, study_files(records[0]), jobs.append)
+    pipeline = node_pipeline(settings, owns_outbox=False)
+    job, limit = jobs[0], 600.0
+    assert pipeline.claim(job, stale_after=limit, owner="first")
+    assert pipeline.claim(job, stale_after=limit, owner="first")  # the same submission
+    assert not pipeline.claim(job, stale_after=limit, owner="sweep-copy")
+    assert not pipeline.claim(job, stale_after=limit)  # no owner: never "the same"
+    assert 590.0 < pipeline.claim_held_for(job, stale_after=limit) <= limit
+    assert pipeline.claim(job, stale_after=0.0, owner="sweep-copy")  # stale: taken over
+    assert not pipeline.claim(job, stale_after=limit, owner="first")  # now the copy's
+    assert StateDB(settings.state_db).study(job.study_instance_uid)["status"] == \
+        "processing"
+
+
+def test_retry_after_a_transient_error_completes_at_once(tmp_path, model_dir, records,
+                                                         monkeypatch):
+    """A task retried after a transient error (SQLite busy) finds the claim its first
+    attempt made and takes it again: the study is done by the retry, not left in
+    ``processing`` until the claim is ``task_time_limit`` old (eager Celery: the same
+    task id, submission and retry count as in a worker)."""
+    import sqlite3
+
+    from mammo_density.worker.celery_app import make_app
+    from mammo_density.worker.pipeline import Pipeline
+
+    settings = load_settings(broker_url="redis://127.0.0.1:1/0", data_dir=tmp_path / "data",
+                             model_dir=model_dir, task_time_limit=600.0,
+                             visibility_timeout=900.0)
+    jobs: list[StudyJob] = []
+    receive(settings, study_files(records[1]), jobs.append)
+    uid = records[1].study_instance_uid
+    attempts: list[int] = []
+    real_run = Pipeline.run
+
+    def busy_once(self, job):
+        attempts.append(job.revision)
+        if len(attempts) == 1:  # after the claim, as a locked database would
+            raise sqlite3.OperationalError("database is locked")
+        return real_run(self, job)
+
+    monkeypatch.setattr(Pipeline, "run", busy_once)
+    app = make_app(settings)
+    tasks.configure(lambda: node_pipeline(settings, owns_outbox=False))
+    try:
+        job_json = jobs[0].model_dump(mode="json")
+        started = time.monotonic()
+        out = app.tasks["mammo_density.run"].apply(args=(job_json, "submission-1")).get()
+        assert len(attempts) == 2 and not out.get("skipped"), out
+        assert out["exam"]["category"] in "ABCD"
+        assert StateDB(settings.state_db).study(uid)["status"] == "done"
+        assert time.monotonic() - started < 60.0
+        # a copy from another submission (the sweep's) is skipped: done already
+        again = app.tasks["mammo_density.run"].apply(args=(job_json, "submission-2")).get()
+        assert again["skipped"] and len(attempts) == 2
     finally:
         tasks.configure(lambda: node_pipeline(settings, owns_outbox=False))

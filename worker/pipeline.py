@@ -625,13 +625,15 @@ class Pipeline:
         except Exception:
             log.exception("study %s: state %s failed", uid_hash(job.study_instance_uid), what)
 
-    def claim(self, job: StudyJob, *, stale_after: float) -> bool:
+    def claim(self, job: StudyJob, *, stale_after: float, owner: str = "") -> bool:
         """Claim the job's revision in the state sink (False: another copy of the task is
-        on it, or the revision is finished or superseded). True without a state sink."""
+        on it, or the revision is finished or superseded). ``owner`` names the
+        submission: its own earlier claim is taken again at once. True without a state
+        sink."""
         if self.states is None:
             return True
         return bool(self.states.mark_processing(job.study_instance_uid, job.revision,
-                                                stale_after=stale_after))
+                                                stale_after=stale_after, owner=owner))
 
     def claim_held_for(self, job: StudyJob, *, stale_after: float) -> float | None:
         """After :meth:`claim` was refused: seconds until the other claim on the job's

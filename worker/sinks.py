@@ -22,9 +22,10 @@ class StudyStates(Protocol):
     """Where a study's progress is recorded (``plugin.state.StateDB`` on the node)."""
 
     def mark_processing(self, study_uid: str, revision: int, *,
-                        stale_after: float = 60.0) -> bool:
-        """Claim the revision; False when another task holds a claim younger than
-        ``stale_after`` seconds, or the revision is finished or superseded."""
+                        stale_after: float = 60.0, owner: str = "") -> bool:
+        """Claim the revision; False when another submission holds a claim younger than
+        ``stale_after`` seconds (a claim of the same non-empty ``owner`` is taken again),
+        or the revision is finished or superseded."""
         ...
 
     def mark_done(self, study_uid: str, revision: int, result_json: str) -> None: ...

@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -113,33 +114,47 @@ def _claim_lifetime(pipeline: Pipeline) -> float:
     return float(pipeline.settings.task_time_limit)
 
 
-def _claim(pipeline: Pipeline, job: StudyJob) -> bool:
+def _came_back() -> bool:
+    """This delivery is not the message's first: Redis handed it back (its worker
+    process died) or it is this task's own retry."""
+    request = getattr(current_task, "request", None)  # None outside a worker's task
+    if request is None or request.called_directly:
+        return False
+    return bool((request.delivery_info or {}).get("redelivered")) or request.retries > 0
+
+
+def _claim(pipeline: Pipeline, job: StudyJob, submission: str) -> bool:
     """Claim the revision in the state database (False: another copy of this task, e.g.
-    one re-submitted by the listener's sweep for a lost message, is already on it)."""
+    one re-submitted by the listener's sweep for a lost message, is already on it).
+
+    ``submission`` (one per :func:`submit` call, kept by redeliveries and retries) owns
+    the claim: a message of the same submission that comes back takes it again at once;
+    the claiming delivery is over (its process died, or it raised for the retry)."""
     try:
         # a claim older than the task's hard time limit is held by a dead task: its
         # message is the one redelivered now (after the visibility timeout)
-        return pipeline.claim(job, stale_after=_claim_lifetime(pipeline))
+        held = pipeline.claim(job, stale_after=_claim_lifetime(pipeline), owner=submission)
     except sqlite3.OperationalError:
         raise
     except Exception:
         log.exception("study %s: claim failed; going on", uid_hash(job.study_instance_uid))
         return True
+    if held and _came_back():
+        log.warning("study %s revision %d: this submission's message came back "
+                    "(redelivered or retried); assessing it again",
+                    uid_hash(job.study_instance_uid), job.revision)
+    return held
 
 
 def _claim_refused(pipeline: Pipeline, job: StudyJob) -> dict[str, Any]:
-    """The claim was refused. A finished, failed or superseded revision is skipped, and
-    so is a first delivery of a duplicate message (the sweep's re-submission while the
-    holder works: if the holder dies, its own message comes back). A message that comes
-    back (redelivered, or this task's own retry) looks again, as a Celery retry, once
-    the claim is ``task_time_limit`` old.
-
-    Why: a pool process killed mid-task (the kernel's OOM killer picks the largest) has
-    its message handed back at once (``task_reject_on_worker_lost``) while its claim is
-    still fresh; a task retried after a transient error finds its own fresh claim.
-    Skipping either would leave the study in ``processing`` for good. Looking again
-    when the claim is stale finds it done by a live holder (skip) or held by a dead one
-    (taken over)."""
+    """The claim was refused: another submission holds it (its own is taken again in
+    :func:`_claim`). A finished, failed or superseded revision is skipped, and so is a
+    first delivery of a duplicate message (the sweep's re-submission while the holder
+    works: if the holder dies, its own message comes back and takes the claim). A
+    message that comes back (redelivered, or this task's own retry) looks again, as a
+    Celery retry, once the claim is ``task_time_limit`` old: by then the holder is done
+    (skip) or dead (taken over); skipping it at once could leave the study in
+    ``processing`` for good."""
     try:
         wait = pipeline.claim_held_for(job, stale_after=_claim_lifetime(pipeline))
     except sqlite3.OperationalError:
@@ -147,13 +162,12 @@ def _claim_refused(pipeline: Pipeline, job: StudyJob) -> dict[str, Any]:
     except Exception:
         log.exception("study %s: claim state unreadable", uid_hash(job.study_instance_uid))
         wait = None
-    request = getattr(current_task, "request", None)  # None outside a worker's task
     if wait is None:
         return _skipped(job, "finished or superseded")
+    request = getattr(current_task, "request", None)  # None outside a worker's task
     if request is None or request.called_directly:
         return _skipped(job, "held by another task")
-    came_back = bool((request.delivery_info or {}).get("redelivered")) or request.retries > 0
-    if not came_back:
+    if not _came_back():
         return _skipped(job, "held by another task (a duplicate message)")
     if request.retries >= CLAIM_RECHECKS:
         log.error("study %s revision %d: still held by another task after %d looks; "
@@ -192,12 +206,12 @@ def _reason(stage: str, err: BaseException) -> str:
 
 # --- task bodies (plain functions; tests may call them directly) --------------------------
 
-def prepare(job_json: dict[str, Any]) -> dict[str, Any]:
+def prepare(job_json: dict[str, Any], submission: str = "") -> dict[str, Any]:
     job = StudyJob.model_validate(job_json)
     pipeline = get_pipeline()
     if _already_done(pipeline, job):
         return _skipped(job)
-    if not _claim(pipeline, job):
+    if not _claim(pipeline, job, submission):
         return _claim_refused(pipeline, job)
     try:
         prepared = pipeline.prepare(job)
@@ -268,13 +282,13 @@ def report(data: dict[str, Any], job_json: dict[str, Any]) -> dict[str, Any]:
     return result.model_dump(mode="json")
 
 
-def run(job_json: dict[str, Any]) -> dict[str, Any]:
+def run(job_json: dict[str, Any], submission: str = "") -> dict[str, Any]:
     """The four stages in one task (one host does all)."""
     job = StudyJob.model_validate(job_json)
     pipeline = get_pipeline()
     if _already_done(pipeline, job):
         return _skipped(job)
-    if not _claim(pipeline, job):
+    if not _claim(pipeline, job, submission):
         return _claim_refused(pipeline, job)
     try:
         return pipeline.run(job).model_dump(mode="json")
@@ -297,14 +311,18 @@ def register(app: Celery) -> None:
         app.task(name=task_name(fn), **RETRY_OPTIONS)(fn)
 
 
-def signature_for(job: StudyJob, app: Celery, *, single_task: bool = False):
+def signature_for(job: StudyJob, app: Celery, *, single_task: bool = False,
+                  submission: str = ""):
     """The prepare -> infer -> decide -> report chain of one study, or with
-    ``single_task`` the one ``run`` task doing all four (``settings.celery_single_task``)."""
+    ``single_task`` the one ``run`` task doing all four (``settings.celery_single_task``).
+    ``submission`` names this sending of the study (it owns the claim, see
+    :func:`_claim`)."""
     job_json = job.model_dump(mode="json")
     key = f"md-{uid_hash(job.study_instance_uid)}-r{job.revision}"  # idempotent task ids
     if single_task:
-        return app.signature(task_name(run), args=(job_json,), task_id=f"{key}-run")
-    return chain(app.signature(task_name(prepare), args=(job_json,),
+        return app.signature(task_name(run), args=(job_json, submission),
+                             task_id=f"{key}-run")
+    return chain(app.signature(task_name(prepare), args=(job_json, submission),
                                task_id=f"{key}-prepare"),
                  app.signature(task_name(infer), task_id=f"{key}-infer"),
                  app.signature(task_name(decide), args=(job_json,), task_id=f"{key}-decide"),
@@ -320,7 +338,9 @@ def submit(job: StudyJob, settings: Settings) -> str:
     from mammo_density.worker.celery_app import get_app
 
     app = get_app(settings)
-    result = signature_for(job, app, single_task=settings.celery_single_task).apply_async(
+    submission = uuid.uuid4().hex  # a new one per sending: the sweep's copy is another
+    result = signature_for(job, app, single_task=settings.celery_single_task,
+                           submission=submission).apply_async(
         retry=True, retry_policy={"max_retries": 3, "interval_start": 0.2,
                                   "interval_step": 0.5, "interval_max": 1.5})
     log.info("study %s revision %d queued as %s", uid_hash(job.study_instance_uid),
