@@ -462,3 +462,24 @@ def test_retry_after_a_transient_error_completes_at_once(tmp_path, model_dir, re
         assert again["skipped"] and len(attempts) == 2
     finally:
         tasks.configure(lambda: node_pipeline(settings, owns_outbox=False))
+
+
+def test_each_pool_process_gets_its_share_of_the_cores(tmp_path):
+    """A worker's concurrent studies split the cores: threads within a study never add
+    up to more than the cores (decoding threads, view networks at once, ONNX threads);
+    an explicit ``ort_threads`` is kept, and ``ort_parallel_views`` is never raised."""
+    from mammo_density.commands.worker import pool_share
+
+    base = load_settings(data_dir=tmp_path)
+    assert (base.ort_threads, base.ort_parallel_views) == (0, 2)
+    cases = {  # (processes, cores) -> (decoding threads, views at once, ONNX threads)
+        (2, 2): (1, 1, 1), (1, 2): (2, 2, 1), (2, 8): (4, 2, 2), (4, 2): (1, 1, 1),
+        (1, 16): (16, 2, 8)}
+    for (processes, cores), expected in cases.items():
+        pooled, share = pool_share(base, processes, cores)
+        assert (share, pooled.ort_parallel_views, pooled.ort_threads) == expected
+        assert share * processes <= max(cores, processes)
+    pinned, _ = pool_share(base.model_copy(update={"ort_threads": 3,
+                                                   "ort_parallel_views": 1}), 1, 8)
+    assert (pinned.ort_threads, pinned.ort_parallel_views) == (3, 1)
+    assert base.ort_parallel_views == 2 and base.ort_threads == 0  # not changed in place

@@ -31,7 +31,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--queues", default="cpu,gpu",
                    help="comma-separated queues to consume: cpu, gpu (default: both)")
     p.add_argument("--concurrency", "-c", type=int, default=0,
-                   help="worker processes (default: number of CPU cores)")
+                   help="worker processes (default: the CPU cores this process may use); "
+                   "each study gets cores // concurrency for its own threads")
     p.add_argument("--pool", choices=("prefork", "solo", "threads"), default="prefork",
                    help="Celery pool (default prefork: one process per concurrent study)")
     p.add_argument("--hostname", "-n", default="",
@@ -51,6 +52,25 @@ def _queues(text: str) -> list[str]:
     return queues
 
 
+def pool_share(settings: Settings, processes: int, cores: int) -> tuple[Settings, int]:
+    """The settings and decoding threads of one of ``processes`` pool processes (or
+    threads) sharing ``cores``: each study gets ``cores // processes`` (at least 1) for
+    its own parallel work, its decoding threads and view networks at once, and ONNX
+    Runtime's intra-op threads follow unless ``ort_threads`` is set.
+
+    The pool already keeps every core busy with other studies; threads within a study
+    beyond its share only add switching: at concurrency 2 on 2 cores, one decoding
+    thread and one network at a time took less CPU a study than two of each in each of
+    three interleaved pairs (benchmarks/README.md). ``serve`` keeps the parallel study:
+    it assesses one study at a time, for latency."""
+    share = max(1, cores // max(1, processes))
+    views = max(1, min(settings.ort_parallel_views, share))
+    update: dict[str, int] = {"ort_parallel_views": views}
+    if settings.ort_threads == 0:
+        update["ort_threads"] = max(1, share // views)
+    return settings.model_copy(update=update), share
+
+
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from mammo_density.datadir import private_umask
 
@@ -63,7 +83,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from mammo_density.commands.compose import node_pipeline, warm_up_reporting
     from mammo_density.worker import tasks
     from mammo_density.worker.celery_app import CPU_QUEUE, GPU_QUEUE, make_app
-    from mammo_density.worker.models import ModelError, resolve_model_dir, verify_entry
+    from mammo_density.worker.models import (
+        ModelError,
+        available_cores,
+        resolve_model_dir,
+        verify_entry,
+    )
 
     try:
         queues = _queues(args.queues)
@@ -81,7 +106,14 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     preload = GPU_QUEUE in queues
     warm_sr = CPU_QUEUE in queues
-    tasks.configure(lambda: node_pipeline(settings, owns_outbox=False, sinks=warm_sr))
+    cores = available_cores()
+    processes = 1 if args.pool == "solo" else (args.concurrency or cores)
+    pooled, share = pool_share(settings, processes, cores)
+    log.info("%d concurrent studies on %d cores: each with %d decoding thread(s), %d view "
+             "network(s) at once, %s ONNX Runtime thread(s) each", processes, cores, share,
+             pooled.ort_parallel_views, pooled.ort_threads)
+    tasks.configure(lambda: node_pipeline(pooled, owns_outbox=False, sinks=warm_sr,
+                                          decode_workers=share))
 
     @worker_process_init.connect(weak=False)
     def _init_process(**_kwargs) -> None:  # in each pool process, after the fork
@@ -104,8 +136,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     argv = ["worker", "--queues", ",".join(queues), "--pool", args.pool,
             "--hostname", hostname, "--loglevel", str(level),
             "--without-mingle", "--without-gossip", "--without-heartbeat"]
-    if args.concurrency:
-        argv += ["--concurrency", str(args.concurrency)]
+    if args.pool != "solo":
+        argv += ["--concurrency", str(processes)]
     log.info("worker %s consuming %s", hostname, ",".join(queues))
     app.worker_main(argv)
     return 0
