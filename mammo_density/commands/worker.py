@@ -58,11 +58,12 @@ def pool_share(settings: Settings, processes: int, cores: int) -> tuple[Settings
     its own parallel work, its decoding threads and view networks at once, and ONNX
     Runtime's intra-op threads follow unless ``ort_threads`` is set.
 
-    The pool already keeps every core busy with other studies; threads within a study
-    beyond its share only add switching: at concurrency 2 on 2 cores, one decoding
-    thread and one network at a time took less CPU a study than two of each in each of
-    three interleaved pairs (benchmarks/README.md). ``serve`` keeps the parallel study:
-    it assesses one study at a time, for latency."""
+    The pool already keeps every core busy with other studies. Before, each process
+    sized its threads to the whole machine: on 16 cores, 16 processes of 4 decoding
+    threads and two networks of 8 ONNX threads each, about 16 runnable threads a core.
+    On the 2-core node the difference is within the noise (interleaved Celery runs,
+    benchmarks/README.md). ``serve`` keeps the parallel study: it assesses one study at
+    a time, for latency."""
     share = max(1, cores // max(1, processes))
     views = max(1, min(settings.ort_parallel_views, share))
     update: dict[str, int] = {"ort_parallel_views": views}
