@@ -2,8 +2,9 @@
 (docs/decoding.md).
 
 - JPEG 2000 (.90/.91, JPIP-free HTJ2K .201/.202/.203): OpenJPEG through imagecodecs at
-  full resolution, or through glymur at a reduced resolution level (OpenJPEG's *reduce*:
-  the wavelet's low-pass band, 2**level smaller per side) when the model input is small.
+  full resolution, or through glymur's bindings at a reduced resolution level (OpenJPEG's
+  *reduce*: the wavelet's low-pass band, 2**level smaller per side) when the model input
+  is small, the codestream read from memory (:class:`_MemoryStream`).
   HTJ2K reduced through imagecodecs ``htj2k_decode(skipres=level)``.
 - JPEG-LS (.80/.81): imagecodecs (CharLS); JPEG Lossless (.57/.70): imagecodecs ljpeg;
   RLE (.5): pydicom with the pylibjpeg-rle plugin; uncompressed and anything else:
