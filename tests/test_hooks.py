@@ -215,6 +215,36 @@ def test_failing_hook_blocks_nothing(tmp_path):
     assert len(Registry(settings).rows()) == 1
 
 
+def test_a_workers_event_gets_the_listeners_hooks(tmp_path):
+    """A Celery worker's pipeline holds its events; ``serve``'s queue routes them to the
+    hooks of serve's settings. What the worker's environment says (here: a recording
+    hook and the registry) decides nothing, and a held event is routed once."""
+    from mammo_density.commands.compose import node_pipeline
+    from mammo_density.worker.hooks import UNROUTED
+
+    CALLS.clear()
+    worker = _settings(tmp_path, hooks="tests.test_hooks:_recording_hook",
+                       registry_enabled=True)
+    listener = _settings(tmp_path, registry_enabled=True)  # the registry only
+    pipeline = node_pipeline(worker, owns_outbox=False)
+    result = make_result("1.2.77")
+    pipeline.hooks.dispatch(result)
+    pipeline.hooks.dispatch(result)  # the same event again (a redelivered task)
+    queue = HookQueue(listener)
+    assert [(p["event_id"], p["hook"]) for p in queue.pending()] == \
+        [(event_id(result), UNROUTED)]
+    from mammo_density.commands.status import _pending_hooks
+
+    assert [p["hook"] for p in _pending_hooks(listener)] == [UNROUTED]  # `status`, read-only
+    assert queue.deliver_due() == 1  # routed, then delivered: the registry
+    assert not CALLS and not queue.pending()
+    assert [r["study_uid"] for r in Registry(listener).rows()] == ["1.2.77"]
+    assert queue.route_new() == 0 and queue.deliver_due() == 0  # nothing twice
+    # serve's own (embedded) pipeline routes at once, with its settings
+    node_pipeline(listener, owns_outbox=True).hooks.dispatch(make_result("1.2.78"))
+    assert {p["hook"] for p in queue.pending()} == {"registry"}
+
+
 def test_dispatch_never_raises(tmp_path, caplog):
     """The queue cannot be opened (data_dir is a file): dispatch returns, and says why
     in the log; a dispatch that silently did nothing, or raised, fails this test."""

@@ -13,7 +13,11 @@ Active hooks: ``registry`` (unless ``settings.registry_enabled`` is false), ``we
 
 :func:`dispatch` writes one row per hook and event into an SQLite queue under
 ``data_dir`` (``hooks.sqlite3``, WAL) and returns at once: it never raises into the
-pipeline and never blocks the SR. :class:`HookQueue` delivers due rows (``serve`` runs
+pipeline and never blocks the SR. Which hooks an event gets is decided by the queue's
+owner, ``serve``: a Celery worker holds the event (``dispatch(..., route=False)``) and
+``serve``'s queue gives it the hooks of its own settings before each delivery round
+(:meth:`HookQueue.route_new`), as the outbox does with SR destinations.
+:class:`HookQueue` delivers due rows (``serve`` runs
 ``HookQueue(settings).run_forever`` in a thread): a hook that raises is retried with
 exponential backoff (2 s doubling up to ``settings.hook_retry_max_seconds``), forever, and
 the queue survives restarts. Each row is claimed with a lease before it runs, so two
@@ -54,6 +58,8 @@ log = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "mammo_density.hooks"
 PAYLOAD_SCHEMA = "mammo-density/hook-payload/1"
 RETRY_BASE_SECONDS = 2.0
+#: ``pending()``'s hook name for an event a worker queued and the owner has not routed yet
+UNROUTED = "(to be routed)"
 LEASE_SECONDS = 300.0
 
 Hook = Callable[..., None]
@@ -74,6 +80,12 @@ CREATE TABLE IF NOT EXISTS hook_events (
     PRIMARY KEY (event_id, hook)
 );
 CREATE INDEX IF NOT EXISTS hook_events_due ON hook_events (state, next_at);
+CREATE TABLE IF NOT EXISTS hook_unrouted (
+    event_id    TEXT PRIMARY KEY,
+    study_hash  TEXT NOT NULL,
+    payload     TEXT NOT NULL,
+    created_at  REAL NOT NULL
+);
 """
 
 
@@ -151,6 +163,18 @@ def active_hooks(settings: Any) -> list[str]:
     return names
 
 
+def available_hooks(settings: Any) -> list[str]:
+    """:func:`active_hooks` that resolve here; one that does not is logged and left out."""
+    names = []
+    for name in active_hooks(settings):
+        try:
+            resolve_hook(name)
+            names.append(name)
+        except Exception as err:
+            log.error("hook %s not available, skipped: %s", name, err)
+    return names
+
+
 def _call(hook: Hook, payload: dict, settings: Any) -> None:
     try:
         params = inspect.signature(hook).parameters
@@ -163,6 +187,25 @@ def _call(hook: Hook, payload: dict, settings: Any) -> None:
 
 
 # --- the queue -------------------------------------------------------------------------------
+
+def pending_rows(db: sqlite3.Connection) -> list[dict[str, Any]]:
+    """Events not yet delivered, one row per hook (no payloads, no patient data); an event
+    a worker holds for the owner to route is one row with ``hook`` :data:`UNROUTED`. Works
+    on a queue file written before held events existed."""
+    held = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table'"
+                      " AND name = 'hook_unrouted'").fetchone() is not None
+    sql = ("SELECT event_id, hook, study_hash, attempts, next_at, last_error, created_at"
+           " FROM hook_events WHERE state = 'pending'")
+    params: tuple = ()
+    if held:
+        sql += (" UNION ALL SELECT event_id, ?, study_hash, 0, created_at, '', created_at"
+                " FROM hook_unrouted")
+        params = (UNROUTED,)
+    rows = db.execute(sql + " ORDER BY created_at", params).fetchall()
+    names = ("event_id", "hook", "study_hash", "attempts", "next_at", "last_error",
+             "created_at")
+    return [dict(zip(names, row, strict=True)) for row in rows]
+
 
 class HookQueue:
     """Durable, restartable delivery of hook events (SQLite under ``settings.data_dir``)."""
@@ -216,17 +259,61 @@ class HookQueue:
         text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         now = time.time()
         study = uid_hash(payload.get("study_instance_uid"))
-        added = 0
         with self._conn() as db:
             db.execute("BEGIN IMMEDIATE")
-            for name in hooks:
-                cur = db.execute(
-                    "INSERT OR IGNORE INTO hook_events (event_id, hook, study_hash, payload,"
-                    " next_at, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                    (payload["event_id"], name, study, text, now, now))
-                added += cur.rowcount
+            added = self._insert(db, payload["event_id"], hooks, study, text, now)
             db.execute("COMMIT")
         return added
+
+    @staticmethod
+    def _insert(db: sqlite3.Connection, eid: str, hooks: list[str], study: str, text: str,
+                created: float) -> int:
+        added = 0
+        for name in hooks:
+            cur = db.execute(
+                "INSERT OR IGNORE INTO hook_events (event_id, hook, study_hash, payload,"
+                " next_at, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (eid, name, study, text, time.time(), created))
+            added += cur.rowcount
+        return added
+
+    def hold(self, payload: dict[str, Any]) -> bool:
+        """Keep the event for the queue's owner to route (:meth:`route_new`): a Celery
+        worker queues events without deciding which hooks get them. False when the event
+        is held already."""
+        text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        with self._conn() as db:
+            cur = db.execute(
+                "INSERT OR IGNORE INTO hook_unrouted (event_id, study_hash, payload,"
+                " created_at) VALUES (?, ?, ?, ?)",
+                (payload["event_id"], uid_hash(payload.get("study_instance_uid")), text,
+                 time.time()))
+        return cur.rowcount > 0
+
+    def route_new(self) -> int:
+        """Give every held event one row per hook of this queue's settings (the owner's:
+        ``serve``); returns how many events were routed."""
+        with self._conn() as db:
+            held = db.execute("SELECT event_id FROM hook_unrouted ORDER BY created_at"
+                              ).fetchall()
+            if not held:
+                return 0
+            names = available_hooks(self.settings)
+            routed = 0
+            for row in held:
+                db.execute("BEGIN IMMEDIATE")
+                event = db.execute("SELECT * FROM hook_unrouted WHERE event_id = ?",
+                                   (row["event_id"],)).fetchone()
+                if event is not None:  # else routed meanwhile by another of the owner's
+                    self._insert(db, event["event_id"], names, event["study_hash"],
+                                 event["payload"], event["created_at"])
+                    db.execute("DELETE FROM hook_unrouted WHERE event_id = ?",
+                               (event["event_id"],))
+                    routed += 1
+                db.execute("COMMIT")
+        if routed:
+            log.info("routed %d held event(s) to %d hook(s)", routed, len(names))
+        return routed
 
     # deliver ---------------------------------------------------------------------------
     def _hook(self, name: str) -> Hook:
@@ -255,6 +342,7 @@ class HookQueue:
         """Run every due row once; returns how many were delivered. Never raises."""
         delivered = 0
         try:
+            self.route_new()
             with self._conn() as db:
                 rows = self._claim(db, time.time(), limit)
                 for row in rows:
@@ -291,12 +379,9 @@ class HookQueue:
 
     # status ----------------------------------------------------------------------------
     def pending(self) -> list[dict[str, Any]]:
-        """Rows not yet delivered (for ``status``): no payloads, no patient data."""
+        """Rows not yet delivered (for ``status``): see :func:`pending_rows`."""
         with self._conn() as db:
-            rows = db.execute(
-                "SELECT event_id, hook, study_hash, attempts, next_at, last_error, created_at"
-                " FROM hook_events WHERE state = 'pending' ORDER BY created_at").fetchall()
-        return [dict(r) for r in rows]
+            return pending_rows(db)
 
     def delivered(self) -> list[dict[str, Any]]:
         """Delivered rows (event id, hook, attempts, times)."""
@@ -320,16 +405,22 @@ def _queue_for(settings: Any) -> HookQueue:
         return queue
 
 
-def dispatch(result: StudyResult, settings: Any, *, patient: dict | None = None) -> None:
-    """Queue ``result`` for every active hook and return at once; never raises."""
+def dispatch(result: StudyResult, settings: Any, *, patient: dict | None = None,
+             route: bool = True) -> None:
+    """Queue ``result`` for every active hook and return at once; never raises.
+
+    ``route=False`` (a Celery worker): the event is held for the queue's owner, ``serve``,
+    which gives it the hooks of its own settings; the worker's environment decides
+    nothing (as with SR destinations)."""
     try:
-        names = []
-        for name in active_hooks(settings):
-            try:
-                resolve_hook(name)
-                names.append(name)
-            except Exception as err:
-                log.error("hook %s not available, skipped: %s", name, err)
+        if not route:
+            payload = build_payload(result, settings, patient=patient)
+            new = _queue_for(settings).hold(payload)
+            log.info("study %s: event %s held for the listener to route%s",
+                     uid_hash(result.study_instance_uid), payload["event_id"][:12],
+                     "" if new else " (held already)")
+            return
+        names = available_hooks(settings)
         if not names:
             return
         payload = build_payload(result, settings, patient=patient)
@@ -341,5 +432,5 @@ def dispatch(result: StudyResult, settings: Any, *, patient: dict | None = None)
         log.exception("study %s: hooks could not be queued", uid_hash(result.study_instance_uid))
 
 
-__all__ = ["ENTRY_POINT_GROUP", "HookQueue", "active_hooks", "build_payload", "dispatch",
-           "event_id", "resolve_hook"]
+__all__ = ["ENTRY_POINT_GROUP", "UNROUTED", "HookQueue", "active_hooks", "available_hooks",
+           "build_payload", "dispatch", "event_id", "pending_rows", "resolve_hook"]

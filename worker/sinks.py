@@ -53,15 +53,17 @@ class ResultHooks(Protocol):
 
 class QueuedHooks:
     """:class:`ResultHooks` over :func:`mammo_density.worker.hooks.dispatch`: the result
-    is queued in the data directory for every hook the settings activate."""
+    is queued in the data directory for every hook the settings activate; with
+    ``route=False`` (a Celery worker) it is held for ``serve`` to route."""
 
-    def __init__(self, settings: Any) -> None:
+    def __init__(self, settings: Any, *, route: bool = True) -> None:
         self.settings = settings
+        self.route = route
 
     def dispatch(self, result: StudyResult) -> None:
         from mammo_density.worker.hooks import dispatch
 
-        dispatch(result, self.settings)
+        dispatch(result, self.settings, route=self.route)
 
 
 class FolderSRs:

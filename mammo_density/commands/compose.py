@@ -2,9 +2,10 @@
 
 The pipeline gets its images from the node's spool (nothing outside it) and writes to
 the node's state database, SR outbox and hook queue, all under ``settings.data_dir``.
-Who owns the outbox matters: ``serve`` does (it decides SR destinations and delivers);
-a Celery worker only stores SRs there, so its own environment cannot change where they
-go. A worker that consumes only the ``gpu`` queue gets no sink at all: it runs
+Who owns the outbox and the hook queue matters: ``serve`` does (it decides SR
+destinations and which hooks get each event, and delivers); a Celery worker only stores
+SRs and events there, so its own environment cannot change where they go. A worker
+that consumes only the ``gpu`` queue gets no sink at all: it runs
 ``infer`` and never touches the data directory.
 """
 
@@ -28,7 +29,8 @@ def node_pipeline(settings: Settings, *, owns_outbox: bool, sinks: bool = True,
     settings
         The node's settings.
     owns_outbox
-        True in ``serve`` (embedded pipeline), False in a Celery worker.
+        True in ``serve`` (embedded pipeline), False in a Celery worker (SRs and hook
+        events are routed by ``serve``).
     sinks
         False for an inference-only (``gpu``) worker: no spool, state, outbox or hooks.
     options
@@ -44,7 +46,7 @@ def node_pipeline(settings: Settings, *, owns_outbox: bool, sinks: bool = True,
     return Pipeline(settings, images=SpoolImages(settings.spool_dir),
                     states=StateDB(settings.state_db),
                     outbox=Outbox(settings, owner=owns_outbox),
-                    hooks=QueuedHooks(settings), **options)
+                    hooks=QueuedHooks(settings, route=owns_outbox), **options)
 
 
 def warm_up_reporting(settings: Settings) -> None:

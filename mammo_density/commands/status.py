@@ -70,6 +70,7 @@ def _undelivered_srs(settings: Settings) -> list[dict[str, Any]] | None:
 def _pending_hooks(settings: Settings) -> list[dict[str, Any]] | None:
     """Hook events not yet delivered (the hook queue's ``pending()`` query, read-only)."""
     from mammo_density.datadir import connect_readonly
+    from mammo_density.worker.hooks import pending_rows
 
     path = settings.data_dir / "hooks.sqlite3"
     if not path.exists():
@@ -77,14 +78,11 @@ def _pending_hooks(settings: Settings) -> list[dict[str, Any]] | None:
     try:
         db = connect_readonly(path)
         try:
-            rows = db.execute(
-                "SELECT event_id, hook, study_hash, attempts, next_at, last_error, created_at"
-                " FROM hook_events WHERE state = 'pending' ORDER BY created_at").fetchall()
+            return pending_rows(db)
         finally:
             db.close()
     except Exception as err:
         return [{"error": f"{type(err).__name__}: {err}"}]
-    return [dict(r) for r in rows]
 
 
 def _warnings(settings: Settings) -> list[str]:
