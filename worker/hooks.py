@@ -304,7 +304,7 @@ class HookQueue:
                 db.execute("BEGIN IMMEDIATE")
                 event = db.execute("SELECT * FROM hook_unrouted WHERE event_id = ?",
                                    (row["event_id"],)).fetchone()
-                if event is not None:  # else routed meanwhile by another of the owner's
+                if event is not None:  # else another loop of the owner routed it meanwhile
                     self._insert(db, event["event_id"], names, event["study_hash"],
                                  event["payload"], event["created_at"])
                     db.execute("DELETE FROM hook_unrouted WHERE event_id = ?",
