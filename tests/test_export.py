@@ -59,6 +59,11 @@ def test_export_run_writes_verified_entry(trained, tmp_path):
     assert max(again.metrics["export_parity_max_abs_diff"].values()) <= 1e-4
     ckpt = torch.load(run / "R-CC" / "best.pth", map_location="cpu", weights_only=False)
     assert again.normalisation.mean == pytest.approx(ckpt["normalisation"]["mean"])
+    # the identity convs for ONNX Runtime's CPU path: counted, and named in the card
+    assert again.metrics["cpu_fusion_identity_convs"] == dict.fromkeys(
+        ["R-CC", "L-CC", "R-MLO", "L-MLO"], 12)
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "identity 1x1 depthwise convolutions" in card and "R-CC 12" in card
     # The ONNX entry and the checkpoints predict the same on the same images.
     records = read_manifest_csv(manifest_csv)
     p_onnx, _ = predict_registry(out, records, cache_dir=tmp_path / "c")

@@ -101,6 +101,13 @@ def render(manifest: ModelManifest, evaluation: dict | None = None,
     if isinstance(parity, dict):
         lines += ["## Export check", "ONNX Runtime vs PyTorch, max |difference| of the "
                   "softmax: " + ", ".join(f"{k} {v:.1e}" for k, v in parity.items()), ""]
+    fusion = m.metrics.get("cpu_fusion_identity_convs")
+    if isinstance(fusion, dict) and any(fusion.values()):
+        lines += ["The fp32 files also hold identity 1x1 depthwise convolutions (weight 1, "
+                  "bias 0) in front of the LeakyReLUs that follow a residual addition ("
+                  + ", ".join(f"{k} {v}" for k, v in fusion.items()) + "): they change no "
+                  "output beyond float rounding and keep ONNX Runtime's CPU path in its "
+                  "blocked layout; the int8 variant is quantised without them.", ""]
     if m.commands:
         lines += ["## How it was made (exact commands)", "```", *m.commands, "```", ""]
     lines += ["## Files", "| file | sha256 |", "|---|---|"]
