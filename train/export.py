@@ -335,10 +335,12 @@ def export_cv(cv_dir: Path | Sequence[Path], out_dir: Path, *, name: str, versio
     from mammo_density.worker.preprocess import PREPROCESSING_VERSION
 
     runs = [Path(cv_dir)] if isinstance(cv_dir, (str, Path)) else [Path(d) for d in cv_dir]
+    folds: list[Path] = []
     for run in runs:
-        if not fold_dirs(run):
+        found = fold_dirs(run)
+        if not found:
             raise FileNotFoundError(f"no fold-<i>/ folders under {run} (run train --cv K)")
-    folds = [f for run in runs for f in fold_dirs(run)]
+        folds += found
     per_fold = [load_checkpoint_models(f, which=which) for f in folds]
     first_ckpt = next(iter(per_fold[0].values()))[1]
     a = first_ckpt["args"]
