@@ -20,8 +20,16 @@ from mammo_density.train.engine import (
     balanced_class_weights,
     make_loss,
     recalibrate_batchnorm,
+    train_one_epoch,
 )
-from mammo_density.train.model import DensityResNet, ResNet18, load_init_weights
+from mammo_density.train.model import (
+    DensityResNet,
+    MobileNetV2,
+    ResNet18,
+    activation_name,
+    count_residual_blocks,
+    load_init_weights,
+)
 from mammo_density.train.recipes import RECIPES, apply_recipe
 from mammo_density.train.train import main
 from tests.train_helpers import tiny_manifest, train_argv
@@ -108,6 +116,26 @@ def test_batchnorm_recalibration_uses_the_exact_data_statistics():
     assert not model.training and model[1].momentum == 0.1
 
 
+def test_frozen_batchnorm_keeps_its_statistics_while_the_rest_trains():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4),
+                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                torch.nn.Linear(4, 2))
+    x = torch.randn(8, 1, 6, 6) * 2 + 3
+    y = torch.nn.functional.one_hot(torch.arange(8) % 2, 2).float()
+    loader = [(x[:4], y[:4], None), (x[4:], y[4:], None)]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for freeze, stats_kept in ((True, True), (False, False)):
+        train_one_epoch(model, loader, opt, torch.device("cpu"), freeze_bn=freeze)
+        after = model.state_dict()
+        assert torch.equal(after["1.running_mean"], before["1.running_mean"]) == stats_kept
+        assert torch.equal(after["1.running_var"], before["1.running_var"]) == stats_kept
+        assert not torch.equal(after["0.weight"], before["0.weight"])  # the rest trained
+        assert not torch.equal(after["1.weight"], before["1.weight"])  # BN's scale too
+        before = {k: v.clone() for k, v in after.items()}
+
+
 def test_temperature_scaling_recovers_a_known_temperature():
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(4000, 4)) * 3
@@ -140,6 +168,28 @@ def test_init_from_torchvision_state_dict_and_earlier_run(tmp_path):
                                                  earlier.state_dict().values(), strict=True))
     with pytest.raises(ValueError, match="another architecture"):
         load_init_weights(DensityResNet(width=4), tmp_path / "resnet18.pth")
+
+
+def test_mobilenet_v2_has_torchvisions_layout_and_exports(tmp_path):
+    """torchvision's ImageNet mobilenet_v2: 3,504,872 parameters, 314 state-dict entries
+    (its documented figures), keys such as ``features.1.conv.0.0.weight``."""
+    rgb = MobileNetV2(num_classes=1000, in_chans=3)
+    sd = rgb.state_dict()
+    assert sum(p.numel() for p in rgb.parameters()) == 3_504_872
+    assert len(sd) == 314
+    assert {"features.0.0.weight", "features.1.conv.0.0.weight", "features.1.conv.2.bias",
+            "features.2.conv.0.0.weight", "features.2.conv.3.running_var",
+            "features.18.1.weight", "classifier.1.weight"} <= set(sd)
+    torch.save(sd, tmp_path / "mobilenet_v2.pth")
+    model = MobileNetV2(num_classes=4)
+    counts = load_init_weights(model, tmp_path / "mobilenet_v2.pth")
+    assert counts == {"loaded": 312, "skipped": 2, "model_tensors": 314}
+    assert torch.equal(model.features[0][0].weight, rgb.features[0][0].weight.sum(1, True))
+    assert count_residual_blocks(model) == 10 and activation_name(model) == "ReLU6"
+    from mammo_density.train.export import export_onnx
+
+    model.eval()
+    assert export_onnx(model, tmp_path / "m.onnx", 96) < 1e-4  # ORT vs PyTorch
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ from mammo_density.study.slots import SLOTS
 from mammo_density.train.recipes import DEFAULT_RECIPE, RECIPES
 
 TASKS = ("birads4", "dense2")
-ARCHS = ("density-resnet", "resnet18")
+ARCHS = ("density-resnet", "resnet18", "mobilenet_v2")
 
 
 def get_args_parser(add_help: bool = True,
@@ -45,8 +45,9 @@ def get_args_parser(add_help: bool = True,
     g.add_argument("--network", default=None, choices=("per-view", "shared"),
                    help="one network per view (the method) or one shared by all views")
     g.add_argument("--arch", default=None, choices=ARCHS,
-                   help="density-resnet (the method's 41-layer ResNet) or resnet18 "
-                   "(torchvision's layout, for --init-from torchvision weights)")
+                   help="density-resnet (the method's 41-layer ResNet), resnet18 or "
+                   "mobilenet_v2 (torchvision's layouts, for --init-from torchvision "
+                   "weights)")
     g.add_argument("--init-from", type=Path, default=None,
                    help="start from these weights: a state dict (torchvision/timm ResNet, "
                    "matched by key and shape) or a checkpoint of an earlier run")
@@ -81,6 +82,9 @@ def get_args_parser(add_help: bool = True,
     g.add_argument("--bn-recalibrate", type=int, default=None, metavar="N",
                    help="before each validation, recompute the batch-norm statistics on N "
                    "training images without augmentation (0: off; single process only)")
+    g.add_argument("--freeze-bn", action="store_true",
+                   help="keep the batch-norm statistics of --init-from while fine-tuning "
+                   "(eval-mode batch norm; excludes --bn-recalibrate)")
     g.add_argument("--calibrate", action=argparse.BooleanOptionalAction, default=None,
                    help="temperature scaling on the validation images (reported as ECE)")
     g = p.add_argument_group("augmentation (no left/right flips: orientation is normalised)")

@@ -89,13 +89,19 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
                     amp: bool = False, channels_last: bool = False,
                     progress: bool = False, desc: str = "train",
                     max_steps: int | None = None,
-                    loss_fn: nn.Module | None = None) -> EpochStats:
-    """Train for one pass over ``loader``; loss/accuracy summed over all processes."""
+                    loss_fn: nn.Module | None = None,
+                    freeze_bn: bool = False) -> EpochStats:
+    """Train for one pass over ``loader``; loss/accuracy summed over all processes.
+
+    ``freeze_bn``: batch normalisation keeps the statistics it came with (eval mode) while
+    the rest trains (:func:`freeze_batchnorm`)."""
     import time
 
     from tqdm import tqdm
 
     model.train()
+    if freeze_bn:
+        freeze_batchnorm(model)
     t0 = time.perf_counter()
     loss_sum = correct = count = 0.0
     bar = tqdm(loader, desc=desc, disable=not progress, leave=False)
@@ -126,6 +132,19 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
     loss_sum, correct, count = all_reduce_sum([loss_sum, correct, count], device)
     return EpochStats(loss_sum / max(count, 1), correct / max(count, 1), int(count),
                       time.perf_counter() - t0)
+
+
+def freeze_batchnorm(model: nn.Module) -> int:
+    """Put every BatchNorm of ``model`` in eval mode: it normalises with its running
+    statistics and does not update them (its scale and shift still train). For fine-tuning
+    from weights a site brings on batches of a few images, whose statistics are noisy;
+    also the only faithful way to fine-tune weights whose normalisation was folded into
+    the convolutions (identity statistics). Call after ``model.train()``; returns the
+    number of layers frozen."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m in bns:
+        m.eval()
+    return len(bns)
 
 
 @torch.no_grad()

@@ -267,14 +267,18 @@ def export_run(run_dir: Path, out_dir: Path, *, name: str, version: str,
 
 def _architecture(a: dict, model: nn.Module, *, network: str, members: int = 1,
                   runs: int = 1) -> dict:
-    from mammo_density.train.model import count_conv_layers, count_residual_blocks
+    from mammo_density.train.model import (
+        activation_name,
+        count_conv_layers,
+        count_residual_blocks,
+    )
 
     arch = a.get("arch") or "density-resnet"
     out: dict[str, object] = {
-        "type": "DensityResNet" if arch == "density-resnet" else "ResNet18",
+        "type": type(model).__name__,
         "conv_layers": count_conv_layers(model),
-        "residual_blocks": count_residual_blocks(model) if arch == "density-resnet" else 8,
-        "activation": "LeakyReLU" if arch == "density-resnet" else "ReLU",
+        "residual_blocks": count_residual_blocks(model),
+        "activation": activation_name(model),
         "output": "softmax", "network": network}
     if arch == "density-resnet":
         out["width"] = int(a["width"])

@@ -39,11 +39,11 @@ def render(manifest: ModelManifest, evaluation: dict | None = None,
         "", "## Training data", f"{m.training_data}", "",
     ]
     if training:
-        keys = ("recipe", "network", "arch", "init_from", "task", "input_size", "width",
-                "optimizer", "lr", "momentum", "weight_decay", "scheduler", "batch_size",
-                "epochs", "lr_factor", "lr_patience", "loss", "class_weights", "sampler",
-                "select", "early_stop", "calibrate", "rotation", "scale", "translate",
-                "gamma", "contrast", "val_fraction", "split_seed", "seed")
+        keys = ("recipe", "network", "arch", "init_from", "freeze_bn", "task", "input_size",
+                "width", "optimizer", "lr", "momentum", "weight_decay", "scheduler",
+                "batch_size", "epochs", "lr_factor", "lr_patience", "loss", "class_weights",
+                "sampler", "select", "early_stop", "calibrate", "rotation", "scale",
+                "translate", "gamma", "contrast", "val_fraction", "split_seed", "seed")
         lines += ["## Training settings",
                   ", ".join(f"`{k}`={training[k]}" for k in keys if k in training), ""]
         val = m.metrics.get("validation_accuracy")

@@ -258,7 +258,7 @@ def train_view(args: argparse.Namespace, slot: str, dist_info: DistInfo,
     val_loader = DataLoader(val_ds, batch_size=max(args.batch_size, 32), sampler=val_sampler,
                             **loader_kw)
     bn_loader = None
-    if args.bn_recalibrate and not dist_info.enabled:
+    if args.bn_recalibrate and not dist_info.enabled and not getattr(args, "freeze_bn", False):
         # A fixed, evenly spread subset of the training images, without augmentation.
         step = max(1, len(train_recs) // args.bn_recalibrate)
         bn_ds = DensityDataset(train_recs[::step][:args.bn_recalibrate], cache,
@@ -328,7 +328,8 @@ def train_view(args: argparse.Namespace, slot: str, dist_info: DistInfo,
         tr = train_one_epoch(model, train_loader, optimizer, device, scaler=scaler, amp=amp,
                              channels_last=channels_last, progress=progress,
                              desc=f"{slot} {epoch + 1}/{args.epochs}",
-                             max_steps=args.max_steps_per_epoch, loss_fn=loss_fn)
+                             max_steps=args.max_steps_per_epoch, loss_fn=loss_fn,
+                             freeze_bn=getattr(args, "freeze_bn", False))
         if bn_loader is not None:
             recalibrate_batchnorm(model, bn_loader, device, channels_last=channels_last)
         va, vprobs, vidx = evaluate(model, val_loader, device, amp=amp,
