@@ -5,9 +5,10 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 # libopenjp2-7: glymur's reduced-resolution JPEG 2000 decode (docs/decoding.md).
-APT_PACKAGES := redis-server orthanc orthanc-python dcmtk dicom3tools libopenjp2-7
+# postgresql: the registry tests start a throw-away cluster (tests/services.py).
+APT_PACKAGES := redis-server orthanc orthanc-python dcmtk dicom3tools libopenjp2-7 postgresql
 # Debian package -> a file it installs, to tell whether it is there.
-APT_PROBES := /usr/bin/redis-server /usr/sbin/Orthanc /usr/share/orthanc/plugins/libOrthancPython.so /usr/bin/storescu /usr/bin/dciodvfy
+APT_PROBES := /usr/bin/redis-server /usr/sbin/Orthanc /usr/share/orthanc/plugins/libOrthancPython.so /usr/bin/storescu /usr/bin/dciodvfy /usr/lib/postgresql/15/bin/initdb
 
 # The OHIF check (tests/viewer/ohif_check.sh): a web viewer and a browser, not part of
 # `make test`.

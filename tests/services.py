@@ -1,4 +1,5 @@
-"""Real services for tests: Redis, Orthanc with its Python plugin, dcmtk and dicom3tools.
+"""Real services for tests: Redis, PostgreSQL, Orthanc with its Python plugin, dcmtk and
+dicom3tools.
 
 Each server starts on free loopback ports in a temporary directory and stops afterwards.
 Under CI (``CI=true``) a missing program is a test failure, not a skip: a skip there would
@@ -12,6 +13,7 @@ cannot forget the marker.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -176,6 +178,100 @@ class RedisServer:
         if self.proc is not None:
             stop_process(self.proc)
             self.proc = None
+
+
+# --------------------------------------------------------------------------------------
+# PostgreSQL
+# --------------------------------------------------------------------------------------
+
+
+def _postgres_bindir() -> Path:
+    """The folder of PostgreSQL's ``initdb`` and ``postgres``: on PATH, or Debian's
+    ``/usr/lib/postgresql/<version>/bin`` (newest version); fail under CI, skip elsewhere,
+    like :func:`require_binary`."""
+    found = shutil.which("initdb", path=_search_path())
+    if found:
+        return Path(found).parent
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+                      key=lambda p: int(p.parent.parent.name) if p.parent.parent.name
+                      .isdigit() else 0)
+    if versions:
+        return versions[-1].parent
+    return Path(require_binary("initdb")).parent  # fails or skips with the usual message
+
+
+@dataclass
+class PostgresServer:
+    """A throw-away PostgreSQL cluster on a loopback port: ``initdb`` in a temporary
+    folder, one superuser with trust authentication on 127.0.0.1 only, fsync off.
+
+    PostgreSQL refuses to run as root; under root (CI) the cluster belongs to the
+    ``postgres`` account that Debian's package creates, and the programs run as it."""
+
+    user: str = "mammo"
+    port: int = 0
+    proc: subprocess.Popen | None = None
+    workdir: Path | None = None
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql://{self.user}@127.0.0.1:{self.port}/{database}"
+
+    def _as_owner(self, argv: list[str]) -> list[str]:
+        if os.geteuid() != 0:
+            return argv
+        # setpriv execs (no parent left in between): stopping the Popen stops PostgreSQL
+        return [require_binary("setpriv"), "--reuid=postgres", "--regid=postgres",
+                "--init-groups", *argv]
+
+    def start(self) -> PostgresServer:
+        import tempfile
+
+        if CURRENT_TEST is not None and CURRENT_TEST.get_closest_marker("services") is None:
+            pytest.fail(f"{CURRENT_TEST.nodeid} needs PostgreSQL, a real service: mark it "
+                        "@pytest.mark.services")
+        bindir = _postgres_bindir()
+        self.port = self.port or free_port()
+        # not under pytest's tmp_path: its 0700 parents would shut the postgres account out
+        self.workdir = Path(tempfile.mkdtemp(prefix="md-postgres-"))
+        data, sockets = self.workdir / "data", self.workdir / "run"
+        sockets.mkdir()
+        if os.geteuid() == 0:
+            import pwd
+
+            owner = pwd.getpwnam("postgres")
+            for path in (self.workdir, sockets):
+                os.chown(path, owner.pw_uid, owner.pw_gid)
+        subprocess.run(self._as_owner(
+            [str(bindir / "initdb"), "-D", str(data), "-U", self.user, "--auth=trust",
+             "--no-sync", "--encoding=UTF8", "--locale=C"]),
+            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.proc = subprocess.Popen(self._as_owner(
+            [str(bindir / "postgres"), "-D", str(data), "-p", str(self.port),
+             "-k", str(sockets), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
+             "-c", "full_page_writes=off", "-c", "synchronous_commit=off"]),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_port(self.port, 30)
+        return self
+
+    def create_database(self, name: str) -> str:
+        """A new, empty database; returns its URL."""
+        import psycopg
+
+        with psycopg.connect(self.url(), autocommit=True) as db:
+            db.execute(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGINT)  # "fast" shutdown: ends open sessions
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.proc.wait(timeout=10)
+            stop_process(self.proc)
+            self.proc = None
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir = None
 
 
 # --------------------------------------------------------------------------------------

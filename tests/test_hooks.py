@@ -26,7 +26,7 @@ from mammo_density.worker.hooks import (
 )
 from mammo_density.worker.registry import Registry
 from mammo_density.worker.webhook import EVENT_HEADER, SIGNATURE_HEADER, verify_signature
-from tests.services import free_port
+from tests.services import PostgresServer, free_port
 from tests.test_rules import make_result
 
 SECRET = "s3cret-shared-with-the-programme"
@@ -301,11 +301,32 @@ def _synthetic_results(tmp_path: Path) -> list[StudyResult]:
     return results
 
 
-def test_registry_rows_for_synthetic_batch_and_dose_report(tmp_path):
+@pytest.fixture(scope="module")
+def postgres():
+    server = PostgresServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.services)])
+def registry_url(request) -> str:
+    """The registry's database: the default SQLite file (empty URL), or a new database
+    in a real PostgreSQL server."""
+    if request.param == "sqlite":
+        return ""
+    import uuid
+
+    return request.getfixturevalue("postgres").create_database(f"t_{uuid.uuid4().hex[:12]}")
+
+
+def test_registry_rows_for_synthetic_batch_and_dose_report(tmp_path, registry_url,
+                                                          monkeypatch):
     from mammo_density.cli import main
     from mammo_density.worker.screening_rules import evaluate
 
-    settings = _settings(tmp_path)
+    settings = _settings(tmp_path, registry_url=registry_url)
+    monkeypatch.setenv("MAMMO_DENSITY_REGISTRY_URL", registry_url)  # for dose-report
+    assert Registry(settings).kind == ("postgresql" if registry_url else "sqlite")
     results = _synthetic_results(tmp_path)
     for r in results:
         r.recommendations = evaluate(r, settings)
@@ -350,23 +371,6 @@ def test_registry_rows_for_synthetic_batch_and_dose_report(tmp_path):
 
     image = matplotlib.image.imread(png_path)
     assert image.shape[0] == 450 and image.shape[1] == 700 and image.shape[2] in (3, 4)
-
-
-def test_registry_postgresql_when_available(tmp_path):
-    """Runs only where a PostgreSQL URL is given and psycopg is installed (not in CI here)."""
-    import os
-
-    url = os.environ.get("MAMMO_DENSITY_TEST_PG_URL", "")
-    if not url:
-        pytest.skip("no PostgreSQL: set MAMMO_DENSITY_TEST_PG_URL to run")
-    pytest.importorskip("psycopg")
-    settings = _settings(tmp_path, registry_url=url)
-    registry = Registry(settings)
-    from mammo_density.worker.registry import row_from_payload
-
-    result = make_result(f"1.2.999.{int(time.time())}")
-    registry.upsert(row_from_payload(build_payload(result, settings)))
-    assert result.study_instance_uid in {r["study_uid"] for r in registry.rows()}
 
 
 _DELIVERER = """

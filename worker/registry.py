@@ -3,9 +3,9 @@
 On by default (``settings.registry_enabled``). The database is SQLite at
 ``data_dir/registry.sqlite3`` unless ``settings.registry_url`` names another one:
 ``sqlite:///absolute/path.sqlite3`` or ``postgresql://user:pass@host/db`` (needs the
-``psycopg`` package, not installed by default; the PostgreSQL path is not covered by the
-test suite). Rows are upserted per study: the newest revision wins, an older revision
-arriving late never overwrites a newer one.
+``psycopg`` package: ``pip install 'mammo-density[postgresql]'``; the tests run the same
+checks on both databases). Rows are upserted per study: the newest revision wins, an older
+revision arriving late never overwrites a newer one.
 """
 
 from __future__ import annotations
