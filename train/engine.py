@@ -137,10 +137,10 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
 def freeze_batchnorm(model: nn.Module) -> int:
     """Put every BatchNorm of ``model`` in eval mode: it normalises with its running
     statistics and does not update them (its scale and shift still train). For fine-tuning
-    from weights a site brings on batches of a few images, whose statistics are noisy;
-    also the only faithful way to fine-tune weights whose normalisation was folded into
-    the convolutions (identity statistics). Call after ``model.train()``; returns the
-    number of layers frozen."""
+    from weights a site brings on batches of a few images, whose statistics are noisy,
+    and for weights whose normalisation was folded into the convolutions (identity
+    statistics), whose folded scales training-mode statistics would undo. Call after
+    ``model.train()``; returns the number of layers frozen."""
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     for m in bns:
         m.eval()
