@@ -49,8 +49,9 @@ def get_args_parser(add_help: bool = True,
                    "mobilenet_v2 (torchvision's layouts, for --init-from torchvision "
                    "weights)")
     g.add_argument("--init-from", type=Path, default=None,
-                   help="start from these weights: a state dict (torchvision/timm ResNet, "
-                   "matched by key and shape) or a checkpoint of an earlier run")
+                   help="start from these weights: a state dict (torchvision/timm network "
+                   "of --arch's layout, matched by key and shape) or a checkpoint of an "
+                   "earlier run")
     g.add_argument("--width", type=int, default=None,
                    help="density-resnet: first-stage bottleneck channels (method 16)")
     g.add_argument("--dropout", type=float, default=0.0)
