@@ -15,7 +15,7 @@ from mammo_density.train.calibration import (
     expected_calibration_error,
     fit_temperature,
 )
-from mammo_density.train.dataset import Augment, intensity
+from mammo_density.train.dataset import Augment, breast_crop, intensity
 from mammo_density.train.engine import (
     balanced_class_weights,
     make_loss,
@@ -101,6 +101,17 @@ def test_augmentation_never_mirrors_and_keeps_background():
     assert np.array_equal(a1, aug(img, np.random.default_rng(3)))  # repeatable
     g = intensity(img, gamma=2.0)
     assert (g[img == 0] == 0).all() and g[10, 0] == pytest.approx(0.81, abs=1e-5)
+
+
+def test_training_patches_lie_on_the_breast():
+    img = np.zeros((96, 96), np.float32)
+    img[20:80, :30] = 0.6  # the breast: chest wall on the left, two thirds of the rows
+    for seed in range(30):
+        patch = breast_crop(img, 32, np.random.default_rng(seed))
+        assert patch.shape == (32, 32) and patch.flags.c_contiguous
+        assert (patch > 0).mean() >= 0.25  # centred on tissue, never all background
+    assert breast_crop(np.zeros((40, 40), np.float32), 16,
+                       np.random.default_rng(0)).shape == (16, 16)
 
 
 def test_batchnorm_recalibration_uses_the_exact_data_statistics():
@@ -199,7 +210,8 @@ def test_shared_network_on_mlo_only_with_every_option(mlo_manifest, tmp_path):
     out = tmp_path / "run"
     argv = train_argv(mlo_manifest, out, "--recipe", "small-real", "--epochs", "2",
                       "--no-tensorboard", "--arch", "resnet18", "--init-from", str(init),
-                      "--sampler", "balanced", "--early-stop", "1", "--val-fraction", "0.34")
+                      "--sampler", "balanced", "--early-stop", "1", "--val-fraction", "0.34",
+                      "--train-crop", "24")
     assert main(get_args_parser().parse_args(argv)) == 0
     summary = json.loads((out / "shared" / "summary.json").read_text())
     assert summary["slots"] == ["R-MLO", "L-MLO"] and summary["select"] == "kappa"

@@ -89,6 +89,10 @@ def get_args_parser(add_help: bool = True,
     g.add_argument("--calibrate", action=argparse.BooleanOptionalAction, default=None,
                    help="temperature scaling on the validation images (reported as ECE)")
     g = p.add_argument_group("augmentation (no left/right flips: orientation is normalised)")
+    g.add_argument("--train-crop", type=int, default=0, metavar="PX",
+                   help="train on random PX x PX patches centred on breast tissue; "
+                   "validation, test and the exported model see the whole image (the "
+                   "network pools globally). 0: whole images")
     g.add_argument("--rotation", type=float, default=None, help="max random rotation (deg)")
     g.add_argument("--scale", type=float, default=None, help="max relative zoom in/out")
     g.add_argument("--translate", type=float, default=None, help="max shift (share of side)")

@@ -155,6 +155,21 @@ def intensity(image: np.ndarray, *, gamma: float = 1.0, contrast: float = 1.0) -
     return out
 
 
+def breast_crop(image: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """A ``size x size`` patch of ``image`` centred on a random breast pixel (> 0), moved
+    inside the image; anywhere when the image has no breast pixel."""
+    h, w = image.shape
+    ys, xs = np.nonzero(image[::4, ::4] > 0)
+    if len(ys):
+        i = int(rng.integers(len(ys)))
+        cy, cx = int(ys[i]) * 4, int(xs[i]) * 4
+    else:
+        cy, cx = int(rng.integers(h)), int(rng.integers(w))
+    top = min(max(cy - size // 2, 0), h - size)
+    left = min(max(cx - size // 2, 0), w - size)
+    return np.ascontiguousarray(image[top:top + size, left:left + size])
+
+
 @dataclass(frozen=True)
 class Augment:
     """Random training augmentation of a preprocessed mammogram (no left/right flip: the
@@ -208,12 +223,17 @@ class DensityDataset(Dataset):
         Targets are the readers' label distribution instead of one-hot.
     seed
         Base seed of the augmentation (combined with the epoch and index, so runs repeat).
+    crop
+        Train on a random ``crop x crop`` patch of each (augmented) image, centred on a
+        breast pixel (:func:`breast_crop`); 0 = the whole image. The network ends in a
+        global average pool, so it is evaluated and deployed on whole images.
     """
 
     def __init__(self, records: Sequence[ImageRecord], cache: ArrayCache, *,
                  task: str = "birads4", mean: float = 0.0, std: float = 1.0,
                  rotation: float = 0.0, soft_labels: bool = False, seed: int = 0,
-                 augment: Augment | None = None) -> None:
+                 augment: Augment | None = None, crop: int = 0) -> None:
+        self.crop = int(crop)
         self.records = list(records)
         self.cache = cache
         self.task = task
@@ -241,6 +261,9 @@ class DensityDataset(Dataset):
         elif self.rotation > 0:
             rng = np.random.default_rng((self.seed, self.epoch, index))
             img = rotate(img, float(rng.uniform(-self.rotation, self.rotation)))
+        if 0 < self.crop < img.shape[0]:
+            img = breast_crop(img, self.crop,
+                              np.random.default_rng((self.seed, self.epoch, index, 1)))
         x = torch.from_numpy((img - self.mean) / self.std).float().unsqueeze(0)
         if self.soft_labels:
             y = torch.from_numpy(r.soft_target(self.task))

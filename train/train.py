@@ -231,7 +231,8 @@ def train_view(args: argparse.Namespace, slot: str, dist_info: DistInfo,
                       gamma=args.gamma, contrast=args.contrast)
     train_ds = DensityDataset(train_recs, cache, task=args.task, mean=mean, std=std,
                               rotation=args.rotation, soft_labels=args.soft_labels,
-                              seed=args.seed, augment=augment)
+                              seed=args.seed, augment=augment,
+                              crop=getattr(args, "train_crop", 0) or 0)
     n_classes = len(mdata.TASKS[args.task])
     weights = (balanced_class_weights(train_ds.targets(), n_classes)
                if args.class_weights == "balanced" else None)
