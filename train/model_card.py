@@ -43,7 +43,8 @@ def render(manifest: ModelManifest, evaluation: dict | None = None,
                 "width", "optimizer", "lr", "momentum", "weight_decay", "scheduler",
                 "batch_size", "epochs", "lr_factor", "lr_patience", "loss", "class_weights",
                 "sampler", "select", "early_stop", "calibrate", "rotation", "scale",
-                "translate", "gamma", "contrast", "val_fraction", "split_seed", "seed")
+                "translate", "gamma", "contrast", "train_crop", "val_fraction", "split_seed",
+                "seed")
         lines += ["## Training settings",
                   ", ".join(f"`{k}`={training[k]}" for k in keys if k in training), ""]
         val = m.metrics.get("validation_accuracy")
