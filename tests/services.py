@@ -25,6 +25,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 import requests
@@ -51,20 +52,29 @@ def _search_path() -> str:
 CURRENT_TEST: pytest.Item | None = None  # set by conftest.py for the running test
 
 
+def _require_services_marker(what: str) -> None:
+    """Fail the running test unless it carries ``@pytest.mark.services``."""
+    item = CURRENT_TEST
+    if item is not None and item.get_closest_marker("services") is None:
+        pytest.fail(f"{item.nodeid} needs {what}, a real service: mark it "
+                    "@pytest.mark.services")
+
+
+def _unavailable(message: str) -> NoReturn:
+    """A service the test needs is missing: a failure under CI, a skip elsewhere."""
+    if in_ci():
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 def require_binary(name: str) -> str:
     """Path of a program the test needs; fail under CI, skip elsewhere, if it is missing.
 
     A test (or a fixture it uses) that needs a program must be marked ``services``."""
-    item = CURRENT_TEST
-    if item is not None and item.get_closest_marker("services") is None:
-        pytest.fail(f"{item.nodeid} needs {name}, a real service: mark it "
-                    "@pytest.mark.services")
+    _require_services_marker(name)
     path = shutil.which(name, path=_search_path())
     if path is None:
-        message = f"{name} is not installed (run `make test`, which installs it)"
-        if in_ci():
-            pytest.fail(message)
-        pytest.skip(message)
+        _unavailable(f"{name} is not installed (run `make test`, which installs it)")
     return path
 
 
@@ -226,9 +236,7 @@ class PostgresServer:
     def start(self) -> PostgresServer:
         import tempfile
 
-        if CURRENT_TEST is not None and CURRENT_TEST.get_closest_marker("services") is None:
-            pytest.fail(f"{CURRENT_TEST.nodeid} needs PostgreSQL, a real service: mark it "
-                        "@pytest.mark.services")
+        _require_services_marker("PostgreSQL")
         bindir = _postgres_bindir()
         self.port = self.port or free_port()
         # not under pytest's tmp_path: its 0700 parents would shut the postgres account out
@@ -242,11 +250,8 @@ class PostgresServer:
                 owner = pwd.getpwnam("postgres")
             except KeyError:
                 shutil.rmtree(self.workdir, ignore_errors=True)
-                message = ("PostgreSQL does not run as root and there is no `postgres` "
-                           "account to run it as (Debian's postgresql package creates it)")
-                if in_ci():
-                    pytest.fail(message)
-                pytest.skip(message)
+                _unavailable("PostgreSQL does not run as root and there is no `postgres` "
+                             "account to run it as (Debian's postgresql package creates it)")
             for path in (self.workdir, sockets):
                 os.chown(path, owner.pw_uid, owner.pw_gid)
         subprocess.run(self._as_owner(
@@ -341,10 +346,7 @@ class OrthancServer:
     def start(self, timeout: float = 30.0) -> OrthancServer:
         exe = require_binary("Orthanc")
         if not ORTHANC_PYTHON_PLUGIN.exists():
-            message = f"{ORTHANC_PYTHON_PLUGIN} missing (Debian package orthanc-python)"
-            if in_ci():
-                pytest.fail(message)
-            pytest.skip(message)
+            _unavailable(f"{ORTHANC_PYTHON_PLUGIN} missing (Debian package orthanc-python)")
         self.http_port = self.http_port or free_port()
         self.dicom_port = self.dicom_port or free_port()
         self.workdir.mkdir(parents=True, exist_ok=True)
