@@ -232,7 +232,7 @@ def train_view(args: argparse.Namespace, slot: str, dist_info: DistInfo,
     train_ds = DensityDataset(train_recs, cache, task=args.task, mean=mean, std=std,
                               rotation=args.rotation, soft_labels=args.soft_labels,
                               seed=args.seed, augment=augment,
-                              crop=getattr(args, "train_crop", 0) or 0)
+                              crop=args.train_crop)
     n_classes = len(mdata.TASKS[args.task])
     weights = (balanced_class_weights(train_ds.targets(), n_classes)
                if args.class_weights == "balanced" else None)
@@ -259,7 +259,7 @@ def train_view(args: argparse.Namespace, slot: str, dist_info: DistInfo,
     val_loader = DataLoader(val_ds, batch_size=max(args.batch_size, 32), sampler=val_sampler,
                             **loader_kw)
     bn_loader = None
-    if args.bn_recalibrate and not dist_info.enabled and not getattr(args, "freeze_bn", False):
+    if args.bn_recalibrate and not dist_info.enabled and not args.freeze_bn:
         # A fixed, evenly spread subset of the training images, without augmentation.
         step = max(1, len(train_recs) // args.bn_recalibrate)
         bn_ds = DensityDataset(train_recs[::step][:args.bn_recalibrate], cache,
@@ -330,7 +330,7 @@ def train_view(args: argparse.Namespace, slot: str, dist_info: DistInfo,
                              channels_last=channels_last, progress=progress,
                              desc=f"{slot} {epoch + 1}/{args.epochs}",
                              max_steps=args.max_steps_per_epoch, loss_fn=loss_fn,
-                             freeze_bn=getattr(args, "freeze_bn", False))
+                             freeze_bn=args.freeze_bn)
         if bn_loader is not None:
             recalibrate_batchnorm(model, bn_loader, device, channels_last=channels_last)
         va, vprobs, vidx = evaluate(model, val_loader, device, amp=amp,
