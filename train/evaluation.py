@@ -57,14 +57,20 @@ def load_checkpoint_models(run_dir: Path, *, which: str = "best") -> dict[str, t
 
 def predict_checkpoints(run_dir: Path, records: Sequence[ImageRecord], *,
                         cache_dir: Path | None = None, which: str = "best",
-                        batch_size: int = 32) -> tuple[list[Prediction], dict]:
+                        batch_size: int = 32, device: str = "cpu"
+                        ) -> tuple[list[Prediction], dict]:
     """Predictions of the PyTorch checkpoints in ``run_dir`` on ``records``.
 
-    Returns the predictions and a description (task, input size, normalisation).
+    ``device`` is a torch device name (``auto``: CUDA when there is one). Returns the
+    predictions and a description (task, input size, normalisation).
     """
     import torch
 
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     models = load_checkpoint_models(run_dir, which=which)
+    for model, _ in models.values():
+        model.to(device)  # a shared network is one object under every slot: moved once
     first = next(iter(models.values()))[1]
     size, task = int(first["args"]["input_size"]), first["args"]["task"]
     norm = first["normalisation"]
@@ -77,8 +83,8 @@ def predict_checkpoints(run_dir: Path, records: Sequence[ImageRecord], *,
         for chunk in _batches(recs, batch_size):
             x = np.stack([(cache.load(r.path) - m) / s for r in chunk])[:, None]
             with torch.no_grad():
-                logits = model(torch.from_numpy(x.astype(np.float32)))
-                p = torch.softmax(logits / t, 1).numpy()
+                logits = model(torch.from_numpy(x.astype(np.float32)).to(device))
+                p = torch.softmax(logits.float() / t, 1).cpu().numpy()
             preds.extend(_to_preds(chunk, p))
     missing = {r.slot for r in records} - set(models)
     if missing:

@@ -39,7 +39,8 @@ def _train_and_score(args: argparse.Namespace, split: str) -> tuple[dict, list]:
         raise RuntimeError(f"training failed in {args.out}")
     records = [r for r in load_records(args) if r.split == split]
     preds, _ = predict_checkpoints(Path(args.out), records,
-                                   cache_dir=args.cache_dir or Path(args.out) / "cache")
+                                   cache_dir=args.cache_dir or Path(args.out) / "cache",
+                                   device=args.device)
     result = evaluate_predictions(preds, args.task)
     write_report(result, Path(args.out) / f"eval-{split}", png_levels=("exam",))
     return result, preds
@@ -155,7 +156,7 @@ def ensemble_row(runs: Sequence[Path], args: argparse.Namespace, k: int,
         mean: list[Prediction] | None = None
         for i, run in enumerate(runs):
             preds, _ = predict_checkpoints(Path(run) / f"fold-{fold}", test,
-                                           cache_dir=cache_dir)
+                                           cache_dir=cache_dir, device=args.device)
             mean = preds if mean is None else fuse_predictions(mean, preds, i / (i + 1))
         assert mean is not None
         folds.append(evaluate_predictions(mean, args.task, n_boot=0))
