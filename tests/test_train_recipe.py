@@ -203,6 +203,31 @@ def test_mobilenet_v2_has_torchvisions_layout_and_exports(tmp_path):
     assert export_onnx(model, tmp_path / "m.onnx", 96) < 1e-4  # ORT vs PyTorch
 
 
+def test_fixed_schedule_trains_on_every_training_woman(manifest, tmp_path):
+    """--val-fraction 0 with --select last --early-stop 0: no validation women, every
+    training woman trained on, the last epoch kept, calibration skipped; with model
+    selection or a plateau schedule the same split stops with the reason."""
+    out = tmp_path / "fixed"
+    argv = train_argv(manifest, out, "--recipe", "small-real", "--epochs", "2",
+                      "--no-tensorboard", "--val-fraction", "0", "--select", "last",
+                      "--early-stop", "0", "--bn-recalibrate", "0")
+    assert main(get_args_parser().parse_args(argv)) == 0
+    summary = json.loads((out / "shared" / "summary.json").read_text())
+    assert summary["val_images"] == 0 and summary["patients"]["val"] == 0
+    assert summary["train_images"] == 24  # all 6 women x 4 views
+    assert summary["best_val_acc"] is None and summary["calibration"] is None
+    assert summary["best_epoch"] == 1
+    best = torch.load(out / "shared" / "best.pth", map_location="cpu", weights_only=False)
+    assert best["epoch"] == 1 and best["temperature"] == 1.0
+    assert np.isnan(best["history"][-1]["val_loss"])
+    for extra in (("--select", "kappa", "--early-stop", "0"),
+                  ("--select", "last", "--early-stop", "0", "--scheduler", "plateau")):
+        bad = train_argv(manifest, tmp_path / "bad", "--recipe", "small-real", "--epochs",
+                         "1", "--no-tensorboard", "--val-fraction", "0", *extra)
+        with pytest.raises(SystemExit, match="validation"):
+            main(get_args_parser().parse_args(bad))
+
+
 @pytest.mark.slow
 def test_shared_network_on_mlo_only_with_every_option(mlo_manifest, tmp_path):
     init = tmp_path / "init.pth"

@@ -218,9 +218,16 @@ def train_view(args: argparse.Namespace, slot: str, dist_info: DistInfo,
     train_all = mdata.select(records, split="train")
     train_recs = [r for r in train_all if r.slot in slots]
     val_recs = [r for r in mdata.select(records, split="val") if r.slot in slots]
-    if not train_recs or not val_recs:
+    # A fixed schedule (the last epoch's weights, no early stop) may train on every
+    # training woman: with --val-fraction 0 there are no validation images.
+    fixed_schedule = args.select == "last" and not args.early_stop
+    if not train_recs or not (val_recs or fixed_schedule):
         raise SystemExit(f"{slot}: {len(train_recs)} training and {len(val_recs)} validation "
-                         "images; need both")
+                         "images; need both (a fixed schedule, --select last --early-stop 0, "
+                         "trains without validation images)")
+    if not val_recs and args.scheduler == "plateau":
+        raise SystemExit(f"{slot}: no validation images: --scheduler plateau steps on the "
+                         "validation loss; use --scheduler cosine")
     if args.no_normalise:
         mean, std = 0.0, 1.0
     else:
@@ -257,7 +264,7 @@ def train_view(args: argparse.Namespace, slot: str, dist_info: DistInfo,
     train_loader = DataLoader(train_ds, batch_size=args.batch_size, sampler=train_sampler,
                               drop_last=len(train_sampler) > args.batch_size, **loader_kw)
     val_loader = DataLoader(val_ds, batch_size=max(args.batch_size, 32), sampler=val_sampler,
-                            **loader_kw)
+                            **loader_kw) if val_recs else None
     bn_loader = None
     if args.bn_recalibrate and not dist_info.enabled and not args.freeze_bn:
         # A fixed, evenly spread subset of the training images, without augmentation.
@@ -333,22 +340,25 @@ def train_view(args: argparse.Namespace, slot: str, dist_info: DistInfo,
                              freeze_bn=args.freeze_bn)
         if bn_loader is not None:
             recalibrate_batchnorm(model, bn_loader, device, channels_last=channels_last)
-        va, vprobs, vidx = evaluate(model, val_loader, device, amp=amp,
-                                    channels_last=channels_last)
-        vkappa = _kappa([val_targets[i] for i in vidx], vprobs, n_classes)
+        val_loss = val_acc = vkappa = float("nan")  # no validation images: not measured
+        if val_loader is not None:
+            va, vprobs, vidx = evaluate(model, val_loader, device, amp=amp,
+                                        channels_last=channels_last)
+            val_loss, val_acc = va.loss, va.accuracy
+            vkappa = _kappa([val_targets[i] for i in vidx], vprobs, n_classes)
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            scheduler.step(va.loss)
+            scheduler.step(val_loss)
         else:
             scheduler.step()
         lr = optimizer.param_groups[0]["lr"]
         row = {"epoch": epoch, "train_loss": tr.loss, "train_acc": tr.accuracy,
-               "val_loss": va.loss, "val_acc": va.accuracy, "val_kappa": vkappa, "lr": lr,
+               "val_loss": val_loss, "val_acc": val_acc, "val_kappa": vkappa, "lr": lr,
                "train_images_per_s": tr.images_per_s}
         history.append(row)
-        score = _selection_score(args.select, va.accuracy, vkappa, va.loss)
+        score = _selection_score(args.select, val_acc, vkappa, val_loss)
         improved = score > best_score or args.select == "last"
         if improved:
-            best_acc, best_epoch, best_score = va.accuracy, epoch, score
+            best_acc, best_epoch, best_score = val_acc, epoch, score
         if dist_info.is_main:
             state = {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
                      "lr_scheduler": scheduler.state_dict(), "epoch": epoch, "args": args_dict,
@@ -368,10 +378,12 @@ def train_view(args: argparse.Namespace, slot: str, dist_info: DistInfo,
                     if k != "epoch":
                         writer.add_scalar(k, v, epoch)
             log.info("%s epoch %d: train loss %.3f acc %.3f | val loss %.3f acc %.3f | lr %.1e",
-                     slot, epoch, tr.loss, tr.accuracy, va.loss, va.accuracy, lr)
+                     slot, epoch, tr.loss, tr.accuracy, val_loss, val_acc, lr)
     elapsed = time.perf_counter() - t_start
     calibration = None
-    if args.calibrate and dist_info.is_main and (out / "best.pth").exists():
+    if args.calibrate and val_loader is None:
+        log.warning("%s: no validation images: temperature scaling skipped", slot)
+    elif args.calibrate and dist_info.is_main and (out / "best.pth").exists():
         calibration = calibrate_checkpoint(out / "best.pth", model, val_loader, val_targets,
                                            device)
         log.info("%s: temperature %.2f, validation ECE %.3f -> %.3f", slot,
@@ -382,7 +394,8 @@ def train_view(args: argparse.Namespace, slot: str, dist_info: DistInfo,
     if len(set(digests)) > 1:
         log.error("%s: DDP ranks ended with different weights: %s", slot, digests)
     agreement = mdata.reader_agreement(records)
-    summary = {"view": slot, "slots": slots, "best_val_acc": best_acc,
+    summary = {"view": slot, "slots": slots,
+               "best_val_acc": best_acc if val_recs else None,
                "best_epoch": best_epoch, "select": args.select, "calibration": calibration,
                "reader_agreement": agreement if agreement.get("readers", 0) > 1 else None,
                "patients": {s: len({r.patient_id for r in records if r.split == s})
