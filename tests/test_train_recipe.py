@@ -220,6 +220,16 @@ def test_fixed_schedule_trains_on_every_training_woman(manifest, tmp_path):
     best = torch.load(out / "shared" / "best.pth", map_location="cpu", weights_only=False)
     assert best["epoch"] == 1 and best["temperature"] == 1.0
     assert np.isnan(best["history"][-1]["val_loss"])
+    # the registry entry of such a run: no validation accuracy, strict JSON
+    from mammo_density.train.export import export_run
+
+    entry = export_run(out, tmp_path / "entry", name="fixed", version="0.0.1",
+                       not_for_clinical_use=True, training_data="tiny synthetic")
+    assert "validation_accuracy" not in entry.metrics
+    json.loads((tmp_path / "entry" / "manifest.json").read_text(),
+               parse_constant=lambda c: pytest.fail(f"{c} in manifest.json"))
+    card = (tmp_path / "entry" / "MODEL_CARD.md").read_text()
+    assert "residual blocks, width 4, " in card and "Best validation accuracy" not in card
     for extra in (("--select", "kappa", "--early-stop", "0"),
                   ("--select", "last", "--early-stop", "0", "--scheduler", "plateau")):
         bad = train_argv(manifest, tmp_path / "bad", "--recipe", "small-real", "--epochs",

@@ -241,8 +241,10 @@ def export_run(run_dir: Path, out_dir: Path, *, name: str, version: str,
     architecture = _architecture(a, model0, network="shared" if len(
         {id(m) for m, _ in models.values()}) < len(models) else "per-view")
     all_metrics = dict(metrics or {})
-    all_metrics["validation_accuracy"] = {slot: round(float(c["best_acc"]), 4)
-                                          for slot, (_, c) in models.items()}
+    val_acc = {slot: round(float(c["best_acc"]), 4) for slot, (_, c) in models.items()
+               if np.isfinite(float(c["best_acc"]))}
+    if val_acc:  # a fixed schedule without validation women (--val-fraction 0) has none
+        all_metrics["validation_accuracy"] = val_acc
     temps = {slot: round(float(c.get("temperature", 1.0)), 4) for slot, (_, c) in models.items()}
     if any(t != 1.0 for t in temps.values()):
         all_metrics["temperature"] = temps

@@ -29,9 +29,9 @@ def render(manifest: ModelManifest, evaluation: dict | None = None,
         "combined by the method's rules at inference.",
         f"- Architecture: {m.architecture.get('type', '?')}, "
         f"{m.architecture.get('conv_layers', '?')} convolutional layers in "
-        f"{m.architecture.get('residual_blocks', '?')} residual blocks, width "
-        f"{m.architecture.get('width', '-')}, {m.architecture.get('activation', 'LeakyReLU')}, "
-        "softmax output.",
+        f"{m.architecture.get('residual_blocks', '?')} residual blocks, "
+        + (f"width {m.architecture['width']}, " if "width" in m.architecture else "")
+        + f"{m.architecture.get('activation', 'LeakyReLU')}, softmax output.",
         f"- Input: {m.input_size} x {m.input_size} px from preprocessing "
         f"`{m.preprocessing_version}`, then (x - {m.normalisation.mean:.5f}) / "
         f"{m.normalisation.std:.5f}. ONNX input `{m.input_name}`, output `{m.output_name}`.",
