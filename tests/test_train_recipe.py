@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -203,10 +204,11 @@ def test_mobilenet_v2_has_torchvisions_layout_and_exports(tmp_path):
     assert export_onnx(model, tmp_path / "m.onnx", 96) < 1e-4  # ORT vs PyTorch
 
 
-def test_fixed_schedule_trains_on_every_training_woman(manifest, tmp_path):
+def test_fixed_schedule_trains_on_every_training_woman(manifest, tmp_path, caplog):
     """--val-fraction 0 with --select last --early-stop 0: no validation women, every
     training woman trained on, the last epoch kept, calibration skipped; with model
     selection or a plateau schedule the same split stops with the reason."""
+    caplog.set_level(logging.INFO)  # every message formatted, as under the CLI
     out = tmp_path / "fixed"
     argv = train_argv(manifest, out, "--recipe", "small-real", "--epochs", "2",
                       "--no-tensorboard", "--val-fraction", "0", "--select", "last",
@@ -220,6 +222,8 @@ def test_fixed_schedule_trains_on_every_training_woman(manifest, tmp_path):
     best = torch.load(out / "shared" / "best.pth", map_location="cpu", weights_only=False)
     assert best["epoch"] == 1 and best["temperature"] == 1.0
     assert np.isnan(best["history"][-1]["val_loss"])
+    assert "shared: last epoch 1 kept, no validation images" in caplog.text
+    assert "no validation images: temperature scaling skipped" in caplog.text
     # the registry entry of such a run: no validation accuracy, strict JSON
     from mammo_density.train.export import export_run
 

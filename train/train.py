@@ -492,8 +492,12 @@ def main(args: argparse.Namespace) -> int:
         summaries = [train_view(args, unit, dist_info, slots) for unit, slots in units]
         if dist_info.is_main:
             for s in summaries:
-                log.info("%s: best val acc %.3f at epoch %d (%.0f s)", s["view"],
-                         s["best_val_acc"], s["best_epoch"], s["seconds"])
+                if s["best_val_acc"] is None:  # a fixed schedule without validation images
+                    log.info("%s: last epoch %d kept, no validation images (%.0f s)",
+                             s["view"], s["best_epoch"], s["seconds"])
+                else:
+                    log.info("%s: best val acc %.3f at epoch %d (%.0f s)", s["view"],
+                             s["best_val_acc"], s["best_epoch"], s["seconds"])
         return 0
     finally:
         cleanup()
