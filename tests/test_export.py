@@ -92,6 +92,12 @@ def test_cli_export_and_evaluate(trained, tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["levels"]["exam"]["accuracy"] == pytest.approx(
         json.loads((ev / "metrics.json").read_text())["levels"]["exam"]["accuracy"])
+    # checkpoints on the device a site names (auto: CUDA where there is one)
+    assert cli_main(["evaluate", "--manifest", str(manifest_csv), "--run", str(run),
+                     "--split", "all", "--bootstrap", "0", "--device", "auto", "--json"]) == 0
+    on_device = json.loads(capsys.readouterr().out)
+    assert on_device["levels"]["image"]["accuracy"] == pytest.approx(
+        json.loads((ev / "metrics.json").read_text())["levels"]["image"]["accuracy"])
 
 
 def test_fp16_export(tmp_path):

@@ -25,6 +25,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                      "bundled demo model")
     p.add_argument("--checkpoint", default="best", choices=("best", "checkpoint"),
                    help="with --run: best (model selection) or last checkpoint")
+    p.add_argument("--device", default="cpu",
+                   help="with --run: torch device (cpu, cuda, cuda:N, auto)")
     p.add_argument("--split", default="auto",
                    help="rows to score: train/val/test/all; auto = test if the manifest "
                    "has a test split, else all")
@@ -70,7 +72,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     if args.run:
         preds, info = predict_checkpoints(args.run, records, cache_dir=args.cache_dir,
-                                          which=args.checkpoint)
+                                          which=args.checkpoint, device=args.device)
     else:
         preds, info = predict_registry(_model_dir(args, settings), records,
                                        cache_dir=args.cache_dir)
