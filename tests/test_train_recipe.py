@@ -23,11 +23,15 @@ from mammo_density.train.engine import (
     recalibrate_batchnorm,
     train_one_epoch,
 )
+from mammo_density.train.evaluation import load_checkpoint_models
+from mammo_density.train.export import export_run
 from mammo_density.train.model import (
+    DensityMapHead,
     DensityResNet,
     MobileNetV2,
     ResNet18,
     activation_name,
+    build_network,
     count_residual_blocks,
     load_init_weights,
 )
@@ -204,6 +208,39 @@ def test_mobilenet_v2_has_torchvisions_layout_and_exports(tmp_path):
     assert export_onnx(model, tmp_path / "m.onnx", 96) < 1e-4  # ORT vs PyTorch
 
 
+def test_density_map_head_orders_the_classes_by_dense_share(manifest, tmp_path):
+    """--head density-map: the class probabilities are cumulative-logistic cuts of the
+    dense share; a larger share never lowers the expected class; it trains, reloads and
+    exports (ONNX parity) like the pooled head; other architectures refuse it."""
+    head = DensityMapHead(8, 4)
+    t = head.thresholds().detach()
+    assert torch.all(t[1:] > t[:-1]) and t[0] > 0 and t[-1] < 1
+    feats = torch.zeros(5, 8, 4, 4)
+    expected = []
+    with torch.no_grad():
+        head.maps.weight.zero_()
+        head.maps.bias[1] = 10.0  # breast map ~1 everywhere
+        for share in (0.05, 0.3, 0.5, 0.7, 0.95):
+            head.maps.bias[0] = float(np.log(share / (1 - share)))  # dense map = share
+            assert head.share(feats)[0] == pytest.approx(share, abs=1e-3)
+            p = torch.softmax(head(feats), 1)[0]
+            assert float(p.sum()) == pytest.approx(1.0, abs=1e-5)
+            expected.append(float((p * torch.arange(4)).sum()))
+    assert expected == sorted(expected) and expected[-1] - expected[0] > 2
+    with pytest.raises(ValueError, match="density-resnet only"):
+        build_network("resnet18", head="density-map")
+    out = tmp_path / "dmap"
+    argv = train_argv(manifest, out, "--recipe", "small-real", "--epochs", "1",
+                      "--no-tensorboard", "--head", "density-map", "--bn-recalibrate", "0")
+    assert main(get_args_parser().parse_args(argv)) == 0
+    model = load_checkpoint_models(out)["R-CC"][0]
+    assert isinstance(model.head, DensityMapHead)
+    entry = export_run(out, tmp_path / "entry", name="dmap", version="0.0.1",
+                       not_for_clinical_use=True, training_data="tiny synthetic")
+    assert entry.architecture["head"] == "density-map"
+    assert max(entry.metrics["export_parity_max_abs_diff"].values()) <= 1e-4
+
+
 def test_fixed_schedule_trains_on_every_training_woman(manifest, tmp_path, caplog):
     """--val-fraction 0 with --select last --early-stop 0: no validation women, every
     training woman trained on, the last epoch kept, calibration skipped; with model
@@ -225,8 +262,6 @@ def test_fixed_schedule_trains_on_every_training_woman(manifest, tmp_path, caplo
     assert "shared: last epoch 1 kept, no validation images" in caplog.text
     assert "no validation images: temperature scaling skipped" in caplog.text
     # the registry entry of such a run: no validation accuracy, strict JSON
-    from mammo_density.train.export import export_run
-
     entry = export_run(out, tmp_path / "entry", name="fixed", version="0.0.1",
                        not_for_clinical_use=True, training_data="tiny synthetic")
     assert "validation_accuracy" not in entry.metrics

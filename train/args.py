@@ -55,6 +55,9 @@ def get_args_parser(add_help: bool = True,
     g.add_argument("--width", type=int, default=None,
                    help="density-resnet: first-stage bottleneck channels (method 16)")
     g.add_argument("--dropout", type=float, default=0.0)
+    g.add_argument("--head", default="pool", choices=("pool", "density-map"),
+                   help="density-resnet's head: global average pool + linear, or a "
+                   "dense-tissue map whose share of the breast is cut by ordered thresholds")
     g = p.add_argument_group("optimisation (the method's defaults)")
     g.add_argument("--epochs", type=int, default=None, help="(method 100)")
     g.add_argument("--batch-size", type=int, default=None, help="per process (method 8)")

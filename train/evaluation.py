@@ -45,7 +45,7 @@ def load_checkpoint_models(run_dir: Path, *, which: str = "best") -> dict[str, t
         a = ckpt["args"]
         model = build_network(a.get("arch") or "density-resnet",
                               num_classes=len(TASKS[a["task"]]), width=a["width"],
-                              dropout=a.get("dropout", 0.0))
+                              dropout=a.get("dropout", 0.0), head=a.get("head") or "pool")
         model.load_state_dict(ckpt["model"])
         model.eval()
         for slot in ckpt.get("slots") or [unit]:

@@ -284,6 +284,7 @@ def _architecture(a: dict, model: nn.Module, *, network: str, members: int = 1,
         "output": "softmax", "network": network}
     if arch == "density-resnet":
         out["width"] = int(a["width"])
+        out["head"] = a.get("head") or "pool"
     if members > 1:
         out["ensemble"] = f"mean of {members} fold models' probabilities" + (
             f" ({runs} cross-validation runs)" if runs > 1 else "")

@@ -10,10 +10,12 @@ ONNX file outputs scores that sum to 1 like the method's last layer.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 
 class Bottleneck(nn.Module):
@@ -64,7 +66,7 @@ class DensityResNet(nn.Module):
     def __init__(self, *, num_classes: int = 4, width: int = 16,
                  blocks_per_stage: tuple[int, ...] = (3, 3, 3, 3), in_chans: int = 1,
                  dropout: float = 0.0, negative_slope: float = 0.01,
-                 stem_stride: int = 2) -> None:
+                 stem_stride: int = 2, head: str = "pool") -> None:
         super().__init__()
         self.num_classes = num_classes
         stem_ch = width * 2
@@ -89,7 +91,12 @@ class DensityResNet(nn.Module):
         self.stages = nn.Sequential(*stages)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.head = nn.Linear(in_ch, num_classes)
+        if head == "pool":
+            self.head: nn.Module = nn.Linear(in_ch, num_classes)
+        elif head == "density-map":
+            self.head = DensityMapHead(in_ch, num_classes)
+        else:
+            raise ValueError(f"unknown head {head!r}")
         self.num_features = in_ch
         self._init_weights(negative_slope)
 
@@ -110,10 +117,55 @@ class DensityResNet(nn.Module):
         return self.stages(self.stem(x))
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.head, DensityMapHead):
+            return self.head(self.dropout(x))
         return self.head(self.dropout(torch.flatten(self.pool(x), 1)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+
+class DensityMapHead(nn.Module):
+    """Percent density as the network's bottleneck (``--head density-map``).
+
+    Two 1x1 convolutions with a sigmoid map the last feature map to a dense-tissue map and
+    a breast map; their ratio ``s = sum(dense * breast) / sum(breast)`` is a share of dense
+    tissue in (0, 1). Ordered thresholds ``t_1 < ... < t_{K-1}`` on ``s`` give the classes
+    (cumulative logistic: ``P(class >= k) = sigmoid(a (s - t_k))``). Returns
+    log-probabilities, so a softmax of the output gives the class probabilities back and
+    every loss, calibration and export step treats it like logits.
+    """
+
+    def __init__(self, in_ch: int, num_classes: int) -> None:
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError("a density map needs at least two classes")
+        self.maps = nn.Conv2d(in_ch, 2, 1)
+        steps = num_classes - 1
+        # thresholds start evenly spread over (0, 1); the gaps stay positive (softplus)
+        gap = 1.0 / (steps + 1)
+        self.first = nn.Parameter(torch.tensor(gap))
+        self.gaps = nn.Parameter(torch.full((steps - 1,), math.log(math.expm1(gap))))
+        self.log_slope = nn.Parameter(torch.tensor(math.log(4.0 / gap)))
+
+    def thresholds(self) -> torch.Tensor:
+        return torch.cat([self.first.view(1),
+                          self.first + torch.cumsum(F.softplus(self.gaps), 0)])
+
+    def share(self, x: torch.Tensor) -> torch.Tensor:
+        """The dense share ``s`` of each image, shape (N,)."""
+        maps = torch.sigmoid(self.maps(x))
+        dense, breast = maps[:, 0], maps[:, 1]
+        return (dense * breast).sum((1, 2)) / (breast.sum((1, 2)) + 1e-6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.share(x)
+        above = torch.sigmoid(torch.exp(self.log_slope) *
+                              (s[:, None] - self.thresholds()[None, :]))  # P(class >= k)
+        ones = torch.ones_like(above[:, :1])
+        cumulative = torch.cat([ones, above, torch.zeros_like(ones)], 1)
+        probs = (cumulative[:, :-1] - cumulative[:, 1:]).clamp_min(1e-6)
+        return torch.log(probs)
 
 
 class BasicBlock(nn.Module):
@@ -248,11 +300,14 @@ class MobileNetV2(nn.Module):
 
 
 def build_network(arch: str = "density-resnet", *, num_classes: int = 4, width: int = 16,
-                  dropout: float = 0.0) -> nn.Module:
+                  dropout: float = 0.0, head: str = "pool") -> nn.Module:
     """The network named ``arch`` (``density-resnet``: the method's; ``resnet18``;
-    ``mobilenet_v2``)."""
+    ``mobilenet_v2``); ``head``: ``pool`` (global average pool + linear) or
+    ``density-map`` (:class:`DensityMapHead`, density-resnet only)."""
     if arch == "density-resnet":
-        return DensityResNet(num_classes=num_classes, width=width, dropout=dropout)
+        return DensityResNet(num_classes=num_classes, width=width, dropout=dropout, head=head)
+    if head != "pool":
+        raise ValueError(f"--head {head} is built for density-resnet only, not {arch}")
     if arch == "resnet18":
         return ResNet18(num_classes=num_classes, dropout=dropout)
     if arch == "mobilenet_v2":

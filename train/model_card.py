@@ -39,7 +39,8 @@ def render(manifest: ModelManifest, evaluation: dict | None = None,
         "", "## Training data", f"{m.training_data}", "",
     ]
     if training:
-        keys = ("recipe", "network", "arch", "init_from", "freeze_bn", "task", "input_size",
+        keys = ("recipe", "network", "arch", "head", "init_from", "freeze_bn", "task",
+                "input_size",
                 "width", "optimizer", "lr", "momentum", "weight_decay", "scheduler",
                 "batch_size", "epochs", "lr_factor", "lr_patience", "loss", "class_weights",
                 "sampler", "select", "early_stop", "calibrate", "rotation", "scale",

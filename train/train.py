@@ -133,7 +133,7 @@ def save_curves(history: list[dict], path: Path) -> None:
 def build_model(args: argparse.Namespace) -> torch.nn.Module:
     return build_network(getattr(args, "arch", None) or "density-resnet",
                          num_classes=len(mdata.TASKS[args.task]), width=args.width,
-                         dropout=args.dropout)
+                         dropout=args.dropout, head=args.head)
 
 
 def manifest_slots(args: argparse.Namespace) -> list[str]:
