@@ -229,6 +229,11 @@ def test_density_map_head_orders_the_classes_by_dense_share(manifest, tmp_path):
     assert expected == sorted(expected) and expected[-1] - expected[0] > 2
     with pytest.raises(ValueError, match="density-resnet only"):
         build_network("resnet18", head="density-map")
+    # a fresh network's maps start in the sigmoid's working range, not saturated
+    net = build_network(width=4, head="density-map").eval()
+    with torch.no_grad():
+        maps = torch.sigmoid(net.head.maps(net.forward_features(torch.randn(2, 1, 64, 64))))
+    assert float(maps.min()) > 0.3 and float(maps.max()) < 0.7
     out = tmp_path / "dmap"
     argv = train_argv(manifest, out, "--recipe", "small-real", "--epochs", "1",
                       "--no-tensorboard", "--head", "density-map", "--bn-recalibrate", "0")

@@ -99,6 +99,8 @@ class DensityResNet(nn.Module):
             raise ValueError(f"unknown head {head!r}")
         self.num_features = in_ch
         self._init_weights(negative_slope)
+        if isinstance(self.head, DensityMapHead):
+            self.head.reset_parameters()  # its own initialisation, not the He init above
 
     def _init_weights(self, negative_slope: float) -> None:
         for m in self.modules():
@@ -147,6 +149,14 @@ class DensityMapHead(nn.Module):
         self.first = nn.Parameter(torch.tensor(gap))
         self.gaps = nn.Parameter(torch.full((steps - 1,), math.log(math.expm1(gap))))
         self.log_slope = nn.Parameter(torch.tensor(math.log(4.0 / gap)))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Small map weights: both maps start near 0.5 everywhere, so every image's share
+        starts in the middle of the thresholds (with the network's He initialisation the
+        maps spread over 0.1-0.95 at random, a share unrelated to the image)."""
+        nn.init.normal_(self.maps.weight, std=0.01)
+        nn.init.zeros_(self.maps.bias)
 
     def thresholds(self) -> torch.Tensor:
         return torch.cat([self.first.view(1),
