@@ -27,6 +27,16 @@ class DistInfo:
         return self.rank == 0
 
 
+def resolve_device(name: str, dist_info: DistInfo | None = None) -> torch.device:
+    """The torch device ``name`` names (``auto``: CUDA when there is one); under DDP,
+    ``cuda`` is this process's GPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and dist_info is not None and dist_info.enabled:
+        return torch.device("cuda", dist_info.local_rank)
+    return torch.device(name)
+
+
 def init_distributed(device: str = "auto") -> DistInfo:
     """Join the process group torchrun describes (RANK/WORLD_SIZE/LOCAL_RANK), if any.
 

@@ -66,11 +66,12 @@ def predict_checkpoints(run_dir: Path, records: Sequence[ImageRecord], *,
     """
     import torch
 
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    from mammo_density.train.distributed import resolve_device
+
+    target = resolve_device(device)
     models = load_checkpoint_models(run_dir, which=which)
     for model, _ in models.values():
-        model.to(device)  # a shared network is one object under every slot: moved once
+        model.to(target)  # a shared network is one object under every slot: moved once
     first = next(iter(models.values()))[1]
     size, task = int(first["args"]["input_size"]), first["args"]["task"]
     norm = first["normalisation"]
@@ -83,7 +84,7 @@ def predict_checkpoints(run_dir: Path, records: Sequence[ImageRecord], *,
         for chunk in _batches(recs, batch_size):
             x = np.stack([(cache.load(r.path) - m) / s for r in chunk])[:, None]
             with torch.no_grad():
-                logits = model(torch.from_numpy(x.astype(np.float32)).to(device))
+                logits = model(torch.from_numpy(x.astype(np.float32)).to(target))
                 p = torch.softmax(logits.float() / t, 1).cpu().numpy()
             preds.extend(_to_preds(chunk, p))
     missing = {r.slot for r in records} - set(models)

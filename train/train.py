@@ -52,6 +52,7 @@ from mammo_density.train.distributed import (
     all_gather_object,
     cleanup,
     init_distributed,
+    resolve_device,
     seed_everything,
     state_digest,
     unwrap,
@@ -94,14 +95,6 @@ def load_records(args: argparse.Namespace) -> list[mdata.ImageRecord]:
         mdata.patient_split(train, val=args.val_fraction, test=0.0, seed=args.split_seed,
                             keep_existing=False)
     return records
-
-
-def resolve_device(name: str, dist_info: DistInfo) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and dist_info.enabled:
-        return torch.device("cuda", dist_info.local_rank)
-    return torch.device(name)
 
 
 def save_curves(history: list[dict], path: Path) -> None:
