@@ -503,3 +503,36 @@ def test_warm_up_builds_one_sr() -> None:
     from mammo_density.worker.sr import warm_up
 
     assert warm_up() > 0
+
+
+def test_highdicom_pixel_data_check_is_asked_once_per_sop_class() -> None:
+    """worker/iod_lookup.py: highdicom walks the whole IOD table for every source image
+    (~5 ms each); after the first image of a class the answer comes from the cache, and
+    it is the library's own answer."""
+    import sys
+
+    from highdicom import _standard_utils
+
+    from mammo_density.study import sop
+    from mammo_density.worker import iod_lookup
+
+    cached = _standard_utils.does_iod_have_pixel_data
+    assert hasattr(cached, "cache_info")
+    holders = [m for n, m in sys.modules.items() if n.startswith("highdicom")
+               and hasattr(m, "does_iod_have_pixel_data")]
+    assert {"highdicom.sr.templates", "highdicom.base_content"} <= {
+        m.__name__ for m in holders}
+    assert all(m.does_iod_have_pixel_data is cached for m in holders)
+    assert iod_lookup.install() and _standard_utils.does_iod_have_pixel_data is cached
+    original = cached.__wrapped__
+    for uid in (sop.MG_FOR_PRESENTATION, "1.2.840.10008.5.1.4.1.1.7",
+                "1.2.840.10008.5.1.4.1.1.88.33"):
+        assert cached(uid) == original(uid)
+    with pytest.raises(KeyError):
+        cached("1.2.3.4")
+    before = cached.cache_info()
+    man = srdata.manifest()
+    sources = srdata.mg_study()
+    build_density_sr(srdata.result_for(sources, man=man), sources, man)
+    after = cached.cache_info()
+    assert after.hits - before.hits >= len(sources) and after.misses == before.misses

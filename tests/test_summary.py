@@ -159,6 +159,21 @@ def test_picture_shows_the_result() -> None:
     assert yellow[:, :450].sum() > yellow_none[:, :450].sum() + 500
 
 
+def test_watermark_bands_paint_what_one_paste_of_the_whole_mask_paints() -> None:
+    """The watermark is pasted band by band, each cropped to the text (worker/summary.py
+    ``_watermark_tiles``): every pixel as one paste through the whole mask gives it."""
+    from mammo_density.worker import summary
+
+    size = (summary.WIDTH, summary.HEIGHT)
+    noise = Image.effect_noise(size, 60).convert("RGB")
+    whole = noise.copy()
+    whole.paste(summary._WATERMARK_RGB, (0, 0), summary._watermark_mask(size))
+    banded = summary._watermark(noise.copy())
+    assert np.array_equal(np.asarray(banded), np.asarray(whole))
+    assert np.asarray(banded).tobytes() != noise.tobytes()
+    assert len(summary._watermark_tiles(size)) > 10
+
+
 def test_not_assessable_and_partial_studies_render(tmp_path: Path) -> None:
     sources = srdata.mg_study(["R-CC"])
     man = srdata.manifest()

@@ -87,8 +87,11 @@ from mammo_density.wording import (
     reasons,
     report_sentence,
 )
+from mammo_density.worker import iod_lookup
 
 log = logging.getLogger(__name__)
+
+iod_lookup.install()  # highdicom's per-image SOP class check, once per class (~5 ms each)
 
 # --- fixed identity of the SR series --------------------------------------------------
 SERIES_NUMBER = 9901

@@ -81,6 +81,7 @@ _BAR = (90, 140, 220)
 _BAR_TOP = (255, 200, 40)
 _WARN = (255, 140, 60)
 _RED = (230, 40, 40)
+_WATERMARK_RGB = (255, 60, 60)  # the diagonal NOT FOR CLINICAL USE, through its mask
 
 
 def summary_uids(result: StudyResult, manifest: ModelManifest,
@@ -202,9 +203,25 @@ def _watermark_mask(size: tuple[int, int]) -> Image.Image:
     return mask
 
 
+@functools.lru_cache(maxsize=2)
+def _watermark_tiles(size: tuple[int, int]) -> tuple[tuple[tuple[int, int], Image.Image], ...]:
+    """The mask cut into bands of 16 rows, each cropped to its text: the diagonal text
+    covers 5 % of the picture but its bounding box 77 %, and a paste costs by the area
+    it covers (0.7 instead of 6.6 ms; the same pixels, tests/test_summary.py)."""
+    mask, tiles = _watermark_mask(size), []
+    for top in range(0, mask.height, 16):
+        band = mask.crop((0, top, mask.width, min(top + 16, mask.height)))
+        box = band.getbbox()
+        if box:
+            left, upper = box[0], top + box[1]
+            tiles.append(((left, upper), mask.crop((left, upper, box[2], top + box[3]))))
+    return tuple(tiles)
+
+
 def _watermark(img: Image.Image) -> Image.Image:
     """NOT FOR CLINICAL USE across the image (diagonal, semi-transparent red)."""
-    img.paste((255, 60, 60), (0, 0), _watermark_mask(img.size))
+    for corner, tile in _watermark_tiles(img.size):
+        img.paste(_WATERMARK_RGB, corner, tile)
     return img
 
 
