@@ -483,3 +483,18 @@ def test_each_pool_process_gets_its_share_of_the_cores(tmp_path):
                                                    "ort_parallel_views": 1}), 1, 8)
     assert (pinned.ort_threads, pinned.ort_parallel_views) == (3, 1)
     assert base.ort_parallel_views == 2 and base.ort_threads == 0  # not changed in place
+
+
+def test_pool_process_sizes_opencv_to_its_share() -> None:
+    """OpenCV's thread pool follows the process's share like the decoding and ONNX
+    threads (``limit_image_threads``, called in each pool process at start). Checked in
+    a fresh interpreter: the setting is process-wide."""
+    import subprocess
+    import sys
+
+    code = ("import cv2; from mammo_density.commands.worker import limit_image_threads; "
+            "limit_image_threads(3); a = cv2.getNumThreads(); "
+            "limit_image_threads(0); print(a, cv2.getNumThreads())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=60).stdout.split()
+    assert out == ["3", "1"]

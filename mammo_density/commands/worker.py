@@ -72,6 +72,16 @@ def pool_share(settings: Settings, processes: int, cores: int) -> tuple[Settings
     return settings.model_copy(update=update), share
 
 
+def limit_image_threads(share: int) -> None:
+    """OpenCV's own thread pool (the preprocessing's resizing and morphology, the
+    thumbnails) sized to one pool process's ``share`` of the cores, like its decoding and
+    ONNX threads. At OpenCV's default, a thread per core in every process, the same
+    preparation costs ~13 ms more CPU a study on 2 cores (`benchmarks/opencv_threads.py`)."""
+    import cv2
+
+    cv2.setNumThreads(max(1, share))
+
+
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from mammo_density.datadir import private_umask
 
@@ -120,6 +130,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     def _init_process(**_kwargs) -> None:  # in each pool process, after the fork
         tasks.reset_after_fork()
         if warm_sr:  # highdicom's lazy set-up off the first study's report
+            limit_image_threads(share)
             warm_up_reporting(settings)
         if preload:
             try:
