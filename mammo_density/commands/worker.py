@@ -86,7 +86,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from mammo_density.datadir import private_umask
 
     private_umask()  # SRs written to the outbox carry PHI: files 0600 (docs/security.md)
-    from mammo_density.memory import limit_heap_growth
+    from mammo_density.memory import freeze_startup_heap, limit_heap_growth
 
     limit_heap_growth()  # before any worker thread: flat RSS over many studies
     from celery.signals import worker_process_init
@@ -139,6 +139,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 pipeline.dense_models  # noqa: B018
             except Exception:
                 log.exception("models could not be loaded in the worker process")
+        freeze_startup_heap()  # out of the garbage collector's scans (memory.py)
 
     # Celery logs every task's return value at INFO ("succeeded in ...: {...}"): results
     # and payloads carry study/SOP UIDs, which the logs must not (UIDs only hashed).
