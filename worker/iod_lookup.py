@@ -4,7 +4,7 @@ For every source image an SR or a secondary capture references, highdicom checks
 the image's SOP class is an image IOD (``does_iod_have_pixel_data``). Each check walks
 every module and attribute of the IOD in the copy of the standard shipped with highdicom:
 about 5 ms a call on the 2-core reference machine, six calls for one study's SR and
-summary image (benchmarks/README.md, "Where the time goes"). The answer depends only on
+summary image (benchmarks/README.md, "Where the time went"). The answer depends only on
 the SOP Class UID and on those tables, which do not change while a process runs, so it
 is kept per class.
 
