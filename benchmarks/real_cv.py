@@ -8,6 +8,8 @@ inner validation patients for everything:
   (scikit-learn; :mod:`mammo_density.train.baselines`);
 - one row per CNN variant (``--variant NAME="train options"``; default the ``small-real``
   recipe), each trained by ``mammo-density train --cv K``;
+- with ``--probe-weights W``, ``embeddings+LR``: the linear probe of pretrained weights
+  (``--probe-arch``'s pooled features, frozen, + the same logistic regression);
 - ``<first variant>+LR``: late fusion of the first variant and ``features+LR`` (per image,
   the mean of their probabilities; nothing fitted on top);
 - with ``--ensemble``, ``mean of variants``: per image the mean of every variant's fold
@@ -120,6 +122,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="export the first variant's fold models as registry entry NAME "
                    "into OUT/model (with --ensemble also every variant's, as NAME-ensemble "
                    "into OUT/model-ensemble)")
+    p.add_argument("--probe-weights", type=Path, default=None,
+                   help="pretrained weights (as --init-from takes them) to score as a "
+                   "linear probe on the same folds: row embeddings+LR")
+    p.add_argument("--probe-arch", default="mobilenet_v2",
+                   help="architecture of --probe-weights (default mobilenet_v2)")
     p.add_argument("--ensemble", action="store_true",
                    help="add the row of the mean of all variants' networks (per fold)")
     args = p.parse_args(argv)
@@ -157,7 +164,9 @@ def main(argv: list[str] | None = None) -> int:
             ["--manifest", str(manifest), "--out", str(out / name), "--input-size",
              str(args.input_size), "--split-seed", str(args.split_seed), "--device",
              args.device, "--cache-dir", str(cache), "--no-progress", "--no-tensorboard",
-             *(["--threads", str(args.threads)] if args.threads else []), *shlex.split(opts)])
+             *(["--threads", str(args.threads)] if args.threads else []),
+             *(["--probe-weights", str(args.probe_weights), "--probe-arch", args.probe_arch]
+               if args.probe_weights and i == 0 else []), *shlex.split(opts)])
         targs.fold_workers = args.fold_workers
         t0 = time.perf_counter()
         cross_validate(targs, args.k, baselines=(i == 0))
@@ -166,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         if i == 0:
             rows["majority"] = cv["rows"]["majority"]
             rows["features+LR"] = cv["rows"]["features+LR"]
+            if "embeddings+LR" in cv["rows"]:
+                rows["embeddings+LR"] = cv["rows"]["embeddings+LR"]
         rows[name] = cv["rows"]["cnn"]
         if i == 0:
             rows[f"{name}+LR"] = cv["rows"]["cnn+LR"]  # late fusion, mean of probabilities

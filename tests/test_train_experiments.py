@@ -42,16 +42,58 @@ def test_input_size_sweep_writes_the_methods_table(manifest, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_cross_validation_reports_mean_and_spread(manifest, tmp_path, capsys):
+    import torch
+
+    from mammo_density.train.model import build_network
+
     out = tmp_path / "cv"
+    probe = tmp_path / "mobilenet_v2.pth"
+    torch.save(build_network("mobilenet_v2").state_dict(), probe)
     argv = train_argv(manifest, out, "--epochs", "1", "--no-tensorboard",
-                      "--max-steps-per-epoch", "1", "--cv", "2")
+                      "--max-steps-per-epoch", "1", "--cv", "2", "--probe-weights", str(probe))
     assert cli_main(["train", *argv]) == 0
     cv = json.loads((out / "cv.json").read_text())
     assert cv["k"] == 2 and len(cv["folds"]) == 2
+    assert {"features+LR", "embeddings+LR"} <= set(cv["rows"])
     assert "accuracy_std" in cv["summary"]["exam"]
     # every exam is tested exactly once over the folds
     assert sum(f["exams"] for f in cv["folds"]) == 6
     assert "accuracy" in capsys.readouterr().out
+
+
+def test_linear_probe_scores_frozen_weights_a_site_brings(manifest, tmp_path):
+    """``--probe-weights`` (train/baselines.py ``embeddings_logistic``): weights made here
+    (a torchvision-layout MobileNetV2 state dict) are loaded whole and frozen; each image
+    becomes the 1280 pooled features in front of the classifier, not its 4 outputs; the
+    test images get probabilities; weights of another architecture are refused."""
+    import torch
+
+    from mammo_density.train import baselines as bl
+    from mammo_density.train import data as mdata
+    from mammo_density.train.dataset import ArrayCache
+    from mammo_density.train.model import build_network
+
+    records = mdata.screening_records(mdata.read_manifest_csv(manifest))
+    patients = sorted({r.patient_id for r in records})
+    role = {pid: ("train", "train", "train", "val")[i] if i < 4 else "test"
+            for i, pid in enumerate(patients)}
+    split = {name: [r for r in records if role[r.patient_id] == name]
+             for name in ("train", "val", "test")}
+    weights = tmp_path / "mobilenet_v2.pth"
+    net = build_network("mobilenet_v2")
+    torch.save(net.state_dict(), weights)
+    tensors = len(net.state_dict())
+    cache = ArrayCache(tmp_path / "cache", 32)
+    preds, info = bl.embeddings_logistic(split["train"], split["val"], split["test"], cache,
+                                         weights=weights)
+    assert info["dims"] == [1280] and info["tensors_loaded"] == tensors
+    assert len(preds) == len(split["test"]) > 0
+    assert all(abs(p.probs.sum() - 1.0) < 1e-6 for p in preds)
+    other = tmp_path / "resnet18.pth"
+    torch.save(build_network("resnet18").state_dict(), other)
+    with pytest.raises(ValueError):
+        bl.embeddings_logistic(split["train"], split["val"], split["test"], cache,
+                               weights=other)
 
 
 def test_late_fusion_matches_images_by_slot_and_averages():

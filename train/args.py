@@ -52,6 +52,12 @@ def get_args_parser(add_help: bool = True,
                    help="start from these weights: a state dict (torchvision/timm network "
                    "of --arch's layout, matched by key and shape) or a checkpoint of an "
                    "earlier run")
+    g.add_argument("--probe-weights", type=Path, default=None,
+                   help="with --cv: also score these weights (as --init-from takes them) "
+                   "frozen, their pooled features + logistic regression on the same folds "
+                   "(row embeddings+LR)")
+    g.add_argument("--probe-arch", default="mobilenet_v2", choices=ARCHS,
+                   help="the architecture of --probe-weights (default mobilenet_v2)")
     g.add_argument("--width", type=int, default=None,
                    help="density-resnet: first-stage bottleneck channels (method 16)")
     g.add_argument("--dropout", type=float, default=0.0)

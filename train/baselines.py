@@ -8,12 +8,16 @@ breast's area, and texture (local standard deviation, gradient magnitude and Lap
 statistics at two scales). The regularisation of the logistic regression is chosen on the
 fold's validation patients (the same ones the networks use), then it is refitted on
 training + validation.
+
+A linear probe of weights a site brings (:func:`embeddings_logistic`): the same
+regression on a pretrained network's pooled features, the network frozen. It tells
+whether those features carry density before any fine-tuning is tried.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -114,11 +118,13 @@ def majority_class(train: Sequence[ImageRecord], test: Sequence[ImageRecord],
 
 def features_logistic(train: Sequence[ImageRecord], val: Sequence[ImageRecord],
                       test: Sequence[ImageRecord], cache: ArrayCache, *,
-                      task: str = "birads4", features: dict | None = None
+                      task: str = "birads4", features: dict | None = None,
+                      featurize: Callable[[list[str]], list[np.ndarray]] | None = None,
                       ) -> tuple[list[Prediction], dict]:
     """Standardised features + multinomial logistic regression; C chosen on ``val``.
 
-    ``features`` caches feature vectors by path across folds. Returns the test
+    ``features`` caches feature vectors by path across folds. ``featurize`` maps image
+    paths to feature vectors (default: the hand-made features above). Returns the test
     predictions and ``{"C": chosen, "val_kappa": ...}``.
     """
     from sklearn.linear_model import LogisticRegression
@@ -130,7 +136,8 @@ def features_logistic(train: Sequence[ImageRecord], val: Sequence[ImageRecord],
 
     def matrix(recs: Sequence[ImageRecord]) -> np.ndarray:
         missing = list(dict.fromkeys(str(r.path) for r in recs if str(r.path) not in features))
-        features.update(zip(missing, _features_of(missing, cache), strict=True))
+        features.update(zip(missing, featurize(missing) if featurize
+                            else _features_of(missing, cache), strict=True))
         return np.stack([features[str(r.path)] for r in recs])
 
     def fit(x: np.ndarray, y: np.ndarray, c: float):
@@ -157,3 +164,53 @@ def features_logistic(train: Sequence[ImageRecord], val: Sequence[ImageRecord],
     model = fit(x_tr, y_tr, best_c)
     return _to_preds(test, full_probs(model, matrix(test))), {"C": best_c,
                                                               "val_kappa": float(best_k)}
+
+
+def embeddings_logistic(train: Sequence[ImageRecord], val: Sequence[ImageRecord],
+                        test: Sequence[ImageRecord], cache: ArrayCache, *,
+                        weights: str | Path, arch: str = "mobilenet_v2",
+                        task: str = "birads4", batch_size: int = 16
+                        ) -> tuple[list[Prediction], dict]:
+    """Linear probe: the pooled features of network ``arch`` with ``weights`` loaded as
+    ``--init-from`` loads them (ImageNet, a foundation model, an earlier run), frozen,
+    + the logistic regression of :func:`features_logistic` (C chosen on ``val``).
+
+    Inputs are normalised with the training images' pixel mean and std, as training
+    does. The features are the input of the network's last linear layer (global average
+    pool of its last feature map). Raises ``ValueError`` when the weights do not fit
+    ``arch``.
+    """
+    import torch
+
+    from mammo_density.train.dataset import compute_normalisation
+    from mammo_density.train.model import build_network, load_init_weights
+
+    net = build_network(arch, num_classes=len(TASKS[task]))
+    counts = load_init_weights(net, weights)
+    net.eval()
+    linear = [m for m in net.modules() if isinstance(m, torch.nn.Linear)]
+    if not linear:
+        raise ValueError(f"{arch}: no linear classifier whose input could be probed")
+    mean, std = compute_normalisation(list(train), cache)
+    taken: list[torch.Tensor] = []
+    dims: set[int] = set()
+    hook = linear[-1].register_forward_hook(lambda _m, inp, _out: taken.append(inp[0]))
+
+    def featurize(paths: list[str]) -> list[np.ndarray]:
+        out: list[np.ndarray] = []
+        with torch.inference_mode():
+            for i in range(0, len(paths), batch_size):
+                batch = np.stack([cache.load(Path(p)) for p in paths[i:i + batch_size]])
+                taken.clear()
+                net(torch.from_numpy((batch - mean) / std).float().unsqueeze(1))
+                out.extend(taken[-1].double().numpy())
+        dims.update(len(v) for v in out)
+        return out
+
+    try:
+        preds, info = features_logistic(train, val, test, cache, task=task, features={},
+                                        featurize=featurize)
+    finally:
+        hook.remove()
+    return preds, {**info, "arch": arch, "weights": str(weights),
+                   "tensors_loaded": counts["loaded"], "dims": sorted(dims)}

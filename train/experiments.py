@@ -95,6 +95,8 @@ def summarise_folds(per_fold: list[dict], pooled: dict | None = None) -> dict:
 
 
 FUSED_ROW = "cnn+LR"
+#: Row of the linear probe of ``--probe-weights`` (frozen pretrained features + LR).
+PROBE_ROW = "embeddings+LR"
 
 
 def fuse_predictions(a: list[Prediction], b: list[Prediction],
@@ -181,7 +183,8 @@ def cross_validate(args: argparse.Namespace, k: int, *, baselines: bool = True) 
 
     The baselines (majority class; hand-made features + logistic regression) are scored
     on the same folds and the same validation patients, with the late fusion of the
-    network and the regression (mean of their probabilities, row ``cnn+LR``), so
+    network and the regression (mean of their probabilities, row ``cnn+LR``) and, with
+    ``--probe-weights``, the linear probe of those weights (row ``embeddings+LR``), so
     ``OUT/cv.json`` holds one row per method: mean and sample sd over folds (image, breast,
     exam), pooled recall and confusion over the out-of-fold predictions, wall time.
     """
@@ -194,9 +197,13 @@ def cross_validate(args: argparse.Namespace, k: int, *, baselines: bool = True) 
     mdata.kfold_patients(records, k, seed=args.split_seed)  # validates k early
     cache_dir = Path(args.cache_dir) if args.cache_dir else base / "cache"
     per_fold: list[dict] = []
-    oof: dict[str, list] = {"cnn": [], "majority": [], "features+LR": [], FUSED_ROW: []}
-    base_folds: dict[str, list[dict]] = {"majority": [], "features+LR": [], FUSED_ROW: []}
-    seconds = {"cnn": 0.0, "majority": 0.0, "features+LR": 0.0, FUSED_ROW: 0.0}
+    probe = getattr(args, "probe_weights", None) if baselines else None
+    extra = (PROBE_ROW,) if probe else ()
+    oof: dict[str, list] = {name: [] for name in ("cnn", "majority", "features+LR",
+                                                  FUSED_ROW, *extra)}
+    base_folds: dict[str, list[dict]] = {name: [] for name in ("majority", "features+LR",
+                                                               FUSED_ROW, *extra)}
+    seconds = dict.fromkeys(oof, 0.0)
     features: dict = {}
     fold_args = []
     for fold in range(k):
@@ -246,6 +253,16 @@ def cross_validate(args: argparse.Namespace, k: int, *, baselines: bool = True) 
             fused = fuse_predictions(preds, p)
             oof[FUSED_ROW] += fused
             base_folds[FUSED_ROW].append(evaluate_predictions(fused, args.task, n_boot=0))
+            if probe:  # linear probe of the weights a site brings (--probe-weights)
+                t0 = time.perf_counter()
+                p, info = bl.embeddings_logistic(
+                    tr, va, te, ArrayCache(cache_dir, args.input_size), weights=probe,
+                    arch=getattr(args, "probe_arch", None) or "mobilenet_v2", task=args.task)
+                seconds[PROBE_ROW] += time.perf_counter() - t0
+                oof[PROBE_ROW] += p
+                result = evaluate_predictions(p, args.task, n_boot=0)
+                result["model"] = info
+                base_folds[PROBE_ROW].append(result)
     rows: dict[str, dict] = {}
     for name, folds in (("cnn", per_fold), *base_folds.items()):
         if not folds:
