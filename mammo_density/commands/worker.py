@@ -125,6 +125,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
              pooled.ort_parallel_views, pooled.ort_threads)
     tasks.configure(lambda: node_pipeline(pooled, owns_outbox=False, sinks=warm_sr,
                                           decode_workers=share))
+    if args.pool != "prefork" and warm_sr:  # the studies run in this very process
+        limit_image_threads(share)
 
     @worker_process_init.connect(weak=False)
     def _init_process(**_kwargs) -> None:  # in each pool process, after the fork
