@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from mammo_density.logsetup import configure_logging
     from mammo_density.train.args import get_args_parser
-    from mammo_density.train.experiments import cross_validate
+    from mammo_density.train.experiments import PROBE_ROW, cross_validate
 
     configure_logging(0)
     if args.threads:
@@ -175,8 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         if i == 0:
             rows["majority"] = cv["rows"]["majority"]
             rows["features+LR"] = cv["rows"]["features+LR"]
-            if "embeddings+LR" in cv["rows"]:
-                rows["embeddings+LR"] = cv["rows"]["embeddings+LR"]
+            if PROBE_ROW in cv["rows"]:
+                rows[PROBE_ROW] = cv["rows"][PROBE_ROW]
         rows[name] = cv["rows"]["cnn"]
         if i == 0:
             rows[f"{name}+LR"] = cv["rows"]["cnn+LR"]  # late fusion, mean of probabilities
