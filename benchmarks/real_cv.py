@@ -38,6 +38,8 @@ import sys
 import time
 from pathlib import Path
 
+from mammo_density.train.args import ARCHS
+
 DEFAULT_VARIANTS = {"cnn-small-real": "--recipe small-real"}
 ENSEMBLE_ROW = "mean of variants"
 
@@ -125,8 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--probe-weights", type=Path, default=None,
                    help="pretrained weights (as --init-from takes them) to score as a "
                    "linear probe on the same folds: row embeddings+LR")
-    p.add_argument("--probe-arch", default="mobilenet_v2",
-                   help="architecture of --probe-weights (default mobilenet_v2)")
+    p.add_argument("--probe-arch", default=None, choices=ARCHS,
+                   help="architecture of --probe-weights (default: train's, mobilenet_v2)")
     p.add_argument("--ensemble", action="store_true",
                    help="add the row of the mean of all variants' networks (per fold)")
     args = p.parse_args(argv)
@@ -165,8 +167,10 @@ def main(argv: list[str] | None = None) -> int:
              str(args.input_size), "--split-seed", str(args.split_seed), "--device",
              args.device, "--cache-dir", str(cache), "--no-progress", "--no-tensorboard",
              *(["--threads", str(args.threads)] if args.threads else []),
-             *(["--probe-weights", str(args.probe_weights), "--probe-arch", args.probe_arch]
-               if args.probe_weights and i == 0 else []), *shlex.split(opts)])
+             *(["--probe-weights", str(args.probe_weights)]
+               if args.probe_weights and i == 0 else []),
+             *(["--probe-arch", args.probe_arch] if args.probe_arch and i == 0 else []),
+             *shlex.split(opts)])
         targs.fold_workers = args.fold_workers
         t0 = time.perf_counter()
         cross_validate(targs, args.k, baselines=(i == 0))

@@ -197,7 +197,7 @@ def cross_validate(args: argparse.Namespace, k: int, *, baselines: bool = True) 
     mdata.kfold_patients(records, k, seed=args.split_seed)  # validates k early
     cache_dir = Path(args.cache_dir) if args.cache_dir else base / "cache"
     per_fold: list[dict] = []
-    probe = getattr(args, "probe_weights", None) if baselines else None
+    probe = args.probe_weights if baselines else None
     extra = (PROBE_ROW,) if probe else ()
     oof: dict[str, list] = {name: [] for name in ("cnn", "majority", "features+LR",
                                                   FUSED_ROW, *extra)}
@@ -236,14 +236,15 @@ def cross_validate(args: argparse.Namespace, k: int, *, baselines: bool = True) 
             tr = [r for r in recs if r.split == "train"]
             va = [r for r in recs if r.split == "val"]
             te = [r for r in recs if r.split == "test"]
+            fold_cache = ArrayCache(cache_dir, args.input_size)  # both regressions read it
             t0 = time.perf_counter()
             p = bl.majority_class(tr + va, te, args.task)
             seconds["majority"] += time.perf_counter() - t0
             oof["majority"] += p
             base_folds["majority"].append(evaluate_predictions(p, args.task, n_boot=0))
             t0 = time.perf_counter()
-            p, info = bl.features_logistic(tr, va, te, ArrayCache(cache_dir, args.input_size),
-                                           task=args.task, features=features)
+            p, info = bl.features_logistic(tr, va, te, fold_cache, task=args.task,
+                                           features=features)
             seconds["features+LR"] += time.perf_counter() - t0
             oof["features+LR"] += p
             result = evaluate_predictions(p, args.task, n_boot=0)
@@ -255,9 +256,8 @@ def cross_validate(args: argparse.Namespace, k: int, *, baselines: bool = True) 
             base_folds[FUSED_ROW].append(evaluate_predictions(fused, args.task, n_boot=0))
             if probe:  # linear probe of the weights a site brings (--probe-weights)
                 t0 = time.perf_counter()
-                p, info = bl.embeddings_logistic(
-                    tr, va, te, ArrayCache(cache_dir, args.input_size), weights=probe,
-                    arch=getattr(args, "probe_arch", None) or "mobilenet_v2", task=args.task)
+                p, info = bl.embeddings_logistic(tr, va, te, fold_cache, weights=probe,
+                                                 arch=args.probe_arch, task=args.task)
                 seconds[PROBE_ROW] += time.perf_counter() - t0
                 oof[PROBE_ROW] += p
                 result = evaluate_predictions(p, args.task, n_boot=0)
