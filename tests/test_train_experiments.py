@@ -169,7 +169,8 @@ def test_ensemble_row_is_the_mean_of_the_runs_networks(manifest, tmp_path):
 
 
 @pytest.mark.slow
-def test_export_of_several_cv_runs_averages_all_their_fold_models(manifest, tmp_path):
+def test_export_of_several_cv_runs_averages_all_their_fold_models(manifest, tmp_path,
+                                                                  capsys):
     import onnxruntime as ort
     import torch
 
@@ -203,6 +204,14 @@ def test_export_of_several_cv_runs_averages_all_their_fold_models(manifest, tmp_
             expected += torch.softmax(logits, 1).numpy() / 4
     got = ort.InferenceSession(str(entry / m.views["R-CC"])).run(None, {"image": x})[0]
     assert np.abs(got - expected).max() < 1e-4
+    # the summary of benchmarks/real_cv.py over several split seeds is no table of these
+    # folds: refused, with the file to give instead
+    report = tmp_path / "real_cv.json"
+    report.write_text(json.dumps({"split_seed": [0, 1], "summary": {}, "splits": {}}))
+    assert cli_main(["export", "--run", str(runs[0]), "--out", str(tmp_path / "sum"),
+                     "--name", "x", "--cv-report", str(report)]) == 1
+    assert "split-N/real_cv.json" in capsys.readouterr().err
+    assert not (tmp_path / "sum").exists()
     # a plain run cannot join CV runs
     assert cli_main(["export", "--run", str(runs[0]), "--run", str(runs[0] / "fold-0"),
                      "--out", str(tmp_path / "bad"), "--name", "x"]) == 1

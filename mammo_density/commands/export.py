@@ -56,6 +56,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     try:
         if cv_runs:
             report = json.loads(args.cv_report.read_text()) if args.cv_report else None
+            if report is not None and "rows" not in report and "splits" in report:
+                print(f"mammo-density export: {args.cv_report} summarises several split "
+                      "seeds; the model card takes the table of the split these runs "
+                      "come from (OUT/split-N/real_cv.json)", file=sys.stderr)
+                return 1
             manifest = export_cv(
                 cv_runs, args.out, name=args.name, version=args.model_version,
                 which=args.checkpoint, training_data=args.training_data,
