@@ -12,11 +12,10 @@ from tests.train_helpers import tiny_manifest
 
 
 def _rows(acc: dict[str, float], kappa: dict[str, float]) -> dict[str, dict]:
-    level = {"image": None}
-    return {name: {"summary": {lv: {"accuracy": a, "kappa_linear": kappa[name],
-                                    "kappa_quadratic": kappa[name] + 0.1,
-                                    "recall": {"A": a, "C": None, "D": 1 - a}}
-                                for lv in level}}
+    """One split's rows as real_cv keeps them, image level only; C is never predicted."""
+    return {name: {"summary": {"image": {"accuracy": a, "kappa_linear": kappa[name],
+                                         "kappa_quadratic": kappa[name] + 0.1,
+                                         "recall": {"A": a, "C": None, "D": 1 - a}}}}
             for name, a in acc.items()}
 
 
