@@ -12,7 +12,7 @@ from tests.train_helpers import tiny_manifest
 
 
 def _rows(acc: dict[str, float], kappa: dict[str, float]) -> dict[str, dict]:
-    """One split's rows as real_cv keeps them, image level only; C is never predicted."""
+    """One split's rows as real_cv keeps them, image level only; no image is truly C."""
     return {name: {"summary": {"image": {"accuracy": a, "kappa_linear": kappa[name],
                                          "kappa_quadratic": kappa[name] + 0.1,
                                          "recall": {"A": a, "C": None, "D": 1 - a}}}}
