@@ -174,20 +174,22 @@ def _mean_of(values: list) -> float | None:
 def summarise_splits(per_split: dict[int, dict[str, dict]],
                      reference: str = "features+LR") -> dict[str, dict]:
     """Each method's figures over several split seeds: per level, the mean over splits of
-    the split's fold-mean accuracy and kappas, their lowest and highest split, the mean
+    the split's fold mean of each CV metric, its lowest and highest split, the mean
     pooled recall per class, and the paired difference to ``reference`` (the same folds,
     split by split). Only methods scored on every split are summarised."""
+    from mammo_density.train.experiments import CV_LEVELS, CV_METRICS
+
     splits = list(per_split.values())
     names = [n for n in splits[0] if all(n in rows for rows in splits)]
     out: dict[str, dict] = {}
     for name in names:
         levels = {}
-        for level in ("image", "breast", "exam"):
+        for level in CV_LEVELS:
             runs = [rows[name]["summary"].get(level) for rows in splits]
             if any(r is None for r in runs):
                 continue
             entry: dict[str, object] = {}
-            for metric in ("accuracy", "kappa_linear", "kappa_quadratic"):
+            for metric in CV_METRICS:
                 if any(r.get(metric) is None for r in runs):
                     continue  # not defined on every split: no mean that compares
                 values = [float(r[metric]) for r in runs]
@@ -211,7 +213,10 @@ def summarise_splits(per_split: dict[int, dict[str, dict]],
 def format_splits_table(summary: dict[str, dict], seeds: list[int],
                         reference: str = "features+LR") -> str:
     """Markdown: per method and level, mean accuracy % [lowest, highest split] / linear
-    kappa, the paired difference to ``reference``, mean recall per class."""
+    kappa, the paired difference to ``reference``, mean recall per class; the levels of
+    the single-split tables."""
+    from mammo_density.train.experiments import CV_TABLE_LEVELS
+
     lines = [f"| method | level | accuracy % over splits {seeds} [range] | kappa linear "
              f"[range] | kappa quadratic | vs {reference}: accuracy points / kappa linear "
              "[range of accuracy] | recall per class |", "|---|---|---|---|---|---|---|"]
@@ -224,6 +229,8 @@ def format_splits_table(summary: dict[str, dict], seeds: list[int],
 
     for name, levels in summary.items():
         for level, e in levels.items():
+            if level not in CV_TABLE_LEVELS:
+                continue
             lo, hi = e.get("accuracy_range", (None, None))
             klo, khi = e.get("kappa_linear_range", (None, None))
             key = f"accuracy_vs_{reference}"

@@ -71,6 +71,8 @@ def input_size_sweep(args: argparse.Namespace, sizes: list[int]) -> int:
 
 CV_LEVELS = ("image", "breast", "breast:R", "breast:L", "exam")
 CV_METRICS = ("accuracy", "kappa_linear", "kappa_quadratic", "dense_accuracy", "dense_auc")
+#: The levels the CV tables show (the JSON keeps every level of ``CV_LEVELS``).
+CV_TABLE_LEVELS = ("image", "breast", "exam")
 
 
 def summarise_folds(per_fold: list[dict], pooled: dict | None = None) -> dict:
@@ -296,8 +298,7 @@ def _json(o: object) -> object:
     raise TypeError(type(o).__name__)
 
 
-def format_cv_table(rows: dict[str, dict], levels: tuple[str, ...] = ("image", "breast",
-                                                                       "exam")) -> str:
+def format_cv_table(rows: dict[str, dict], levels: tuple[str, ...] = CV_TABLE_LEVELS) -> str:
     """Markdown: one line per (method, level): accuracy +- sd, kappas, recall per class."""
     lines = ["| method | level | accuracy % (sd) | kappa linear (sd) | kappa quadratic | "
              "recall per class | dense/non-dense % |", "|---|---|---|---|---|---|---|"]
