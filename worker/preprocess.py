@@ -470,15 +470,18 @@ def _coarse_breast_mask(y: np.ndarray, threshold: float,
     best = _largest(fg)
     if best is None:
         return None
+    # ``best`` is one component; it needs labelling again only where a step removed
+    # part of it (the common case removes nothing)
     thick = _thick_part(best)
-    if thick is not None:
+    if thick is not None and not thick[best].all():
         best = _largest(best & thick)
         if best is None:
             return None
-    best = _cut_adjacent_parts(best, info)
-    best = _largest(best)
-    if best is None:
-        return None
+    cut = _cut_adjacent_parts(best, info)
+    if cut is not best:
+        best = _largest(cut)
+        if best is None:
+            return None
     best = _fill_holes(best)
     if info is not None:
         info.foreground_left_out = 1.0 - min(1.0, int(best.sum()) / max(total, 1))
