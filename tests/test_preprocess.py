@@ -160,6 +160,30 @@ def test_undecodable_inputs_are_clear_errors(base, tmp_path):
         load_model_input(ds, SIZE)
 
 
+@pytest.mark.parametrize("syntax", ["j2k", "htj2k", "jp2"])
+def test_one_frame_in_any_number_of_fragments_decodes_alike(syntax, base, tmp_path):
+    """The usual one-fragment frame is read in place (a view into the pixel data); a
+    frame split into fragments, or with padding after its end, gives the same pixels,
+    and a fragment said to run past the end of the data is a clear error."""
+    from pydicom.encaps import encapsulate, get_frame
+
+    ds = roundtrip(base, syntax, tmp_path)
+    frame = bytes(get_frame(ds.PixelData, 0, number_of_frames=1))
+    whole = decode_frame(ds, level=1, threads=1)
+    split = copy.deepcopy(ds)
+    split.PixelData = encapsulate([frame], fragments_per_frame=3)
+    padded = copy.deepcopy(ds)
+    padded.PixelData = encapsulate([frame + b"\x00" * 100])  # EOC 100 bytes from the end
+    for other in (split, padded):
+        got = decode_frame(other, level=1, threads=1)
+        assert (got.level, got.codec) == (whole.level, whole.codec)
+        assert np.array_equal(got.pixels, whole.pixels)
+    short = copy.deepcopy(ds)
+    short.PixelData = bytes(ds.PixelData)[:-200]  # the item's length is now too long
+    with pytest.raises(DecodeError, match="encapsulated frame"):
+        decode_frame(short, level=1, threads=1)
+
+
 def test_real_vendor_files():
     gh = require_testdata("real-mg", "fo-dicom", "GH133.dcm")  # GE-like JPEG Lossless, R MLO
     out, info = preprocess_dataset(pydicom.dcmread(gh), SIZE)
