@@ -7,17 +7,24 @@
   exported through ``write_registry_entry`` (timings do not depend on the weights).
 - ``copies(study_dir, n, out)``: ``n`` copies of a study with new Study/Series/SOP UIDs
   (pixel data copied as stored, still compressed), for throughput runs.
+- ``module_at(rev, path)``: a module of this repository as it was at git revision
+  ``rev``, loaded beside this tree's, for in-process A/B runs.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import pydicom
 from pydicom.uid import generate_uid
 
+REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CACHE = Path(os.environ.get("MAMMO_DENSITY_BENCH_CACHE", "/tmp/mammo-density-bench"))
 
 
@@ -96,3 +103,17 @@ def copies(study_dir: Path, n: int, out: Path) -> list[list[Path]]:
             paths.append(path)
         result.append(paths)
     return result
+
+
+def module_at(rev: str, path: str) -> ModuleType:
+    """``path`` (e.g. ``worker/preprocess.py``) as it was at git revision ``rev``, loaded
+    as a module of its own; what it imports from the package is this tree's."""
+    source = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=REPO, capture_output=True,
+                            text=True, check=True).stdout
+    name = "md_" + path.removesuffix(".py").replace("/", "_") + "_at_" + \
+        "".join(c if c.isalnum() else "_" for c in rev)
+    spec = importlib.util.spec_from_loader(name, loader=None)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up
+    exec(compile(source, f"{rev}:{path}", "exec"), module.__dict__)
+    return module

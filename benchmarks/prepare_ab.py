@@ -1,13 +1,13 @@
 """CPU of reading and preprocessing one study: this tree's modules against another
-checkout's, in one process, interleaved.
+revision's, in one process, interleaved.
 
-    .venv/bin/python -m benchmarks.prepare_ab --before DIR [--rounds 20] [--size 650]
+    .venv/bin/python -m benchmarks.prepare_ab [--base main] [--rounds 20] [--size 650]
         [--json]
 
-``DIR`` is a checkout of an earlier commit. Its ``worker/decode.py`` and
-``worker/preprocess.py`` are loaded beside this tree's (what they import from the package
-comes from this tree), and on the full-field J2K study (``benchmarks.common``) two things
-are timed, each side in turn, the order alternating by round:
+``worker/decode.py`` and ``worker/preprocess.py`` as they were at git revision ``BASE``
+are loaded beside this tree's (``benchmarks.common.module_at``: what they import from the
+package is this tree's), and on the full-field J2K study two things are timed, each side
+in turn, the order alternating by round:
 
 - ``read``: ``pydicom.dcmread`` of the four files, the first frame of each and the JPEG
   2000 header checks (frame size, decomposition levels, EOC);
@@ -22,7 +22,6 @@ fails when the two sides' model inputs differ.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import statistics
 import sys
@@ -32,17 +31,7 @@ from types import ModuleType
 
 import numpy as np
 
-from benchmarks.common import full_field_study, study_files
-
-
-def _load(path: Path, name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise SystemExit(f"cannot load {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+from benchmarks.common import full_field_study, module_at, study_files
 
 
 def _read(decode: ModuleType, files: list[Path]) -> None:
@@ -58,7 +47,7 @@ def _read(decode: ModuleType, files: list[Path]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--before", type=Path, required=True, help="checkout to compare with")
+    ap.add_argument("--base", default="main", help="git revision to compare with")
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--size", type=int, default=650)
     ap.add_argument("--json", action="store_true")
@@ -73,8 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     cv2.setNumThreads(1)  # a pool process's share on 2 cores
     sides = {
         "this tree": (decode_now, preprocess_now),
-        "before": (_load(args.before / "worker" / "decode.py", "_before_decode"),
-                   _load(args.before / "worker" / "preprocess.py", "_before_preprocess")),
+        "before": (module_at(args.base, "worker/decode.py"),
+                   module_at(args.base, "worker/preprocess.py")),
     }
     files = study_files(full_field_study())
     datasets = [pydicom.dcmread(f) for f in files]
@@ -103,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             for ds in datasets:
                 preprocess.preprocess_dataset(ds, args.size, threads=1)
             times[name]["preprocess"].append((time.process_time() - t) * 1e3)
-    report = {"before": str(args.before), "rounds": args.rounds, "size": args.size,
+    report = {"base": args.base, "rounds": args.rounds, "size": args.size,
               "same_model_inputs": same, "cpu_ms_a_study": {}, "paired_difference_ms": {}}
     for stage in ("read", "preprocess"):
         now, old = times["this tree"][stage], times["before"][stage]

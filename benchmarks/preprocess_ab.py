@@ -15,19 +15,15 @@ both alike; medians are reported with every run's figure.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import bench_model, full_field_study, pin_cores
-
-REPO = Path(__file__).resolve().parent.parent
+from benchmarks.common import bench_model, full_field_study, module_at, pin_cores
 
 
 def base_preprocess(rev: str):
@@ -35,12 +31,7 @@ def base_preprocess(rev: str):
     ``PreprocessInfo`` (timings and warnings copied) so the pipeline can use it."""
     from mammo_density.worker.preprocess import PreprocessInfo
 
-    source = subprocess.run(["git", "show", f"{rev}:worker/preprocess.py"], cwd=REPO,
-                            capture_output=True, text=True, check=True).stdout
-    spec = importlib.util.spec_from_loader("md_preprocess_base", loader=None)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    exec(compile(source, f"{rev}:worker/preprocess.py", "exec"), module.__dict__)
+    module = module_at(rev, "worker/preprocess.py")
 
     def preprocess_dataset(ds, size, **kwargs):
         out, old = module.preprocess_dataset(ds, size, **kwargs)
