@@ -14,6 +14,8 @@ Choices (Celery user guide "Tasks"/"Optimizing", the measured facts in docs/runt
   limit: checked) and ``unacked_restore_interval = unacked_restore_throttle = 1``, so a
   killed worker's study returns to the queue about ``visibility_timeout`` seconds after
   delivery (kombu otherwise sweeps only every ~100 s; the default timeout is an hour).
+- ``body_encoding = "utf-8"`` in the transport options: the bodies are JSON text, stored
+  as they are rather than base64-encoded once more by kombu (docs/runtime.md).
 - Queues: ``cpu`` (prepare, decide, report: they read the spool and write the state,
   outbox and hook queue, so they run on the host holding the data directory) and ``gpu``
   (infer: needs only the models and the broker); one host may consume both.
@@ -75,6 +77,7 @@ def celery_config(settings: Settings) -> dict:
         "broker_connection_timeout": 5.0,
         "broker_transport_options": {
             "visibility_timeout": float(settings.visibility_timeout),
+            "body_encoding": "utf-8",
             "unacked_restore_interval": 1,
             "unacked_restore_throttle": 1,
             "socket_timeout": 10.0,
