@@ -67,12 +67,13 @@ def main(argv: list[str] | None = None) -> int:
     }
     files = study_files(full_field_study())
     datasets = [pydicom.dcmread(f) for f in files]
-    decoded: dict[int, object] = {}
+    decoded: dict[tuple[int, int], object] = {}
 
     def ready(ds, level=0, threads=1):  # the decode, done once for both sides
-        if id(ds) not in decoded:
-            decoded[id(ds)] = decode_now.decode_frame(ds, level=level, threads=threads)
-        return decoded[id(ds)]
+        key = (id(ds), level)
+        if key not in decoded:
+            decoded[key] = decode_now.decode_frame(ds, level=level, threads=threads)
+        return decoded[key]
 
     inputs = {}
     for name, (_, preprocess) in sides.items():
